@@ -1,0 +1,48 @@
+# qyzmet developer entry points. The services (RabbitMQ, PostgreSQL) come from
+# scripts/services.sh: Docker Compose when a Docker engine runs, otherwise a
+# private loopback-only broker and cluster from the Debian packages.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+WITH_SERVICES := scripts/with-services.sh
+
+.PHONY: help test demo services-up services-down services-status lint build
+
+help:
+	@echo 'make test             run all tests (starts/stops RabbitMQ + PostgreSQL as needed)'
+	@echo 'make demo             run the end-to-end demo against local services'
+	@echo 'make services-up      start RabbitMQ + PostgreSQL and leave them running'
+	@echo 'make services-down    stop them'
+	@echo 'make services-status  show what runs'
+	@echo 'make lint             rustfmt check + clippy with warnings denied'
+	@echo 'make build            build all targets'
+
+# Both test runs happen even if the first fails; the first failure's status
+# is the result. Doc tests go first so that nextest's summary line is the
+# last test report in the output (CI reads the closing lines).
+# with-services.sh stops the services afterwards only if it started them.
+test:
+	$(WITH_SERVICES) bash -c 'rc=0; \
+	  cargo test --doc || rc=$$?; \
+	  cargo nextest run --no-fail-fast || { s=$$?; [ "$$rc" -ne 0 ] || rc=$$s; }; \
+	  exit "$$rc"'
+
+demo:
+	$(WITH_SERVICES) cargo run --release --bin qyzmet -- demo
+
+services-up:
+	scripts/services.sh start
+
+services-down:
+	scripts/services.sh stop
+
+services-status:
+	scripts/services.sh status
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+build:
+	cargo build --all-targets

@@ -1,0 +1,299 @@
+//! RabbitMQ: connection, topology and confirmed publishing.
+//!
+//! The contract's exchanges are declared idempotently on start. Internal work travels on the
+//! direct exchange `qyzmet.work` to one durable queue per pool, so a pool scales by starting
+//! more consumers on its queue (competing consumers). Messages that cannot be understood are
+//! copied to `qyzmet.dead-letter` with the reason in headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
+use crate::regulations::PoolName;
+
+/// Internal exchange carrying step tasks to pool queues (routing key = pool name).
+pub const EXCHANGE_WORK: &str = "qyzmet.work";
+/// Internal exchange for messages that cannot be understood.
+pub const EXCHANGE_DEAD: &str = "qyzmet.dead";
+/// Queue of Requests for the intake pool.
+pub const QUEUE_INTAKE: &str = "qyzmet.intake";
+/// Queue of PaymentNotices for the payment pool.
+pub const QUEUE_PAYMENT_NOTICES: &str = "qyzmet.payment-notices";
+/// Queue of staff Decisions for the review pool.
+pub const QUEUE_DECISIONS: &str = "qyzmet.staff-decisions";
+/// Dead-letter queue: every message here has an `x-qyzmet-reason` header.
+pub const QUEUE_DEAD: &str = "qyzmet.dead-letter";
+
+/// Task queue of a pool.
+pub fn task_queue(pool: PoolName) -> String {
+    format!("qyzmet.{}", pool_name(pool))
+}
+
+/// The pool's name as used in queues, CLI and outcomes.
+pub fn pool_name(pool: PoolName) -> &'static str {
+    match pool {
+        PoolName::Intake => "intake",
+        PoolName::Registry => "registry",
+        PoolName::Payment => "payment",
+        PoolName::Review => "review",
+        PoolName::Result => "result",
+    }
+}
+
+/// Errors talking to the broker. All are transient from the pipeline's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The AMQP client failed.
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// Connecting took too long (lapin can hang on a rejected connection.open).
+    #[error("connecting to the broker timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The broker refused a published message.
+    #[error("the broker nacked a message to {0}")]
+    Nacked(String),
+    /// A mandatory message could not be routed to any queue.
+    #[error("unroutable message to {exchange} with key {routing_key}")]
+    Unroutable {
+        /// Target exchange.
+        exchange: String,
+        /// Routing key used.
+        routing_key: String,
+    },
+}
+
+/// One connection per process; channels are opened from it on demand and the connection is
+/// re-established when it is gone (lapin's auto-recovery handles broker restarts; this is the
+/// outer loop for everything else).
+pub struct Broker {
+    url: String,
+    name: String,
+    conn: Mutex<Option<Arc<Connection>>>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Broker {
+    /// Connects and declares the topology.
+    pub async fn connect(url: &str, name: &str) -> Result<Arc<Broker>, BrokerError> {
+        let broker = Arc::new(Broker { url: url.to_owned(), name: name.to_owned(), conn: Mutex::new(None) });
+        let ch = broker.channel().await?;
+        declare_topology(&ch).await?;
+        let _ = ch.close(200, "topology declared".into()).await;
+        Ok(broker)
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(conn.clone());
+        }
+        let props = ConnectionProperties::default()
+            .enable_auto_recover()
+            .with_connection_name(LongString::from(self.name.clone()));
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
+            .await
+            .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))??;
+        let conn = Arc::new(conn);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A new channel (reconnecting first if needed).
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let conn = self.connection().await?;
+        match conn.create_channel().await {
+            Ok(ch) => Ok(ch),
+            Err(e) => {
+                // The connection may be half-dead: forget it so the next call reconnects.
+                *self.conn.lock().await = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A channel in confirm mode for publishing.
+    pub async fn publisher(self: &Arc<Self>) -> Result<Publisher, BrokerError> {
+        let ch = self.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Publisher { broker: self.clone(), channel: Mutex::new(Some(ch)) })
+    }
+
+    /// Closes the connection (in-flight unacked deliveries go back to their queues).
+    pub async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close(200, "shutdown".into()).await;
+        }
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+}
+
+fn dead_letter_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(EXCHANGE_DEAD.into()));
+    args
+}
+
+/// Declares exchanges, queues and bindings (idempotent; the same on RabbitMQ 3.10 and 4.x).
+pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
+    for ex in [EXCHANGE_REQUESTS, EXCHANGE_PAYMENTS, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES] {
+        ch.exchange_declare(ex.into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default()).await?;
+    }
+    ch.exchange_declare(EXCHANGE_WORK.into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default())
+        .await?;
+    ch.exchange_declare(EXCHANGE_DEAD.into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default())
+        .await?;
+    ch.queue_declare(QUEUE_DEAD.into(), durable_queue(), FieldTable::default()).await?;
+    ch.queue_bind(QUEUE_DEAD.into(), EXCHANGE_DEAD.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let inputs = [
+        (QUEUE_INTAKE, EXCHANGE_REQUESTS, "#"),
+        (QUEUE_PAYMENT_NOTICES, EXCHANGE_PAYMENTS, "#"),
+        (QUEUE_DECISIONS, EXCHANGE_DECISIONS, "#"),
+    ];
+    for (queue, exchange, key) in inputs {
+        ch.queue_declare(queue.into(), durable_queue(), dead_letter_args()).await?;
+        ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    for pool in [PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result] {
+        let queue = task_queue(pool);
+        ch.queue_declare(queue.as_str().into(), durable_queue(), dead_letter_args()).await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            EXCHANGE_WORK.into(),
+            pool_name(pool).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Target exchange.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// `message_id` property (consumers deduplicate by it).
+    pub message_id: String,
+    /// JSON body.
+    pub body: Vec<u8>,
+    /// W3C trace context to continue.
+    pub traceparent: Option<String>,
+    /// Extra headers (dead-letter reasons).
+    pub headers: Vec<(String, String)>,
+    /// Whether an unroutable message is an error. Outcomes are not: nobody may be listening,
+    /// and they are kept in PostgreSQL anyway.
+    pub must_route: bool,
+}
+
+/// Publishes with confirms and `mandatory`; reopens its channel after a failure.
+pub struct Publisher {
+    broker: Arc<Broker>,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut guard = self.channel.lock().await;
+        if let Some(ch) = guard.as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let ch = self.broker.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Publishes a batch and waits for every confirm. On error the caller keeps the messages
+    /// (they live in the outbox) and tries again later.
+    pub async fn publish_all(&self, messages: &[Message]) -> Result<(), BrokerError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let ch = self.channel().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut headers = FieldTable::default();
+            if let Some(tp) = &m.traceparent {
+                headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
+            }
+            for (k, v) in &m.headers {
+                headers.insert(ShortString::from(k.as_str()), AMQPValue::LongString(v.as_str().into()));
+            }
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_message_id(m.message_id.as_str().into())
+                .with_app_id("qyzmet".into())
+                .with_headers(headers);
+            let confirm = match ch
+                .basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    &m.body,
+                    props,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.forget_channel().await;
+                    return Err(e.into());
+                }
+            };
+            confirms.push((m, confirm));
+        }
+        for (m, confirm) in confirms {
+            let confirmation = match confirm.await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.forget_channel().await;
+                    return Err(e.into());
+                }
+            };
+            match confirmation {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) if !m.must_route => {
+                    tracing::debug!(exchange = %m.exchange, key = %m.routing_key, "no queue bound for this outcome");
+                }
+                Confirmation::Ack(Some(_)) => {
+                    return Err(BrokerError::Unroutable {
+                        exchange: m.exchange.clone(),
+                        routing_key: m.routing_key.clone(),
+                    });
+                }
+                Confirmation::Nack(_) => return Err(BrokerError::Nacked(m.exchange.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_channel(&self) {
+        *self.channel.lock().await = None;
+    }
+}

@@ -1,0 +1,30 @@
+//! qyzmet — asynchronous processing of Kazakhstan e-government service requests.
+//!
+//! Signed requests arrive on RabbitMQ; worker pools (intake, registry lookup, payment
+//! confirmation, provider review, result generation) move each one through the route its
+//! regulation prescribes, enforce every step's deadline and end it with exactly one outcome: a
+//! result document or a reasoned refusal. PostgreSQL holds the state.
+//!
+//! Map of the crate:
+//! - [`contract`]: the external messages (contract.md, version 1); [`ident`]: IIN/BIN.
+//! - [`regulations`]: service data, routes, deadlines, the working-day calendar.
+//! - [`store`]: all SQL; [`broker`]: RabbitMQ topology and confirmed publishing.
+//! - [`pipeline`]: the runtime written once for every pool; [`workers`]: one file per pool.
+//! - [`signature`], [`registry`]: the seams for signature checks and state registries.
+//! - [`config`], [`telemetry`], [`startup`]: how a process is configured and started.
+
+pub mod broker;
+pub mod config;
+pub mod contract;
+pub mod demo;
+pub mod ident;
+pub mod pipeline;
+pub mod registry;
+pub mod regulations;
+pub mod shutdown;
+pub mod signature;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+#[path = "../workers/mod.rs"]
+pub mod workers;

@@ -1,0 +1,261 @@
+//! The `qyzmet` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use qyzmet::broker::{Broker, Message};
+use qyzmet::config::Settings;
+use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
+use qyzmet::regulations::{PoolName, Regulations};
+use qyzmet::registry::{RegistryKind, import_file};
+use qyzmet::startup::{self, Deps, Options};
+use qyzmet::store::Store;
+
+/// qyzmet: processes e-government service requests from RabbitMQ through worker pools, with
+/// the deadlines and reasoned refusals of the regulations, keeping state in PostgreSQL.
+#[derive(Parser)]
+#[command(name = "qyzmet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every pool and the deadline sweeper in one process (small installs). Applies
+    /// migrations first.
+    Run {
+        #[command(flatten)]
+        settings: Settings,
+        /// In-flight messages per queue.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Runs one pool (start more processes to add capacity); also runs the deadline sweeper.
+    Worker {
+        /// intake, registry, payment, review or result.
+        pool: String,
+        #[command(flatten)]
+        settings: Settings,
+        /// In-flight messages per queue.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Applies the database migrations.
+    Migrate {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// State registries.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+    /// Publishes a JSON file to the broker: a Request, a PaymentNotice (has payment_id) or a
+    /// Decision (has decision_id), with publisher confirms.
+    Publish {
+        /// The JSON file.
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Shows a request: masked IIN/BIN, number, service, status, deadline, step history (P-41).
+    Status {
+        /// The request id.
+        request_id: Uuid,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Regulation data.
+    Regulations {
+        #[command(subcommand)]
+        command: RegulationsCommand,
+    },
+    /// The demonstration: migrates, loads demo registries, runs all pools, publishes sample
+    /// requests for every service and channel (including ones that must be refused), answers
+    /// payments and staff reviews, and prints every final outcome.
+    Demo {
+        #[command(flatten)]
+        settings: Settings,
+        /// Demo registry and scenario data.
+        #[arg(long, env = "QYZMET_DEMO_DIR", default_value = "demo")]
+        demo_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Imports a CSV (with header) or JSON-lines file into a registry.
+    Import {
+        /// The file (.csv or .jsonl).
+        file: PathBuf,
+        /// persons, legal-entities, powers-of-attorney or attachments; otherwise taken from a
+        /// `registry` column or from the CSV header.
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegulationsCommand {
+    /// Loads and validates the regulation data; prints a summary of every route.
+    Check {
+        /// The directory.
+        #[arg(default_value = "regulations")]
+        dir: PathBuf,
+    },
+}
+
+fn parse_pool(s: &str) -> anyhow::Result<PoolName> {
+    Ok(match s {
+        "intake" => PoolName::Intake,
+        "registry" => PoolName::Registry,
+        "payment" => PoolName::Payment,
+        "review" => PoolName::Review,
+        "result" => PoolName::Result,
+        other => bail!("unknown pool {other:?}: use intake, registry, payment, review or result"),
+    })
+}
+
+fn load_regulations(dir: &std::path::Path) -> anyhow::Result<Regulations> {
+    Regulations::load(dir).map_err(|e| anyhow::anyhow!("regulation data is not valid: {e}"))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
+    let regs = load_regulations(&settings.regulations_dir)?;
+    let running = startup::start(&settings, regs, opts, Deps::default()).await?;
+    tracing::info!("running; SIGTERM or Ctrl-C stops after in-flight work");
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    running.shutdown(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { settings, concurrency } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            store.migrate().await.context("migrations failed")?;
+            store.close().await;
+            serve(settings, Options::all(concurrency)).await
+        }
+        Command::Worker { pool, settings, concurrency } => {
+            let pool = parse_pool(&pool)?;
+            let opts = Options { pools: vec![(pool, concurrency)], sweeper: true, name: format!("qyzmet worker {pool:?}") };
+            serve(settings, opts).await
+        }
+        Command::Migrate { settings } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            store.migrate().await.context("migrations failed")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Registry { command: RegistryCommand::Import { file, kind, settings } } => {
+            let kind = match kind {
+                Some(k) => Some(RegistryKind::parse(&k).with_context(|| {
+                    format!("unknown registry {k:?}: use persons, legal-entities, powers-of-attorney or attachments")
+                })?),
+                None => None,
+            };
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let report = import_file(&store, &file, kind).await?;
+            for (k, n) in &report.accepted {
+                println!("{}: {n} rows imported", k.name());
+            }
+            for r in &report.rejected {
+                println!("{}:{}: rejected: {}", file.display(), r.line, r.reason);
+            }
+            println!("{} imported, {} rejected", report.accepted.iter().map(|(_, n)| n).sum::<usize>(), report.rejected.len());
+            if report.accepted.is_empty() && !report.rejected.is_empty() {
+                bail!("no row was imported");
+            }
+            Ok(())
+        }
+        Command::Publish { file, settings } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes).context("the file is not JSON")?;
+            let id = value.get("request_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let (exchange, key, message_id) = if let Some(p) = value.get("payment_id").and_then(|v| v.as_str()) {
+                (EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), p.to_owned())
+            } else if let Some(d) = value.get("decision_id").and_then(|v| v.as_str()) {
+                let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("any");
+                (EXCHANGE_DECISIONS, format!("decision.{service}"), d.to_owned())
+            } else {
+                let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("unknown");
+                (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
+            };
+            let broker = Broker::connect(&settings.amqp_url, "qyzmet publish").await?;
+            let publisher = broker.publisher().await?;
+            let msg = Message {
+                exchange: exchange.into(),
+                routing_key: key.clone(),
+                message_id,
+                body: bytes,
+                traceparent: None,
+                headers: Vec::new(),
+                must_route: true,
+            };
+            publisher.publish_all(&[msg]).await?;
+            broker.close().await;
+            println!("published to {exchange} with routing key {key} (confirmed)");
+            Ok(())
+        }
+        Command::Status { request_id, settings } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            print!("{}", qyzmet::demo::status_report(&store, request_id).await?);
+            Ok(())
+        }
+        Command::Regulations { command: RegulationsCommand::Check { dir } } => {
+            let regs = load_regulations(&dir)?;
+            print!("{}", qyzmet::demo::regulations_summary(&regs));
+            Ok(())
+        }
+        Command::Demo { settings, demo_dir } => qyzmet::demo::run(&settings, &demo_dir).await,
+    }
+}
+
+fn main() -> ExitCode {
+    qyzmet::telemetry::init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

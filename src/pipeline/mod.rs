@@ -1,0 +1,140 @@
+//! The pipeline runtime, written once for every pool.
+//!
+//! - [`runtime`]: the broker loop — consume with prefetch, hand each delivery to a handler,
+//!   catch panics, ack, dead-letter with a reason, reconnect, stop gracefully.
+//! - [`task`]: the step loop — load the request, enforce the step deadline, run the pool's step
+//!   function, classify its result, apply it.
+//! - [`transition`]: state changes with their audit-trail rows and outbox messages, in one
+//!   transaction.
+//! - [`outbox`]: publishing after commit, and the relay for what a crash left behind.
+//! - [`sweeper`]: refuses requests whose step deadline passed while they waited, even when no
+//!   worker of that pool runs; re-queues due retries.
+//!
+//! A pool's step is a plain async function from [`StepInput`] to [`StepOutcome`] (see
+//! `workers/`), testable without a broker.
+
+pub mod outbox;
+pub mod runtime;
+pub mod sweeper;
+pub mod task;
+pub mod transition;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::contract::{Request, StaffReason};
+use crate::regulations::{Regulations, Route, StepDef};
+use crate::registry::Registry;
+use crate::signature::{Signer, Verifier};
+use crate::store::{RequestRow, Store};
+
+pub use outbox::Outbox;
+
+/// Everything a handler needs, shared by all pools of a process.
+pub struct Ctx {
+    /// Database.
+    pub store: Store,
+    /// Regulation data.
+    pub regs: Arc<Regulations>,
+    /// Publishing after commit, and the relay.
+    pub outbox: Outbox,
+    /// Signature checks (Requests, Decisions).
+    pub verifier: Arc<dyn Verifier>,
+    /// Result-document signing.
+    pub signer: Arc<dyn Signer>,
+    /// State registries.
+    pub registry: Arc<dyn Registry>,
+    /// Size limit for incoming messages.
+    pub max_message_bytes: usize,
+    /// How often the sweeper looks for overdue requests.
+    pub sweep_interval: Duration,
+}
+
+/// The message a pool queue carries: "run step `step_index` of this request".
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Task {
+    /// The request.
+    pub request_id: Uuid,
+    /// Which step of its route.
+    pub step_index: i32,
+}
+
+/// What a step sees.
+pub struct StepInput<'a> {
+    /// The validated request.
+    pub request: &'a Request,
+    /// Its route.
+    pub route: Route<'a>,
+    /// The step being run.
+    pub step: &'a StepDef,
+    /// Findings of earlier steps (registry records).
+    pub facts: &'a Value,
+    /// The stored row (number, deadlines).
+    pub row: &'a RequestRow,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// A step's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Go on to the next step, adding these findings.
+    Pass {
+        /// Merged into the request's facts.
+        facts: Option<Value>,
+    },
+    /// A business answer: reasoned refusal with this regulation refusal key.
+    Refuse {
+        /// Key in the service's `[refusals]` (`R4`, `R3/not_attached`).
+        refusal: String,
+        /// Extra reason given by staff.
+        note: Option<StaffReason>,
+        /// Specific machine detail for the audit trail.
+        detail: Option<String>,
+    },
+    /// Wait for an external event (payment notice, staff decision).
+    Wait,
+    /// The result document, ready to be numbered and signed.
+    Complete {
+        /// Draft (kind, title, content).
+        document: DocumentDraft,
+    },
+}
+
+/// A result document before its number and signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentDraft {
+    /// Document kind (regulation data key).
+    pub kind: String,
+    /// Number prefix.
+    pub number_prefix: String,
+    /// Content.
+    pub content: Value,
+}
+
+/// A step failed without a business answer. Every such failure is transient: the step is
+/// retried with back-off until its deadline, then the request is refused `deadline_exceeded`.
+/// (Malformed messages never reach a step: the runtime dead-letters them.)
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A dependency failed (registry, database).
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+impl From<crate::registry::RegistryError> for StepError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        StepError::Transient(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> Self {
+        StepError::Transient(e.to_string())
+    }
+}

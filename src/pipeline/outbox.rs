@@ -1,0 +1,92 @@
+//! Publishing what a committed transaction wrote to the outbox.
+//!
+//! The handler that committed publishes its own messages right away (low latency) and the ids
+//! are marked published in batches by a background task (one UPDATE for many hops). If the
+//! process dies between commit and publish, the relay — run by every process's sweeper — finds
+//! rows left unpublished for a while and publishes them. Consumers deduplicate by `message_id`
+//! and by request state, so a rare second publication is harmless; a lost one is impossible.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::broker::Publisher;
+use crate::store::Store;
+
+use super::transition::Pending;
+
+/// Rows unpublished for longer than this are the relay's.
+pub const RELAY_AGE: Duration = Duration::from_secs(5);
+
+/// Publishes outbox messages.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    publisher: Arc<Publisher>,
+    published: mpsc::UnboundedSender<Vec<i64>>,
+}
+
+impl Outbox {
+    /// Starts the background marker; it stops when every `Outbox` clone is dropped.
+    pub fn new(store: Store, publisher: Arc<Publisher>) -> (Outbox, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let marker = tokio::spawn(mark_published(store.clone(), rx));
+        (Outbox { store, publisher, published: tx }, marker)
+    }
+
+    /// The publisher, for dead-lettering.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Publishes messages committed to the outbox. A failure is logged and left to the relay.
+    pub async fn flush(&self, pending: Pending) {
+        if pending.messages.is_empty() {
+            return;
+        }
+        match self.publisher.publish_all(&pending.messages).await {
+            Ok(()) => {
+                let _ = self.published.send(pending.ids);
+            }
+            Err(e) => tracing::warn!(error = %e, count = pending.ids.len(), "publish after commit failed; the relay will retry"),
+        }
+    }
+
+    /// One relay pass: publishes rows left unpublished longer than [`RELAY_AGE`]. Returns how
+    /// many were published.
+    pub async fn relay_once(&self, limit: i64) -> Result<usize, String> {
+        let mut tx = self.store.begin().await.map_err(|e| e.to_string())?;
+        let rows = Store::outbox_lock_stale(&mut tx, RELAY_AGE, limit).await.map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let messages: Vec<_> = rows.into_iter().map(|r| r.into_message()).collect();
+        self.publisher.publish_all(&messages).await.map_err(|e| e.to_string())?;
+        Store::outbox_mark_published_tx(&mut tx, &ids).await.map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        tracing::info!(count = ids.len(), "relay published messages left by an earlier failure");
+        Ok(ids.len())
+    }
+}
+
+async fn mark_published(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<i64>>) {
+    let mut batch = Vec::new();
+    while let Some(ids) = rx.recv().await {
+        batch.extend(ids);
+        // Gather whatever else arrived meanwhile, to write it in one statement.
+        while batch.len() < 2000 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.outbox_mark_published(&batch).await {
+            // Unmarked rows are re-published by the relay; consumers deduplicate.
+            tracing::warn!(error = %e, count = batch.len(), "could not mark outbox rows published");
+        }
+        batch.clear();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

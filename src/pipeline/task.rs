@@ -1,0 +1,267 @@
+//! The step loop for the registry, payment, review and result pools.
+//!
+//! For a task "run step N of request R": read the request; ignore the task if the request is no
+//! longer queued at step N (a duplicate or stale message); refuse if the step deadline already
+//! passed; otherwise run the pool's step function under a timeout that ends at the step deadline,
+//! catching panics. The result is classified once:
+//! - a business answer (pass, refuse, wait, complete) is applied in one transaction;
+//! - a failure (error, panic) is transient: the next attempt is scheduled in PostgreSQL with
+//!   exponential back-off and jitter, unless it would fall after the deadline, in which case the
+//!   request is refused `deadline_exceeded`;
+//! - a task that cannot be read is dead-lettered.
+//!
+//! The step runs without holding a row lock; applying re-reads the row under `FOR UPDATE` and
+//! only applies if nothing moved meanwhile, so duplicate deliveries never apply twice.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chrono::Utc;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value, json};
+
+use crate::broker::pool_name;
+use crate::contract::{Request, now_local};
+use crate::regulations::{PoolName, Route};
+use crate::store::{RequestRow, Store, StoreError};
+
+use super::runtime::{Disposition, Handler, Incoming, panic_text};
+use super::transition::{self, Head, Pending};
+use super::{Ctx, StepError, StepInput, StepOutcome, Task};
+
+/// Runs the steps of one pool.
+pub struct TaskHandler {
+    /// Which pool.
+    pub pool: PoolName,
+}
+
+impl Handler for TaskHandler {
+    fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
+        Box::pin(async move {
+            let task: Task = match serde_json::from_slice(&msg.data) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Disposition::DeadLetter { reason: "bad_task".into(), detail: e.to_string() };
+                }
+            };
+            match run(ctx, self.pool, task).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => {
+                    tracing::warn!(pool = pool_name(self.pool), request_id = %task.request_id, error = %e, "task failed before commit; requeueing");
+                    Disposition::Requeue
+                }
+            }
+        })
+    }
+}
+
+/// Whether a row is still waiting for this task.
+fn is_current(row: &RequestRow, task: &Task) -> bool {
+    row.state == "queued" && row.step_index == task.step_index
+}
+
+/// Back-off before attempt `n` (1-based) of a step.
+pub fn retry_delay(attempt: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// Parses the stored request and finds its route.
+pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), String> {
+    let request: Request = serde_json::from_value(row.body.clone()).map_err(|e| format!("stored request unreadable: {e}"))?;
+    let route = ctx.regs.route(request.service, request.region, request.channel)?;
+    Ok((request, route))
+}
+
+async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
+    let Some(row) = ctx.store.get_request(task.request_id).await? else {
+        tracing::warn!(request_id = %task.request_id, "task for an unknown request; ignored");
+        return Ok(());
+    };
+    if !is_current(&row, &task) {
+        tracing::debug!(request_id = %task.request_id, state = %row.state, "stale or duplicate task; ignored");
+        return Ok(());
+    }
+    let step_name = pool_name(pool);
+    let now = Utc::now();
+    let deadline = row.step_deadline.unwrap_or(now);
+    let (request, route) = match load(ctx, &row) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(request_id = %row.request_id, error = %e, "cannot run step");
+            return schedule_retry(ctx, &row, task, step_name, &e).await;
+        }
+    };
+    if now >= deadline {
+        return refuse_overdue(ctx, task, "the step deadline passed while the request waited in the queue").await;
+    }
+    let Some(step) = route.step(row.step_index as usize) else {
+        return schedule_retry(ctx, &row, task, step_name, "route has no such step").await;
+    };
+    let input = StepInput { request: &request, route, step, facts: &row.facts, row: &row, now };
+    let budget = (deadline - now).to_std().unwrap_or(Duration::ZERO);
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(budget, AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind()).await;
+    tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
+    match outcome {
+        Ok(Ok(Ok(result))) => apply(ctx, task, step_name, result).await,
+        Ok(Ok(Err(StepError::Transient(e)))) => schedule_retry(ctx, &row, task, step_name, &e).await,
+        Ok(Err(panic)) => {
+            let what = panic_text(&panic);
+            tracing::error!(request_id = %row.request_id, pool = step_name, panic = %what, "step panicked; handled as a failure");
+            schedule_retry(ctx, &row, task, step_name, &format!("step panicked: {what}")).await
+        }
+        Err(_) => refuse_overdue(ctx, task, "the step did not finish before its deadline and was cancelled").await,
+    }
+}
+
+fn run_step<'a>(ctx: &'a Ctx, pool: PoolName, input: &'a StepInput<'a>) -> BoxFuture<'a, Result<StepOutcome, StepError>> {
+    match pool {
+        PoolName::Registry => Box::pin(crate::workers::registry::step(input, &*ctx.registry)),
+        PoolName::Payment => Box::pin(async move {
+            let mut conn = ctx.store.pool().acquire().await?;
+            let paid = Store::payments_for(&mut conn, input.row.request_id).await?;
+            Ok(crate::workers::payment::step(input, &paid))
+        }),
+        PoolName::Review => Box::pin(crate::workers::review::step(input, &*ctx.registry)),
+        PoolName::Result => Box::pin(async move { Ok(crate::workers::result::step(input)) }),
+        PoolName::Intake => Box::pin(async { Err(StepError::Transient("intake does not run tasks".into())) }),
+    }
+}
+
+/// Applies a step's answer under the row lock.
+async fn apply(ctx: &Ctx, task: Task, step_name: &str, outcome: StepOutcome) -> Result<(), StoreError> {
+    let mut tx = ctx.store.begin().await?;
+    if step_name == "payment" {
+        Store::lock_request_id(&mut tx, task.request_id).await?;
+    }
+    let Some(row) = Store::lock_request(&mut tx, task.request_id).await? else {
+        return Ok(());
+    };
+    if !is_current(&row, &task) {
+        return Ok(());
+    }
+    let (_, route) = match load(ctx, &row) {
+        Ok(x) => x,
+        Err(e) => return Err(StoreError::Protocol(e)),
+    };
+    let pending = match outcome {
+        StepOutcome::Pass { facts } => Some(transition::advance(&mut tx, &row, &route, facts, None).await?),
+        StepOutcome::Refuse { refusal, note, detail } => {
+            let reason = transition::regulation_reason(&route, &refusal, note.as_ref());
+            let detail = detail.map(|d| json!({ "detail": d }));
+            transition::refuse(&mut tx, &Head::from(&row), row.step_index, step_name, reason, detail).await?
+        }
+        StepOutcome::Wait => {
+            // A payment committed after the step looked is visible now (the advisory lock
+            // orders this against the notice handler).
+            if step_name == "payment" && !Store::payments_for(&mut tx, row.request_id).await?.is_empty() {
+                Some(transition::advance(&mut tx, &row, &route, Some(json!({ "paid": true })), None).await?)
+            } else {
+                transition::wait(&mut tx, &row, step_name, None).await?;
+                None
+            }
+        }
+        StepOutcome::Complete { document } => {
+            let year = now_local().format("%Y");
+            let scope = format!("{}-{year}", document.number_prefix);
+            let n = Store::next_document_number(&mut tx, &scope).await?;
+            let number = format!("{scope}-{n:06}");
+            let mut doc = Map::new();
+            doc.insert("kind".into(), json!(document.kind));
+            doc.insert("number".into(), json!(number));
+            doc.insert("issued_at".into(), json!(now_local()));
+            doc.insert("content".into(), document.content);
+            let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
+            let signature = ctx.signer.sign(provider, &doc).map_err(StoreError::Protocol)?;
+            doc.insert("signature".into(), signature.unwrap_or(Value::Null));
+            transition::complete(&mut tx, &row, doc).await?
+        }
+    };
+    tx.commit().await?;
+    if let Some(p) = pending {
+        ctx.outbox.flush(p).await;
+    }
+    Ok(())
+}
+
+async fn schedule_retry(ctx: &Ctx, row: &RequestRow, task: Task, step_name: &str, error: &str) -> Result<(), StoreError> {
+    let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+    let delay = retry_delay(attempt);
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
+    if row.step_deadline.is_some_and(|d| next >= d) {
+        let why = format!("transient failures until the deadline: {error}");
+        return refuse_overdue(ctx, task, &why).await;
+    }
+    let mut tx = ctx.store.begin().await?;
+    let Some(row) = Store::lock_request(&mut tx, task.request_id).await? else {
+        return Ok(());
+    };
+    if !is_current(&row, &task) {
+        return Ok(());
+    }
+    tracing::warn!(request_id = %row.request_id, pool = step_name, attempt, ?delay, %error, "step failed; retry scheduled");
+    transition::retry(&mut tx, &row, step_name, next, error).await?;
+    tx.commit().await
+}
+
+/// Refuses `deadline_exceeded` if the request is still at this task's step.
+async fn refuse_overdue(ctx: &Ctx, task: Task, why: &str) -> Result<(), StoreError> {
+    let mut tx = ctx.store.begin().await?;
+    let Some(row) = Store::lock_request(&mut tx, task.request_id).await? else {
+        return Ok(());
+    };
+    if !is_current(&row, &task) {
+        return Ok(());
+    }
+    let pending = refuse_for_deadline(ctx, &mut tx, &row, why).await?;
+    tx.commit().await?;
+    if let Some(p) = pending {
+        ctx.outbox.flush(p).await;
+    }
+    Ok(())
+}
+
+/// The refusal for a request whose step deadline passed: the step's own refusal where the
+/// regulation defines one for this case (no payment by the deadline → L2), otherwise
+/// `deadline_exceeded` naming the step and its deadline.
+pub async fn refuse_for_deadline(
+    ctx: &Ctx,
+    tx: &mut sqlx::PgConnection,
+    row: &RequestRow,
+    why: &str,
+) -> Result<Option<Pending>, StoreError> {
+    let step_name = row.step.clone().unwrap_or_else(|| "intake".into());
+    let deadline = row.step_deadline.map(crate::contract::to_local);
+    let detail = json!({ "why": why, "deadline": deadline });
+    let reason = match load(ctx, row) {
+        Ok((_, route)) => {
+            let step = route.step(row.step_index as usize);
+            match step {
+                Some(s) if s.pool == PoolName::Payment => {
+                    s.refusal.as_deref().map(|key| transition::regulation_reason(&route, key, None))
+                }
+                _ => None,
+            }
+        }
+        Err(_) => None,
+    };
+    let reason = reason.unwrap_or_else(|| {
+        let when = deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
+        transition::common_reason(&ctx.regs, "deadline_exceeded", &format!("{step_name} (deadline {when})"))
+    });
+    transition::refuse(tx, &Head::from(row), row.step_index, &step_name, reason, Some(detail)).await
+}
+
+/// Convenience for the sweeper and handlers that own an `Arc<Ctx>`.
+pub type SharedCtx = Arc<Ctx>;

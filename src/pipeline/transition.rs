@@ -1,0 +1,323 @@
+//! State changes of a request. Each function runs inside the caller's transaction and writes
+//! the new state, its audit-trail rows and the outbox messages it causes; the caller commits and
+//! then hands the returned [`Pending`] to [`super::Outbox::flush`].
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::broker::{EXCHANGE_WORK, Message, pool_name};
+use crate::contract::{EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local};
+use crate::regulations::{Regulations, Route, code_of};
+use crate::store::{FinalOutcome, RequestRow, Store, StoreError};
+
+use super::Task;
+
+/// Messages written to the outbox, to publish once the transaction commits.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Outbox row ids.
+    pub ids: Vec<i64>,
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+}
+
+impl Pending {
+    /// Adds another batch.
+    pub fn extend(&mut self, other: Pending) {
+        self.ids.extend(other.ids);
+        self.messages.extend(other.messages);
+    }
+}
+
+/// What every Outcome of a request repeats.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Request id.
+    pub request_id: Uuid,
+    /// Number, once registered.
+    pub request_number: Option<String>,
+    /// Service as sent.
+    pub service: String,
+    /// Region as sent.
+    pub region: String,
+    /// Channel as sent.
+    pub channel: String,
+    /// Service deadline.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Trace context to copy onto every Outcome.
+    pub traceparent: Option<String>,
+}
+
+impl From<&RequestRow> for Head {
+    fn from(r: &RequestRow) -> Self {
+        Head {
+            request_id: r.request_id,
+            request_number: r.request_number.clone(),
+            service: r.service.clone(),
+            region: r.region.clone(),
+            channel: r.channel.clone(),
+            deadline: r.service_deadline,
+            traceparent: r.traceparent.clone(),
+        }
+    }
+}
+
+/// Builds an Outcome and its message.
+pub fn outcome_message(
+    head: &Head,
+    status: Status,
+    step: Option<&str>,
+    reason: Option<Reason>,
+    document: Option<Value>,
+    at: DateTime<Utc>,
+    message_id: String,
+) -> (Outcome, Message) {
+    let outcome = Outcome {
+        request_id: head.request_id,
+        request_number: head.request_number.clone(),
+        service: head.service.clone(),
+        region: head.region.clone(),
+        channel: head.channel.clone(),
+        status,
+        step: step.map(str::to_owned),
+        deadline: head.deadline.map(to_local),
+        reason,
+        document,
+        at: to_local(at),
+    };
+    let body = serde_json::to_vec(&outcome).unwrap_or_default();
+    let message = Message {
+        exchange: EXCHANGE_OUTCOMES.to_owned(),
+        routing_key: format!("{}.{}", status.routing_prefix(), routing_word(&head.service)),
+        message_id,
+        body,
+        traceparent: head.traceparent.clone(),
+        headers: Vec::new(),
+        must_route: false,
+    };
+    (outcome, message)
+}
+
+/// The task message for a step.
+pub fn task_message(request_id: Uuid, step_index: i32, pool: crate::regulations::PoolName, traceparent: Option<&str>) -> Message {
+    let task = Task { request_id, step_index };
+    Message {
+        exchange: EXCHANGE_WORK.to_owned(),
+        routing_key: pool_name(pool).to_owned(),
+        message_id: format!("{request_id}:{step_index}:task"),
+        body: serde_json::to_vec(&task).unwrap_or_default(),
+        traceparent: traceparent.map(str::to_owned),
+        headers: Vec::new(),
+        must_route: true,
+    }
+}
+
+async fn stage(tx: &mut PgConnection, messages: Vec<Message>) -> Result<Pending, StoreError> {
+    let ids = Store::outbox_insert(tx, &messages).await?;
+    Ok(Pending { ids, messages })
+}
+
+/// The deadline of step `index` from the stored plan.
+pub fn step_deadline(row: &RequestRow, index: i32) -> Option<DateTime<Utc>> {
+    row.deadlines
+        .get(usize::try_from(index).ok()?)
+        .and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn merge_facts(base: &Value, add: Option<Value>) -> Value {
+    let mut merged = base.as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(add)) = add {
+        merged.extend(add);
+    }
+    Value::Object(merged)
+}
+
+/// Texts of a regulation refusal (plus the staff member's reason, when given).
+pub fn regulation_reason(route: &Route<'_>, key: &str, note: Option<&StaffReason>) -> Reason {
+    let Some(def) = route.refusal(key) else {
+        // Loading validates every key a route can emit; this is a data bug.
+        tracing::error!(refusal = key, service = %route.service.service, "refusal key missing from regulation data");
+        return Reason {
+            code: Some(code_of(key).to_owned()),
+            kind: "provider_refused".into(),
+            ru: "Мотивированный отказ в оказании государственной услуги".into(),
+            kk: "Мемлекеттік қызметті көрсетуден бас тарту туралы дәлелді жауап".into(),
+            en: "Reasoned refusal to provide the public service".into(),
+        };
+    };
+    let (ru, kk, en) = match note {
+        Some(n) => (
+            format!("{} Причина: {}", def.texts.ru, n.ru),
+            format!("{} Себебі: {}", def.texts.kk, n.kk),
+            format!("{} Reason given by the provider (in Russian): {}", def.texts.en, n.ru),
+        ),
+        None => (def.texts.ru.clone(), def.texts.kk.clone(), def.texts.en.clone()),
+    };
+    Reason { code: Some(code_of(key).to_owned()), kind: def.kind.clone(), ru, kk, en }
+}
+
+/// Texts of a refusal no regulation defines (`invalid_request`, `unsupported_service`,
+/// `deadline_exceeded`), with the specific detail filled in.
+pub fn common_reason(regs: &Regulations, kind: &str, detail: &str) -> Reason {
+    match regs.common(kind) {
+        Some(c) => Reason {
+            code: None,
+            kind: kind.to_owned(),
+            ru: c.texts.ru.replace("{detail}", detail),
+            kk: c.texts.kk.replace("{detail}", detail),
+            en: c.texts.en.replace("{detail}", detail),
+        },
+        None => Reason {
+            code: None,
+            kind: kind.to_owned(),
+            ru: detail.to_owned(),
+            kk: detail.to_owned(),
+            en: detail.to_owned(),
+        },
+    }
+}
+
+/// Moves a request from its current step to the next one and queues it.
+pub async fn advance(
+    tx: &mut PgConnection,
+    row: &RequestRow,
+    route: &Route<'_>,
+    add_facts: Option<Value>,
+    detail: Option<Value>,
+) -> Result<Pending, StoreError> {
+    let now = Utc::now();
+    let current = route.step(row.step_index as usize).map(|s| pool_name(s.pool)).unwrap_or("?");
+    let next_index = row.step_index + 1;
+    let Some(next) = route.step(next_index as usize) else {
+        return Err(StoreError::Protocol(format!("route of {} has no step {next_index}", row.request_id)));
+    };
+    let deadline = step_deadline(row, next_index).unwrap_or(now);
+    let facts = merge_facts(&row.facts, add_facts);
+    let next_name = pool_name(next.pool);
+    Store::set_queued(tx, row.request_id, next_index, next_name, deadline, &facts).await?;
+    Store::history(tx, row.request_id, row.step_index, current, "passed", row.step_deadline, detail.as_ref()).await?;
+    Store::history(tx, row.request_id, next_index, next_name, "queued", Some(deadline), None).await?;
+    let head = Head::from(row);
+    let (_, status) = outcome_message(
+        &head,
+        Status::InProgress,
+        Some(next_name),
+        None,
+        None,
+        now,
+        format!("{}:{next_index}:in_progress", row.request_id),
+    );
+    let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
+    stage(tx, vec![status, task]).await
+}
+
+/// Ends a request with a refusal. Returns `None` if it already had its final outcome.
+pub async fn refuse(
+    tx: &mut PgConnection,
+    head: &Head,
+    step_index: i32,
+    step: &str,
+    reason: Reason,
+    detail: Option<Value>,
+) -> Result<Option<Pending>, StoreError> {
+    let now = Utc::now();
+    let (outcome, message) = outcome_message(
+        head,
+        Status::Refused,
+        Some(step),
+        Some(reason.clone()),
+        None,
+        now,
+        format!("{}:final", head.request_id),
+    );
+    let body = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+    let final_row = FinalOutcome {
+        status: "refused",
+        step: Some(step),
+        code: reason.code.as_deref(),
+        kind: Some(&reason.kind),
+        document: None,
+        body: &body,
+        at: now,
+    };
+    if !Store::finish(tx, head.request_id, &final_row).await? {
+        return Ok(None);
+    }
+    let mut detail = detail.unwrap_or_else(|| json!({}));
+    if let Some(obj) = detail.as_object_mut() {
+        obj.insert("code".into(), json!(reason.code));
+        obj.insert("kind".into(), json!(reason.kind));
+    }
+    Store::history(tx, head.request_id, step_index, step, "refused", head.deadline, Some(&detail)).await?;
+    Ok(Some(stage(tx, vec![message]).await?))
+}
+
+/// Ends a request with its result document. Returns `None` if it already had its final outcome.
+pub async fn complete(
+    tx: &mut PgConnection,
+    row: &RequestRow,
+    document: Map<String, Value>,
+) -> Result<Option<Pending>, StoreError> {
+    let now = Utc::now();
+    let head = Head::from(row);
+    let document = Value::Object(document);
+    let (outcome, message) = outcome_message(
+        &head,
+        Status::Completed,
+        Some("result"),
+        None,
+        Some(document.clone()),
+        now,
+        format!("{}:final", row.request_id),
+    );
+    let body = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+    let final_row = FinalOutcome {
+        status: "completed",
+        step: Some("result"),
+        code: None,
+        kind: None,
+        document: Some(&document),
+        body: &body,
+        at: now,
+    };
+    if !Store::finish(tx, row.request_id, &final_row).await? {
+        return Ok(None);
+    }
+    let detail = json!({ "document": document.get("number") });
+    Store::history(tx, row.request_id, row.step_index, "result", "completed", row.step_deadline, Some(&detail)).await?;
+    Ok(Some(stage(tx, vec![message]).await?))
+}
+
+/// Parks a request until an external event (payment, staff decision) or its deadline.
+pub async fn wait(tx: &mut PgConnection, row: &RequestRow, step: &str, detail: Option<Value>) -> Result<(), StoreError> {
+    Store::set_waiting(tx, row.request_id).await?;
+    Store::history(tx, row.request_id, row.step_index, step, "waiting", row.step_deadline, detail.as_ref()).await
+}
+
+/// Schedules another attempt of the current step after a transient failure.
+pub async fn retry(
+    tx: &mut PgConnection,
+    row: &RequestRow,
+    step: &str,
+    next_attempt_at: DateTime<Utc>,
+    error: &str,
+) -> Result<(), StoreError> {
+    let attempts = row.attempts + 1;
+    Store::set_retry(tx, row.request_id, attempts, next_attempt_at).await?;
+    let detail = json!({ "attempt": attempts, "error": error, "next_attempt_at": next_attempt_at });
+    Store::history(tx, row.request_id, row.step_index, step, "retry", row.step_deadline, Some(&detail)).await
+}
+
+/// Puts a request whose retry is due back on its pool's queue.
+pub async fn requeue(tx: &mut PgConnection, row: &RequestRow, route: &Route<'_>) -> Result<Pending, StoreError> {
+    let Some(step) = route.step(row.step_index as usize) else {
+        return Err(StoreError::Protocol(format!("route of {} has no step {}", row.request_id, row.step_index)));
+    };
+    Store::set_requeued(tx, row.request_id).await?;
+    let task = task_message(row.request_id, row.step_index, step.pool, row.traceparent.as_deref());
+    stage(tx, vec![task]).await
+}

@@ -1,0 +1,318 @@
+//! The shape of a regulation file (`regulations/<service>.toml`).
+//!
+//! One file describes one service: its refusal texts (tagged with the refusal code of
+//! regulations.md and the P-numbers they implement) and, per region variant and channel, the
+//! route a request takes through the worker pools with each step's deadline as the step tables
+//! give it. The types here are exactly what the TOML holds; [`super::Regulations`] checks the
+//! cross-references after loading.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{Channel, Region, ServiceCode};
+
+/// Text in the three languages every outcome carries (P-50).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Texts {
+    /// Russian.
+    pub ru: String,
+    /// Kazakh.
+    pub kk: String,
+    /// English.
+    pub en: String,
+}
+
+/// One service file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Contract code of the service (`doctor-appointment`, …).
+    pub service: ServiceCode,
+    /// Short id used in regulations.md (`S1` … `S5`).
+    pub code: String,
+    /// Official names.
+    pub name: Texts,
+    /// `full`: the provider decides by rules in this file; `partial`: staff decide.
+    pub automation: Automation,
+    /// Source documents this file is drawn from, for the reader.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Refusals this service can produce, keyed by regulation code (`R3`, `L2`, …).
+    pub refusals: BTreeMap<String, RefusalDef>,
+    /// Result documents, keyed by document kind.
+    pub documents: BTreeMap<String, DocumentDef>,
+    /// Region variants (one per regulation).
+    pub variants: Vec<VariantDef>,
+    /// Choices made where sources conflict (regulations.md §12), kept with the data.
+    #[serde(default)]
+    pub decisions: Vec<DecisionNote>,
+}
+
+/// Whether a service is decided by rules or by staff.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Automation {
+    /// полностью автоматизированная (S1–S3).
+    Full,
+    /// частично автоматизированная (S4, S5).
+    Partial,
+}
+
+/// A refusal the regulation defines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalDef {
+    /// Stable machine word of the contract (`not_in_registry`, `provider_refused`, …).
+    pub kind: String,
+    /// Behaviours (P-n) this refusal implements.
+    pub behaviours: Vec<String>,
+    /// Where the wording comes from.
+    pub source: String,
+    /// The texts.
+    #[serde(flatten)]
+    pub texts: Texts,
+    /// Languages written by qyzmet because the source has no such text.
+    #[serde(default)]
+    pub translated: Vec<String>,
+}
+
+/// A result document kind (P-36…P-39).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentDef {
+    /// Title printed on the document.
+    pub title: Texts,
+    /// Prefix of the document number; numbers count per prefix and year.
+    pub number_prefix: String,
+    /// How the applicant receives it (P-44).
+    pub delivery: String,
+    /// Behaviours implemented.
+    pub behaviours: Vec<String>,
+    /// Where it is described.
+    pub source: String,
+}
+
+/// A documented choice where the sources conflict or are silent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionNote {
+    /// Defect or behaviour concerned (`D21`, `P-10`, …).
+    pub about: String,
+    /// What qyzmet does.
+    pub choice: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One region's regulation for the service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantDef {
+    /// Region code.
+    pub region: Region,
+    /// Regulation ids of regulations.md §0.2 (`S1-AKM-RU, S1-AKM-KZ`).
+    pub regulation: String,
+    /// Identifier kinds an applicant may have (`iin`, `bin`) — P-13 and the recipient definitions.
+    pub applicant: Vec<IdKind>,
+    /// Form fields that must be present and non-empty.
+    #[serde(default)]
+    pub required_form_fields: Vec<String>,
+    /// Intake cut-off before the provider closes (P-10), when the regulation sets one.
+    #[serde(default)]
+    pub intake_cutoff: Option<IntakeCutoff>,
+    /// Channels and their routes.
+    pub channels: Vec<ChannelDef>,
+}
+
+/// Identifier kinds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum IdKind {
+    /// Individual identification number.
+    Iin,
+    /// Business identification number.
+    Bin,
+}
+
+/// P-10: requests accepted only until some time before the provider closes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeCutoff {
+    /// Provider's closing time, local (`HH:MM`).
+    pub provider_closes: String,
+    /// How long before closing requests stop being accepted for the same day.
+    pub before_closing: String,
+    /// What happens to a later request.
+    pub after_cutoff: String,
+}
+
+/// One channel of a variant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDef {
+    /// Channel code.
+    pub channel: Channel,
+    /// Behaviours this route implements.
+    pub behaviours: Vec<String>,
+    /// Where the route comes from.
+    pub source: String,
+    /// Signature check at intake (P-12…P-16).
+    pub signature: SignatureDef,
+    /// The route, in order; every route starts with `intake` and ends with `result`.
+    pub steps: Vec<StepDef>,
+}
+
+/// Signature check of a channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureDef {
+    /// Who signs the request (`applicant`, `provider_staff`, `centre_operator`).
+    pub signer: String,
+    /// Identifier kinds matched against the certificate (P-13).
+    pub identifier: Vec<IdKind>,
+    /// Refusal code when the signature is not confirmed; absent where the regulation
+    /// specifies no check for this signer (P-14) — qyzmet still verifies, see decisions.
+    #[serde(default)]
+    pub refusal: Option<String>,
+}
+
+/// Worker pools, in the order a request can meet them.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolName {
+    /// Validation, signature, registration.
+    Intake,
+    /// State registries.
+    Registry,
+    /// Payment confirmation.
+    Payment,
+    /// Provider review.
+    Review,
+    /// Result generation.
+    Result,
+}
+
+/// One step of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    /// The pool that runs it.
+    pub pool: PoolName,
+    /// Deadline grammar: `90s`, `1m30s`, `10m`, `2h`, `1 working day`, `15 working days`,
+    /// `30 calendar days`, `same day`, `shared` (ends with the previous step), or a table
+    /// choosing by a form field.
+    pub deadline: DeadlineSpec,
+    /// The deadline exactly as the step table prints it, with the table reference.
+    pub deadline_source: String,
+    /// Behaviours implemented.
+    pub behaviours: Vec<String>,
+    /// Registry lookups (registry pool only).
+    #[serde(default)]
+    pub lookups: Vec<Lookup>,
+    /// Refusal code when a looked-up record is missing (registry pool).
+    #[serde(default)]
+    pub not_found_refusal: Option<String>,
+    /// Refusal code when the step gives up (payment: no payment; review: staff refusal).
+    #[serde(default)]
+    pub refusal: Option<String>,
+    /// `rules` or `decision` (review pool).
+    #[serde(default)]
+    pub mode: Option<ReviewMode>,
+    /// Automated review rules (review pool, `rules` mode).
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+    /// Result document kind (result pool).
+    #[serde(default)]
+    pub document: Option<String>,
+    /// Free text for the reader.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A deadline as written in the data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DeadlineSpec {
+    /// One deadline for every request.
+    Fixed(String),
+    /// A deadline chosen by a form field (S4: licence kind, P-33).
+    ByField {
+        /// Dotted path of the field, e.g. `form.kind`.
+        by: String,
+        /// Deadline per field value.
+        values: BTreeMap<String, String>,
+    },
+}
+
+/// Registry lookups.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Lookup {
+    /// ГБД ФЛ by IIN (P-18).
+    Person,
+    /// ГБД ФЛ by IIN or ГБД ЮЛ by BIN (P-19, P-20).
+    PersonOrEntity,
+    /// ЕНИС, when the request carries a notarised power of attorney (P-21).
+    PowerOfAttorney,
+    /// Attached-population register (P-30).
+    Attachment,
+}
+
+/// Review modes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewMode {
+    /// Decided by the rules in the data.
+    Rules,
+    /// Waits for a staff Decision on `qyzmet.decisions`.
+    Decision,
+}
+
+/// One automated review rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// What to check.
+    pub check: RuleCheck,
+    /// Refusal code when the check fails.
+    pub refusal: String,
+    /// Behaviours implemented.
+    pub behaviours: Vec<String>,
+    /// Why this rule exists.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// The closed set of checks an automated review can make.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleCheck {
+    /// The applicant is attached to the provider named in the request (P-30).
+    AttachedToProvider,
+    /// The provider named in the request is a registered legal entity (ГБД ЮЛ).
+    ProviderRegistered,
+}
+
+/// Common texts for refusals no regulation defines (`invalid_request`, …), in
+/// `regulations/common.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonFile {
+    /// Keyed by refusal kind.
+    pub refusals: BTreeMap<String, CommonRefusal>,
+}
+
+/// A refusal without a regulation code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonRefusal {
+    /// Behaviours implemented.
+    pub behaviours: Vec<String>,
+    /// Why qyzmet emits it.
+    pub source: String,
+    /// The texts; `{detail}` is replaced with the specific reason.
+    #[serde(flatten)]
+    pub texts: Texts,
+}

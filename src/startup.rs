@@ -1,0 +1,142 @@
+//! Starting a qyzmet process: connect, declare, spawn the chosen pools and the sweeper, and
+//! return a handle that stops them gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+
+use crate::broker::{Broker, QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, task_queue};
+use crate::config::Settings;
+use crate::pipeline::runtime::{self, Handler};
+use crate::pipeline::task::TaskHandler;
+use crate::pipeline::{Ctx, Outbox, sweeper};
+use crate::registry::{PgRegistry, Registry};
+use crate::regulations::{PoolName, Regulations};
+use crate::shutdown::{self, Trigger};
+use crate::signature::{Signer, StructuralVerifier, UnsignedSigner, Verifier};
+use crate::store::Store;
+use crate::workers::{intake::IntakeHandler, payment::NoticeHandler, review::DecisionHandler};
+
+/// Every pool, in route order.
+pub const ALL_POOLS: [PoolName; 5] =
+    [PoolName::Intake, PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result];
+
+/// What this process runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Pools and their concurrency (in-flight deliveries per queue).
+    pub pools: Vec<(PoolName, usize)>,
+    /// Run the deadline sweeper and outbox relay (every process should, unless a test wants
+    /// to observe a process without one).
+    pub sweeper: bool,
+    /// Name shown in the broker's connection list.
+    pub name: String,
+}
+
+impl Options {
+    /// All pools with the same concurrency, plus the sweeper.
+    pub fn all(concurrency: usize) -> Options {
+        Options { pools: ALL_POOLS.iter().map(|p| (*p, concurrency)).collect(), sweeper: true, name: "qyzmet run".into() }
+    }
+}
+
+/// Replaceable dependencies (the seams for signatures and registries).
+pub struct Deps {
+    /// Signature verification.
+    pub verifier: Arc<dyn Verifier>,
+    /// Document signing.
+    pub signer: Arc<dyn Signer>,
+    /// Registries; `None` means the PostgreSQL tables.
+    pub registry: Option<Arc<dyn Registry>>,
+}
+
+impl Default for Deps {
+    fn default() -> Self {
+        Deps { verifier: Arc::new(StructuralVerifier), signer: Arc::new(UnsignedSigner), registry: None }
+    }
+}
+
+/// A running process.
+pub struct Running {
+    trigger: Trigger,
+    tasks: JoinSet<()>,
+    marker: tokio::task::JoinHandle<()>,
+    broker: Arc<Broker>,
+    /// Shared context (store, regulations, outbox).
+    pub ctx: Arc<Ctx>,
+}
+
+/// Connects to the services (without running migrations) and starts what `opts` asks for.
+pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: Deps) -> anyhow::Result<Running> {
+    let store = Store::connect(&settings.database_url, settings.db_pool_size)
+        .await
+        .context("cannot connect to PostgreSQL (QYZMET_DATABASE_URL)")?;
+    let broker = Broker::connect(&settings.amqp_url, &opts.name)
+        .await
+        .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
+    let publisher = Arc::new(broker.publisher().await.context("cannot open a publisher channel")?);
+    let (outbox, marker) = Outbox::new(store.clone(), publisher);
+    let registry = deps.registry.unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
+    let ctx = Arc::new(Ctx {
+        store,
+        regs: Arc::new(regs),
+        outbox,
+        verifier: deps.verifier,
+        signer: deps.signer,
+        registry,
+        max_message_bytes: settings.max_message_bytes,
+        sweep_interval: settings.sweep_interval(),
+    });
+    let (trigger, shutdown) = shutdown::channel();
+    let mut tasks = JoinSet::new();
+    for (pool, concurrency) in &opts.pools {
+        let consumers: Vec<(String, Arc<dyn Handler>)> = match pool {
+            PoolName::Intake => vec![(QUEUE_INTAKE.into(), Arc::new(IntakeHandler))],
+            PoolName::Payment => vec![
+                (task_queue(*pool), Arc::new(TaskHandler { pool: *pool })),
+                (QUEUE_PAYMENT_NOTICES.into(), Arc::new(NoticeHandler)),
+            ],
+            PoolName::Review => vec![
+                (task_queue(*pool), Arc::new(TaskHandler { pool: *pool })),
+                (QUEUE_DECISIONS.into(), Arc::new(DecisionHandler)),
+            ],
+            PoolName::Registry | PoolName::Result => vec![(task_queue(*pool), Arc::new(TaskHandler { pool: *pool }))],
+        };
+        for (queue, handler) in consumers {
+            tasks.spawn(runtime::consume(ctx.clone(), broker.clone(), queue, *concurrency, handler, shutdown.clone()));
+        }
+    }
+    if opts.sweeper {
+        tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
+    }
+    Ok(Running { trigger, tasks, marker, broker, ctx })
+}
+
+impl Running {
+    /// Stops taking work, lets in-flight work finish (up to `grace`), hands the rest back to
+    /// the broker and closes connections.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.trigger.fire();
+        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(?grace, "in-flight work did not finish in time; the broker will redeliver it");
+            self.tasks.abort_all();
+        }
+        self.broker.close().await;
+        let ctx = self.ctx;
+        let store = ctx.store.clone();
+        drop(ctx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.marker).await;
+        store.close().await;
+    }
+
+    /// Kills the process's work abruptly (tests: a worker killed mid-step).
+    pub async fn abort(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.broker.close().await;
+        self.marker.abort();
+    }
+}

@@ -1,0 +1,790 @@
+//! Every SQL statement qyzmet runs, in one place.
+//!
+//! PostgreSQL holds the truth about each request; the broker only carries work. Functions that
+//! change a request take the caller's transaction so that a state change, its audit-trail row
+//! and the messages it causes (outbox) commit together or not at all.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::broker::Message;
+
+/// Errors from the store. All are transient for the pipeline (retry until the deadline).
+pub type StoreError = sqlx::Error;
+
+/// The database handle.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// A request's row as the pipeline needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestRow {
+    /// Id.
+    pub request_id: Uuid,
+    /// Number shown to the applicant.
+    pub request_number: Option<String>,
+    /// Service as sent.
+    pub service: String,
+    /// Region as sent.
+    pub region: String,
+    /// Channel as sent.
+    pub channel: String,
+    /// Masked applicant identifier.
+    pub applicant_masked: String,
+    /// queued | waiting | retry | completed | refused.
+    pub state: String,
+    /// Index of the current step in the route.
+    pub step_index: i32,
+    /// Current step's pool.
+    pub step: Option<String>,
+    /// Current step's deadline.
+    pub step_deadline: Option<DateTime<Utc>>,
+    /// Service deadline (P-41).
+    pub service_deadline: Option<DateTime<Utc>>,
+    /// Deadline per step (JSON array of RFC 3339 strings).
+    pub deadlines: Value,
+    /// Attempts of the current step so far.
+    pub attempts: i32,
+    /// Findings of earlier steps.
+    pub facts: Value,
+    /// The Request as received.
+    pub body: Value,
+    /// W3C trace context of the submission.
+    pub traceparent: Option<String>,
+    /// When intake received it.
+    pub received_at: DateTime<Utc>,
+}
+
+macro_rules! request_columns {
+    () => {
+        "request_id, request_number, service, region, channel, applicant_masked, state, step_index, step, \
+         step_deadline, service_deadline, deadlines, attempts, facts, body, traceparent, received_at"
+    };
+}
+
+/// A new request to insert at intake.
+#[derive(Debug)]
+pub struct NewRequest<'a> {
+    /// Id.
+    pub request_id: Uuid,
+    /// Prefix of the request number (`S4-AKT-20261123-`); `None` for requests refused at intake.
+    pub number_prefix: Option<String>,
+    /// Service as sent.
+    pub service: &'a str,
+    /// Region as sent.
+    pub region: &'a str,
+    /// Channel as sent.
+    pub channel: &'a str,
+    /// Masked applicant.
+    pub applicant_masked: &'a str,
+    /// Initial state.
+    pub state: &'a str,
+    /// Index of the first queued step.
+    pub step_index: i32,
+    /// Its pool.
+    pub step: Option<&'a str>,
+    /// Its deadline.
+    pub step_deadline: Option<DateTime<Utc>>,
+    /// Service deadline.
+    pub service_deadline: Option<DateTime<Utc>>,
+    /// All step deadlines.
+    pub deadlines: Value,
+    /// The Request.
+    pub body: &'a Value,
+    /// Broker-validated `user_id` of the publisher.
+    pub submitter: Option<&'a str>,
+    /// W3C trace context.
+    pub traceparent: Option<&'a str>,
+    /// Sender's submission time.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When intake received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A final outcome row.
+#[derive(Debug)]
+pub struct FinalOutcome<'a> {
+    /// completed | refused.
+    pub status: &'a str,
+    /// Deciding step.
+    pub step: Option<&'a str>,
+    /// Refusal code.
+    pub code: Option<&'a str>,
+    /// Refusal kind.
+    pub kind: Option<&'a str>,
+    /// Result document.
+    pub document: Option<&'a Value>,
+    /// The whole Outcome message.
+    pub body: &'a Value,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A step-history row for the status screen.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryRow {
+    /// Step index.
+    pub step_index: i32,
+    /// Pool.
+    pub step: String,
+    /// What happened.
+    pub event: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Deadline in force.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Details.
+    pub detail: Option<Value>,
+}
+
+/// An outbox row waiting for the relay.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Id.
+    pub id: i64,
+    /// Exchange.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// message_id.
+    pub message_id: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trace context.
+    pub traceparent: Option<String>,
+}
+
+impl OutboxRow {
+    /// As a message to publish.
+    pub fn into_message(self) -> Message {
+        let must_route = self.exchange != crate::contract::EXCHANGE_OUTCOMES;
+        Message {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            message_id: self.message_id,
+            body: self.body,
+            traceparent: self.traceparent,
+            headers: Vec::new(),
+            must_route,
+        }
+    }
+}
+
+/// A person in ГБД ФЛ.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PersonRecord {
+    /// IIN.
+    pub iin: String,
+    /// Full name.
+    pub full_name: String,
+    /// Birth date.
+    pub birth_date: Option<chrono::NaiveDate>,
+}
+
+/// A legal entity in ГБД ЮЛ.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EntityRecord {
+    /// BIN.
+    pub bin: String,
+    /// Registered name.
+    pub name: String,
+}
+
+/// A notarised power of attorney in ЕНИС.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PowerOfAttorneyRecord {
+    /// Registry number.
+    pub number: String,
+    /// IIN or BIN of the principal.
+    pub principal: String,
+    /// IIN of the representative.
+    pub representative_iin: String,
+    /// Last valid day.
+    pub valid_until: Option<chrono::NaiveDate>,
+    /// Revoked by the principal.
+    pub revoked: bool,
+}
+
+/// An attachment in the attached-population register.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct AttachmentRecord {
+    /// IIN of the patient.
+    pub iin: String,
+    /// BIN of the PHC organisation.
+    pub provider_bin: String,
+    /// Since when.
+    pub since: Option<chrono::NaiveDate>,
+}
+
+impl Store {
+    /// Connects with a pool of `size` connections.
+    pub async fn connect(url: &str, size: u32) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("qyzmet")
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+        let pool = PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    /// Applies the embedded migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await
+    }
+
+    /// The pool, for callers that need a plain connection.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- requests -------------------------------------------------------------------------
+
+    /// Whether a request id has been seen (the inbox check for republished Requests).
+    pub async fn request_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM requests WHERE request_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Inserts a request unless its id exists; returns its number (or `Some(None)` for an
+    /// unnumbered one), `None` when it was a duplicate.
+    pub async fn insert_request(
+        tx: &mut PgConnection,
+        r: &NewRequest<'_>,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, state, \
+                 step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
+                 submitted_at, received_at, registered_at, finished_at) \
+             VALUES ($1, CASE WHEN $2::text IS NULL THEN NULL \
+                              ELSE $2 || lpad(nextval('request_number_seq')::text, 7, '0') END, \
+                     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                     CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
+                     CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
+             ON CONFLICT (request_id) DO NOTHING \
+             RETURNING request_number",
+        )
+        .bind(r.request_id)
+        .bind(r.number_prefix.as_deref())
+        .bind(r.service)
+        .bind(r.region)
+        .bind(r.channel)
+        .bind(r.applicant_masked)
+        .bind(r.state)
+        .bind(r.step_index)
+        .bind(r.step)
+        .bind(r.step_deadline)
+        .bind(r.service_deadline)
+        .bind(&r.deadlines)
+        .bind(r.body)
+        .bind(r.submitter)
+        .bind(r.traceparent)
+        .bind(r.submitted_at)
+        .bind(r.received_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(row.map(|(n,)| n))
+    }
+
+    /// Reads a request without locking it.
+    pub async fn get_request(&self, id: Uuid) -> Result<Option<RequestRow>, StoreError> {
+        sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Locks a request for a state change (waits for a concurrent holder).
+    pub async fn lock_request(tx: &mut PgConnection, id: Uuid) -> Result<Option<RequestRow>, StoreError> {
+        sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+    }
+
+    /// Serialises everything that concerns one request id, including messages that arrive
+    /// before the request row exists (a payment before its request).
+    pub async fn lock_request_id(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7431))")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a request to a queued step.
+    pub async fn set_queued(
+        tx: &mut PgConnection,
+        id: Uuid,
+        step_index: i32,
+        step: &str,
+        step_deadline: DateTime<Utc>,
+        facts: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
+                 attempts = 0, next_attempt_at = NULL, updated_at = now() WHERE request_id = $1",
+        )
+        .bind(id)
+        .bind(step_index)
+        .bind(step)
+        .bind(step_deadline)
+        .bind(facts)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts a request whose retry is due back in the queued state (same step).
+    pub async fn set_requeued(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE requests SET state = 'queued', next_attempt_at = NULL, updated_at = now() WHERE request_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a request as waiting for an external event (payment, staff decision).
+    pub async fn set_waiting(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE requests SET state = 'waiting', updated_at = now() WHERE request_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Schedules another attempt of the current step.
+    pub async fn set_retry(
+        tx: &mut PgConnection,
+        id: Uuid,
+        attempts: i32,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE requests SET state = 'retry', attempts = $2, next_attempt_at = $3, updated_at = now() \
+             WHERE request_id = $1",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(next_attempt_at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the final outcome; `false` if one already exists (it never gets a second).
+    pub async fn finish(tx: &mut PgConnection, id: Uuid, o: &FinalOutcome<'_>) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(o.status)
+        .bind(o.step)
+        .bind(o.code)
+        .bind(o.kind)
+        .bind(o.document)
+        .bind(o.body)
+        .bind(o.at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            sqlx::query(
+                "UPDATE requests SET state = $2, finished_at = $3, next_attempt_at = NULL, updated_at = now() \
+                 WHERE request_id = $1",
+            )
+            .bind(id)
+            .bind(o.status)
+            .bind(o.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(inserted)
+    }
+
+    /// Appends to the audit trail.
+    pub async fn history(
+        tx: &mut PgConnection,
+        id: Uuid,
+        step_index: i32,
+        step: &str,
+        event: &str,
+        deadline: Option<DateTime<Utc>>,
+        detail: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(step_index)
+        .bind(step)
+        .bind(event)
+        .bind(deadline)
+        .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The audit trail of a request.
+    pub async fn history_of(&self, id: Uuid) -> Result<Vec<HistoryRow>, StoreError> {
+        sqlx::query_as(
+            "SELECT step_index, step, event, at, deadline, detail FROM step_history \
+             WHERE request_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The final outcome message of a request, if any.
+    pub async fn outcome_of(&self, id: Uuid) -> Result<Option<Value>, StoreError> {
+        let row: Option<(Value,)> = sqlx::query_as("SELECT body FROM outcomes WHERE request_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(b,)| b))
+    }
+
+    /// Ids of open requests past their step deadline, locked (skipping rows a worker holds).
+    pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE state IN ('queued', 'waiting', 'retry') AND step_deadline < now() \
+             ORDER BY step_deadline LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+    }
+
+    /// Requests whose retry is due, locked (skipping rows a worker holds).
+    pub async fn lock_due_retries(tx: &mut PgConnection, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE state = 'retry' AND next_attempt_at <= now() \
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+    }
+
+    /// Counts requests by state (for the demo and operators).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as("SELECT state, count(*) FROM requests GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    // ---- outbox ---------------------------------------------------------------------------
+
+    /// Writes messages to the outbox; returns their ids in order.
+    pub async fn outbox_insert(tx: &mut PgConnection, messages: &[Message]) -> Result<Vec<i64>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let exchanges: Vec<&str> = messages.iter().map(|m| m.exchange.as_str()).collect();
+        let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
+        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+        let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_slice()).collect();
+        let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
+             RETURNING id",
+        )
+        .bind(exchanges)
+        .bind(keys)
+        .bind(ids)
+        .bind(bodies)
+        .bind(traces)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Marks outbox rows as published.
+    pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Unpublished rows older than `age`, locked for the relay (skipping rows another relay holds).
+    pub async fn outbox_lock_stale(
+        tx: &mut PgConnection,
+        age: Duration,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        sqlx::query_as(
+            "SELECT id, exchange, routing_key, message_id, body, traceparent FROM outbox \
+             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(age.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+    }
+
+    /// Marks rows published inside the relay's transaction.
+    pub async fn outbox_mark_published_tx(tx: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Number of unpublished outbox rows.
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    // ---- payments and decisions -----------------------------------------------------------
+
+    /// Records a payment; `false` if this payment_id was already counted.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_payment(
+        tx: &mut PgConnection,
+        payment_id: &str,
+        request_id: Uuid,
+        amount: &str,
+        currency: &str,
+        paid_at: DateTime<Utc>,
+        payer_masked: &str,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO payments (payment_id, request_id, amount, currency, paid_at, payer_masked) \
+             VALUES ($1, $2, $3::numeric, $4, $5, $6) ON CONFLICT (payment_id) DO NOTHING",
+        )
+        .bind(payment_id)
+        .bind(request_id)
+        .bind(amount)
+        .bind(currency)
+        .bind(paid_at)
+        .bind(payer_masked)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Ids of the payments recorded for a request.
+    pub async fn payments_for(tx: &mut PgConnection, request_id: Uuid) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT payment_id FROM payments WHERE request_id = $1 ORDER BY received_at")
+                .bind(request_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        Ok(rows.into_iter().map(|(p,)| p).collect())
+    }
+
+    /// Records a staff decision; `false` if this decision_id was already recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_decision(
+        tx: &mut PgConnection,
+        decision_id: &str,
+        request_id: Uuid,
+        verdict: &str,
+        reason: Option<&Value>,
+        decided_at: DateTime<Utc>,
+        applied: bool,
+        rejection: Option<&str>,
+        submitter: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO decisions (decision_id, request_id, verdict, reason, decided_at, applied, rejection, submitter) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (decision_id) DO NOTHING",
+        )
+        .bind(decision_id)
+        .bind(request_id)
+        .bind(verdict)
+        .bind(reason)
+        .bind(decided_at)
+        .bind(applied)
+        .bind(rejection)
+        .bind(submitter)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Whether a decision id was already recorded.
+    pub async fn decision_exists(tx: &mut PgConnection, decision_id: &str) -> Result<bool, StoreError> {
+        let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM decisions WHERE decision_id = $1")
+            .bind(decision_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Decisions recorded for a request: (decision_id, applied, rejection).
+    pub async fn decisions_for(&self, request_id: Uuid) -> Result<Vec<(String, bool, Option<String>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT decision_id, applied, rejection FROM decisions WHERE request_id = $1 ORDER BY received_at",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Next document number in a scope (prefix and year).
+    pub async fn next_document_number(tx: &mut PgConnection, scope: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "INSERT INTO document_counters (scope, value) VALUES ($1, 1) \
+             ON CONFLICT (scope) DO UPDATE SET value = document_counters.value + 1 RETURNING value",
+        )
+        .bind(scope)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(n)
+    }
+
+    // ---- registries -----------------------------------------------------------------------
+
+    /// ГБД ФЛ by IIN.
+    pub async fn find_person(&self, iin: &str) -> Result<Option<PersonRecord>, StoreError> {
+        sqlx::query_as("SELECT iin, full_name, birth_date FROM registry_persons WHERE iin = $1")
+            .bind(iin)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// ГБД ЮЛ by BIN.
+    pub async fn find_entity(&self, bin: &str) -> Result<Option<EntityRecord>, StoreError> {
+        sqlx::query_as("SELECT bin, name FROM registry_legal_entities WHERE bin = $1")
+            .bind(bin)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// ЕНИС by number.
+    pub async fn find_power_of_attorney(&self, number: &str) -> Result<Option<PowerOfAttorneyRecord>, StoreError> {
+        sqlx::query_as(
+            "SELECT number, principal, representative_iin, valid_until, revoked \
+             FROM registry_powers_of_attorney WHERE number = $1",
+        )
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Attached-population register by IIN.
+    pub async fn find_attachment(&self, iin: &str) -> Result<Option<AttachmentRecord>, StoreError> {
+        sqlx::query_as("SELECT iin, provider_bin, since FROM registry_attachments WHERE iin = $1")
+            .bind(iin)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Upserts persons.
+    pub async fn upsert_persons(tx: &mut PgConnection, rows: &[PersonRecord]) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO registry_persons (iin, full_name, birth_date) VALUES ($1, $2, $3) \
+                 ON CONFLICT (iin) DO UPDATE SET full_name = EXCLUDED.full_name, birth_date = EXCLUDED.birth_date, \
+                 imported_at = now()",
+            )
+            .bind(&r.iin)
+            .bind(&r.full_name)
+            .bind(r.birth_date)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Upserts legal entities.
+    pub async fn upsert_entities(tx: &mut PgConnection, rows: &[EntityRecord]) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO registry_legal_entities (bin, name) VALUES ($1, $2) \
+                 ON CONFLICT (bin) DO UPDATE SET name = EXCLUDED.name, imported_at = now()",
+            )
+            .bind(&r.bin)
+            .bind(&r.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Upserts powers of attorney.
+    pub async fn upsert_powers_of_attorney(
+        tx: &mut PgConnection,
+        rows: &[PowerOfAttorneyRecord],
+    ) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO registry_powers_of_attorney (number, principal, representative_iin, valid_until, revoked) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (number) DO UPDATE SET principal = EXCLUDED.principal, \
+                 representative_iin = EXCLUDED.representative_iin, valid_until = EXCLUDED.valid_until, \
+                 revoked = EXCLUDED.revoked, imported_at = now()",
+            )
+            .bind(&r.number)
+            .bind(&r.principal)
+            .bind(&r.representative_iin)
+            .bind(r.valid_until)
+            .bind(r.revoked)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Upserts attachments.
+    pub async fn upsert_attachments(tx: &mut PgConnection, rows: &[AttachmentRecord]) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO registry_attachments (iin, provider_bin, since) VALUES ($1, $2, $3) \
+                 ON CONFLICT (iin) DO UPDATE SET provider_bin = EXCLUDED.provider_bin, since = EXCLUDED.since, \
+                 imported_at = now()",
+            )
+            .bind(&r.iin)
+            .bind(&r.provider_bin)
+            .bind(r.since)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}

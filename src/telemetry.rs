@@ -1,0 +1,14 @@
+//! Logging. Identifiers of people and organisations are never logged in clear: code logs
+//! [`crate::ident::mask`]ed values only, and request bodies are never logged.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: `QYZMET_LOG` (env-filter syntax) chooses what is logged,
+/// `QYZMET_LOG_FORMAT=json` switches to JSON lines for log shippers.
+pub fn init() {
+    let filter = EnvFilter::try_from_env("QYZMET_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,amq_protocol=warn"));
+    let json = std::env::var("QYZMET_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
+}

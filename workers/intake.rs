@@ -1,0 +1,325 @@
+//! Intake pool: reads Requests from `qyzmet.intake`.
+//!
+//! Unreadable messages (not JSON, no usable `request_id`, oversized) go to the dead-letter queue.
+//! A republished `request_id` is acknowledged and nothing else happens. Otherwise
+//! [`examine`] decides — field rules (`invalid_request` naming the field), the service/region/
+//! channel regulation (`unsupported_service`), the service's own rules (applicant kind, required
+//! form fields), the signature (P-12…P-16) — and the request is either refused at once or
+//! registered with a number and its deadlines (P-11, P-41, P-46), and its first step queued.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+
+use crate::broker::pool_name;
+use crate::contract::{Envelope, Reason, Request, Status};
+use crate::ident;
+use crate::pipeline::Ctx;
+use crate::pipeline::runtime::{Disposition, Handler, Incoming};
+use crate::pipeline::transition::{self, Head, outcome_message, task_message};
+use crate::regulations::{DeadlinePlan, Regulations, Route};
+use crate::signature::{ExpectedSigner, SignatureFailure, Verifier};
+use crate::store::{NewRequest, Store, StoreError};
+
+/// What intake decided about a readable Request.
+#[derive(Debug)]
+pub enum Examined<'r> {
+    /// Register it.
+    Accepted {
+        /// The request.
+        request: Box<Request>,
+        /// Its route.
+        route: Route<'r>,
+        /// Its deadlines.
+        plan: DeadlinePlan,
+    },
+    /// Refuse it at intake.
+    Refused {
+        /// Why.
+        reason: Reason,
+        /// Machine detail for the audit trail.
+        detail: Value,
+    },
+}
+
+/// The intake step proper: a plain function of the message, the regulations and the verifier.
+pub fn examine<'r>(
+    regs: &'r Regulations,
+    verifier: &dyn Verifier,
+    env: &Envelope,
+    received: DateTime<Utc>,
+) -> Examined<'r> {
+    let request = match Request::from_envelope(env) {
+        Ok(r) => r,
+        Err(e) => {
+            return Examined::Refused {
+                reason: transition::common_reason(regs, "invalid_request", &e.to_string()),
+                detail: json!({ "field": e.field, "problem": e.problem }),
+            };
+        }
+    };
+    let route = match regs.route(request.service, request.region, request.channel) {
+        Ok(r) => r,
+        Err(why) => {
+            return Examined::Refused {
+                reason: transition::common_reason(regs, "unsupported_service", &why),
+                detail: json!({ "why": why }),
+            };
+        }
+    };
+    if let Err(e) = regs.check_request(&route, &request) {
+        return Examined::Refused {
+            reason: transition::common_reason(regs, "invalid_request", &e.to_string()),
+            detail: json!({ "field": e.field, "problem": e.problem }),
+        };
+    }
+    let subject = request.applicant_id();
+    let expected = ExpectedSigner {
+        role: &route.channel.signature.signer,
+        identifiers: &route.channel.signature.identifier,
+        subject: subject.digits(),
+    };
+    if let Err(failure) = verifier.verify(&env.body, &request.signature, &expected) {
+        return Examined::Refused { reason: signature_reason(regs, &route, failure), detail: json!({ "signature": failure.to_string() }) };
+    }
+    let plan = regs.plan(&route, &request, received);
+    Examined::Accepted { request: Box::new(request), route, plan }
+}
+
+fn signature_reason(regs: &Regulations, route: &Route<'_>, failure: SignatureFailure) -> Reason {
+    match &route.channel.signature.refusal {
+        Some(key) => transition::regulation_reason(route, key, None),
+        None => {
+            // The regulation specifies no check for this signer (P-14) but qyzmet verifies every
+            // signature; the refusal then has no regulation code.
+            let mut r = transition::common_reason(regs, "invalid_request", &format!("signature: {failure}"));
+            r.kind = "signature_not_confirmed".into();
+            r
+        }
+    }
+}
+
+/// The intake handler for the broker loop.
+pub struct IntakeHandler;
+
+impl Handler for IntakeHandler {
+    fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
+        Box::pin(async move {
+            let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
+                Ok(env) => env,
+                Err(e) => return Disposition::DeadLetter { reason: e.code().into(), detail: e.to_string() },
+            };
+            match accept(ctx, &env, msg).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => {
+                    tracing::warn!(request_id = %env.request_id, error = %e, "intake could not commit; requeueing");
+                    Disposition::Requeue
+                }
+            }
+        })
+    }
+}
+
+fn text_of(env: &Envelope, key: &str) -> String {
+    env.body.get(key).and_then(Value::as_str).unwrap_or("").chars().take(64).collect()
+}
+
+fn masked_applicant(env: &Envelope) -> String {
+    env.body
+        .get("applicant")
+        .and_then(|a| a.get("iin").or_else(|| a.get("bin")))
+        .and_then(Value::as_str)
+        .map(ident::mask)
+        .unwrap_or_else(|| "-".into())
+}
+
+fn region_abbrev(region: &str) -> &'static str {
+    match region {
+        "akmola" => "AKM",
+        "aktobe" => "AKT",
+        "astana" => "AST",
+        _ => "XXX",
+    }
+}
+
+async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreError> {
+    if ctx.store.request_exists(env.request_id).await? {
+        tracing::info!(request_id = %env.request_id, "request republished; already registered, nothing to do");
+        return Ok(());
+    }
+    let received = Utc::now();
+    let examined = examine(&ctx.regs, &*ctx.verifier, env, received);
+    let body = Value::Object(env.body.clone());
+    let service = text_of(env, "service");
+    let region = text_of(env, "region");
+    let channel = text_of(env, "channel");
+    let applicant = masked_applicant(env);
+    let submitted_at = env
+        .body
+        .get("submitted_at")
+        .and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let mut tx = ctx.store.begin().await?;
+    let pending = match examined {
+        Examined::Refused { reason, detail } => {
+            let new = NewRequest {
+                request_id: env.request_id,
+                number_prefix: None,
+                service: &service,
+                region: &region,
+                channel: &channel,
+                applicant_masked: &applicant,
+                state: "queued",
+                step_index: 0,
+                step: Some("intake"),
+                step_deadline: None,
+                service_deadline: None,
+                deadlines: json!([]),
+                body: &body,
+                submitter: msg.user_id.as_deref(),
+                traceparent: msg.traceparent.as_deref(),
+                submitted_at,
+                received_at: received,
+            };
+            if Store::insert_request(&mut tx, &new).await?.is_none() {
+                return Ok(());
+            }
+            tracing::info!(request_id = %env.request_id, kind = %reason.kind, code = ?reason.code, applicant = %applicant, "refused at intake");
+            let head = Head {
+                request_id: env.request_id,
+                request_number: None,
+                service: service.clone(),
+                region: region.clone(),
+                channel: channel.clone(),
+                deadline: None,
+                traceparent: msg.traceparent.clone(),
+            };
+            transition::refuse(&mut tx, &head, 0, "intake", reason, Some(detail)).await?
+        }
+        Examined::Accepted { request, route, plan } => {
+            if Utc::now() > plan.steps[0].1 {
+                let reason = transition::common_reason(&ctx.regs, "deadline_exceeded", "intake");
+                let head = Head {
+                    request_id: env.request_id,
+                    request_number: None,
+                    service: service.clone(),
+                    region: region.clone(),
+                    channel: channel.clone(),
+                    deadline: Some(plan.service),
+                    traceparent: msg.traceparent.clone(),
+                };
+                let new = NewRequest {
+                    request_id: env.request_id,
+                    number_prefix: None,
+                    service: &service,
+                    region: &region,
+                    channel: &channel,
+                    applicant_masked: &applicant,
+                    state: "queued",
+                    step_index: 0,
+                    step: Some("intake"),
+                    step_deadline: Some(plan.steps[0].1),
+                    service_deadline: Some(plan.service),
+                    deadlines: json!([]),
+                    body: &body,
+                    submitter: msg.user_id.as_deref(),
+                    traceparent: msg.traceparent.as_deref(),
+                    submitted_at,
+                    received_at: received,
+                };
+                if Store::insert_request(&mut tx, &new).await?.is_none() {
+                    return Ok(());
+                }
+                transition::refuse(&mut tx, &head, 0, "intake", reason, None).await?
+            } else {
+                match register(&mut tx, ctx, env, msg, &request, &route, &plan, &body, &applicant, submitted_at, received).await? {
+                    Some(p) => Some(p),
+                    None => return Ok(()),
+                }
+            }
+        }
+    };
+    tx.commit().await?;
+    if let Some(p) = pending {
+        ctx.outbox.flush(p).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn register(
+    tx: &mut sqlx::PgConnection,
+    ctx: &Ctx,
+    env: &Envelope,
+    msg: &Incoming,
+    request: &Request,
+    route: &Route<'_>,
+    plan: &DeadlinePlan,
+    body: &Value,
+    applicant: &str,
+    submitted_at: Option<DateTime<Utc>>,
+    received: DateTime<Utc>,
+) -> Result<Option<transition::Pending>, StoreError> {
+    let Some(first) = route.step(1) else {
+        return Err(StoreError::Protocol("a route needs a step after intake".into()));
+    };
+    let first_deadline = plan.steps[1].1;
+    let prefix = format!(
+        "{}-{}-{}-",
+        route.service.code,
+        region_abbrev(request.region.as_str()),
+        received.with_timezone(&ctx.regs.calendar().tz()).format("%Y%m%d")
+    );
+    let deadlines: Vec<String> = plan.steps.iter().map(|(_, t)| t.to_rfc3339()).collect();
+    let first_name = pool_name(first.pool);
+    let new = NewRequest {
+        request_id: env.request_id,
+        number_prefix: Some(prefix),
+        service: request.service.as_str(),
+        region: request.region.as_str(),
+        channel: request.channel.as_str(),
+        applicant_masked: applicant,
+        state: "queued",
+        step_index: 1,
+        step: Some(first_name),
+        step_deadline: Some(first_deadline),
+        service_deadline: Some(plan.service),
+        deadlines: json!(deadlines),
+        body,
+        submitter: msg.user_id.as_deref(),
+        traceparent: msg.traceparent.as_deref(),
+        submitted_at,
+        received_at: received,
+    };
+    let Some(number) = Store::insert_request(tx, &new).await? else {
+        return Ok(None);
+    };
+    let detail = json!({ "request_number": number, "service_deadline": crate::contract::to_local(plan.service) });
+    Store::history(tx, env.request_id, 0, "intake", "registered", Some(plan.steps[0].1), Some(&detail)).await?;
+    Store::history(tx, env.request_id, 1, first_name, "queued", Some(first_deadline), None).await?;
+    tracing::info!(request_id = %env.request_id, number = ?number, service = %request.service, region = %request.region,
+        channel = %request.channel, applicant = %applicant, "registered");
+    let head = Head {
+        request_id: env.request_id,
+        request_number: number,
+        service: request.service.as_str().to_owned(),
+        region: request.region.as_str().to_owned(),
+        channel: request.channel.as_str().to_owned(),
+        deadline: Some(plan.service),
+        traceparent: msg.traceparent.clone(),
+    };
+    let (_, registered) = outcome_message(
+        &head,
+        Status::Registered,
+        Some(first_name),
+        None,
+        None,
+        Utc::now(),
+        format!("{}:0:registered", env.request_id),
+    );
+    let task = task_message(env.request_id, 1, first.pool, msg.traceparent.as_deref());
+    let messages = vec![registered, task];
+    let ids = Store::outbox_insert(tx, &messages).await?;
+    Ok(Some(transition::Pending { ids, messages }))
+}

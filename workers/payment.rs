@@ -1,0 +1,86 @@
+//! Payment-confirmation pool (S4 portal, P-23…P-27).
+//!
+//! PaymentNotices arrive on `qyzmet.payment-notices`, before or after their request. Each is
+//! recorded once per `payment_id`; if its request is at the payment step it moves on. The step
+//! itself passes when a payment is recorded and otherwise waits (state in PostgreSQL, not an
+//! unacked delivery); when the step deadline passes without payment the sweeper refuses with the
+//! step's refusal (L2, P-24).
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use crate::contract::{Envelope, PaymentNotice};
+use crate::ident;
+use crate::pipeline::runtime::{Disposition, Handler, Incoming};
+use crate::pipeline::task::load;
+use crate::pipeline::transition;
+use crate::pipeline::{Ctx, StepInput, StepOutcome};
+use crate::store::{Store, StoreError};
+
+/// The payment step: pass if the request is paid, otherwise wait.
+pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {
+    match payments.first() {
+        Some(id) => StepOutcome::Pass { facts: Some(json!({ "paid": true, "payment_id": id })) },
+        None => StepOutcome::Wait,
+    }
+}
+
+/// Handles PaymentNotices.
+pub struct NoticeHandler;
+
+impl Handler for NoticeHandler {
+    fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
+        Box::pin(async move {
+            let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
+                Ok(env) => env,
+                Err(e) => return Disposition::DeadLetter { reason: e.code().into(), detail: e.to_string() },
+            };
+            let notice = match PaymentNotice::from_envelope(&env) {
+                Ok(n) => n,
+                Err(e) => return Disposition::DeadLetter { reason: "invalid_payment_notice".into(), detail: e.to_string() },
+            };
+            match record(ctx, &notice).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => {
+                    tracing::warn!(request_id = %notice.request_id, error = %e, "payment notice not recorded; requeueing");
+                    Disposition::Requeue
+                }
+            }
+        })
+    }
+}
+
+async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
+    let payer = n.payer.identifier().map(|id| ident::mask(id.digits())).unwrap_or_default();
+    let mut tx = ctx.store.begin().await?;
+    Store::lock_request_id(&mut tx, n.request_id).await?;
+    let new = Store::insert_payment(
+        &mut tx,
+        &n.payment_id,
+        n.request_id,
+        &n.amount,
+        &n.currency,
+        n.paid_at.with_timezone(&Utc),
+        &payer,
+    )
+    .await?;
+    if !new {
+        tracing::info!(payment_id = %n.payment_id, "duplicate payment notice; counted once");
+        return tx.commit().await;
+    }
+    let mut pending = None;
+    if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
+        let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
+        if at_payment && let Ok((_, route)) = load(ctx, &row) {
+            let facts = json!({ "paid": true, "payment_id": n.payment_id });
+            pending = Some(transition::advance(&mut tx, &row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).await?);
+        }
+    }
+    tracing::info!(request_id = %n.request_id, payment_id = %n.payment_id, payer = %payer, applied = pending.is_some(), "payment recorded");
+    tx.commit().await?;
+    if let Some(p) = pending {
+        ctx.outbox.flush(p).await;
+    }
+    Ok(())
+}

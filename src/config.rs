@@ -8,11 +8,19 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Settings {
     /// AMQP URL of RabbitMQ, including the virtual host (`%2f` is `/`).
-    #[arg(long, env = "QYZMET_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5673/%2f")]
+    #[arg(
+        long,
+        env = "QYZMET_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5673/%2f"
+    )]
     pub amqp_url: String,
 
     /// PostgreSQL URL of qyzmet's database.
-    #[arg(long, env = "QYZMET_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5433/qyzmet")]
+    #[arg(
+        long,
+        env = "QYZMET_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5433/qyzmet"
+    )]
     pub database_url: String,
 
     /// Directory with the regulation data (service files, common.toml, calendar.toml).

@@ -19,14 +19,32 @@ pub async fn status_report(store: &Store, id: Uuid) -> anyhow::Result<String> {
     };
     let mut out = String::new();
     let _ = writeln!(out, "request      {}", row.request_id);
-    let _ = writeln!(out, "number       {}", row.request_number.as_deref().unwrap_or("(not registered)"));
+    let _ = writeln!(
+        out,
+        "number       {}",
+        row.request_number.as_deref().unwrap_or("(not registered)")
+    );
     let _ = writeln!(out, "applicant    {}", row.applicant_masked);
-    let _ = writeln!(out, "service      {} / {} / {}", row.service, row.region, row.channel);
-    let _ = writeln!(out, "status       {}{}", row.state, row.step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "service      {} / {} / {}",
+        row.service, row.region, row.channel
+    );
+    let _ = writeln!(
+        out,
+        "status       {}{}",
+        row.state,
+        row.step
+            .as_deref()
+            .map(|s| format!(" (step {s})"))
+            .unwrap_or_default()
+    );
     let _ = writeln!(
         out,
         "deadline     {}",
-        row.service_deadline.map(|d| to_local(d).to_rfc3339()).unwrap_or_else(|| "-".into())
+        row.service_deadline
+            .map(|d| to_local(d).to_rfc3339())
+            .unwrap_or_else(|| "-".into())
     );
     if let Some(outcome) = store.outcome_of(id).await? {
         if let Some(reason) = outcome.get("reason").filter(|r| !r.is_null()) {
@@ -55,7 +73,9 @@ pub async fn status_report(store: &Store, id: Uuid) -> anyhow::Result<String> {
             to_local(h.at).format("%Y-%m-%d %H:%M:%S%.3f"),
             h.step,
             h.event,
-            h.deadline.map(|d| to_local(d).format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into()),
+            h.deadline
+                .map(|d| to_local(d).format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
             h.detail.map(|d| format!("  {d}")).unwrap_or_default()
         );
     }
@@ -67,7 +87,15 @@ pub fn regulations_summary(regs: &Regulations) -> String {
     let mut out = String::new();
     for s in regs.services() {
         let f = &s.file;
-        let _ = writeln!(out, "{} {} ({}): {} refusals, {} documents", f.code, f.service, s.path.display(), f.refusals.len(), f.documents.len());
+        let _ = writeln!(
+            out,
+            "{} {} ({}): {} refusals, {} documents",
+            f.code,
+            f.service,
+            s.path.display(),
+            f.refusals.len(),
+            f.documents.len()
+        );
         for v in &f.variants {
             for c in &v.channels {
                 let steps: Vec<String> = c
@@ -78,13 +106,23 @@ pub fn regulations_summary(regs: &Regulations) -> String {
                             DeadlineSpec::Fixed(t) => t.clone(),
                             DeadlineSpec::ByField { by, values } => format!(
                                 "{by}: {}",
-                                values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                                values
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ),
                         };
                         format!("{} [{d}]", pool_name(st.pool))
                     })
                     .collect();
-                let _ = writeln!(out, "  {:<7} {:<9} {}", v.region.as_str(), c.channel.as_str(), steps.join(" → "));
+                let _ = writeln!(
+                    out,
+                    "  {:<7} {:<9} {}",
+                    v.region.as_str(),
+                    c.channel.as_str(),
+                    steps.join(" → ")
+                );
             }
         }
     }

@@ -50,7 +50,14 @@ pub enum IdError {
 pub fn check_digit(first11: &[u8; 11]) -> Option<u8> {
     const W1: [u32; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
     const W2: [u32; 11] = [3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2];
-    let sum = |w: &[u32; 11]| first11.iter().zip(w).map(|(d, w)| u32::from(*d) * w).sum::<u32>() % 11;
+    let sum = |w: &[u32; 11]| {
+        first11
+            .iter()
+            .zip(w)
+            .map(|(d, w)| u32::from(*d) * w)
+            .sum::<u32>()
+            % 11
+    };
     let first = sum(&W1);
     let digit = if first == 10 { sum(&W2) } else { first };
     (digit < 10).then_some(digit as u8)
@@ -148,7 +155,9 @@ mod tests {
 
     #[test]
     fn complete_makes_valid_numbers() {
-        let iin = complete("90010130012").or_else(|| complete("90010130013")).expect("completes");
+        let iin = complete("90010130012")
+            .or_else(|| complete("90010130013"))
+            .expect("completes");
         assert_eq!(check_iin(&iin), Ok(()));
     }
 

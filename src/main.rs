@@ -11,8 +11,8 @@ use uuid::Uuid;
 use qyzmet::broker::{Broker, Message};
 use qyzmet::config::Settings;
 use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
-use qyzmet::regulations::{PoolName, Regulations};
 use qyzmet::registry::{RegistryKind, import_file};
+use qyzmet::regulations::{PoolName, Regulations};
 use qyzmet::startup::{self, Deps, Options};
 use qyzmet::store::Store;
 
@@ -132,13 +132,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -160,31 +161,55 @@ async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { settings, concurrency } => {
-            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+        Command::Run {
+            settings,
+            concurrency,
+        } => {
+            let store = Store::connect(&settings.database_url, 2)
+                .await
+                .context("cannot connect to PostgreSQL")?;
             store.migrate().await.context("migrations failed")?;
             store.close().await;
             serve(settings, Options::all(concurrency)).await
         }
-        Command::Worker { pool, settings, concurrency } => {
+        Command::Worker {
+            pool,
+            settings,
+            concurrency,
+        } => {
             let pool = parse_pool(&pool)?;
-            let opts = Options { pools: vec![(pool, concurrency)], sweeper: true, name: format!("qyzmet worker {pool:?}") };
+            let opts = Options {
+                pools: vec![(pool, concurrency)],
+                sweeper: true,
+                name: format!("qyzmet worker {pool:?}"),
+            };
             serve(settings, opts).await
         }
         Command::Migrate { settings } => {
-            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let store = Store::connect(&settings.database_url, 2)
+                .await
+                .context("cannot connect to PostgreSQL")?;
             store.migrate().await.context("migrations failed")?;
             println!("migrations applied");
             Ok(())
         }
-        Command::Registry { command: RegistryCommand::Import { file, kind, settings } } => {
+        Command::Registry {
+            command:
+                RegistryCommand::Import {
+                    file,
+                    kind,
+                    settings,
+                },
+        } => {
             let kind = match kind {
                 Some(k) => Some(RegistryKind::parse(&k).with_context(|| {
                     format!("unknown registry {k:?}: use persons, legal-entities, powers-of-attorney or attachments")
                 })?),
                 None => None,
             };
-            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let store = Store::connect(&settings.database_url, 2)
+                .await
+                .context("cannot connect to PostgreSQL")?;
             let report = import_file(&store, &file, kind).await?;
             for (k, n) in &report.accepted {
                 println!("{}: {n} rows imported", k.name());
@@ -192,25 +217,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for r in &report.rejected {
                 println!("{}:{}: rejected: {}", file.display(), r.line, r.reason);
             }
-            println!("{} imported, {} rejected", report.accepted.iter().map(|(_, n)| n).sum::<usize>(), report.rejected.len());
+            println!(
+                "{} imported, {} rejected",
+                report.accepted.iter().map(|(_, n)| n).sum::<usize>(),
+                report.rejected.len()
+            );
             if report.accepted.is_empty() && !report.rejected.is_empty() {
                 bail!("no row was imported");
             }
             Ok(())
         }
         Command::Publish { file, settings } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let value: serde_json::Value = serde_json::from_slice(&bytes).context("the file is not JSON")?;
-            let id = value.get("request_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let (exchange, key, message_id) = if let Some(p) = value.get("payment_id").and_then(|v| v.as_str()) {
-                (EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), p.to_owned())
-            } else if let Some(d) = value.get("decision_id").and_then(|v| v.as_str()) {
-                let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("any");
-                (EXCHANGE_DECISIONS, format!("decision.{service}"), d.to_owned())
-            } else {
-                let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("unknown");
-                (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
-            };
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&bytes).context("the file is not JSON")?;
+            let id = value
+                .get("request_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let (exchange, key, message_id) =
+                if let Some(p) = value.get("payment_id").and_then(|v| v.as_str()) {
+                    (
+                        EXCHANGE_PAYMENTS,
+                        "payment.confirmed".to_owned(),
+                        p.to_owned(),
+                    )
+                } else if let Some(d) = value.get("decision_id").and_then(|v| v.as_str()) {
+                    let service = value
+                        .get("service")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("any");
+                    (
+                        EXCHANGE_DECISIONS,
+                        format!("decision.{service}"),
+                        d.to_owned(),
+                    )
+                } else {
+                    let service = value
+                        .get("service")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown");
+                    (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
+                };
             let broker = Broker::connect(&settings.amqp_url, "qyzmet publish").await?;
             let publisher = broker.publisher().await?;
             let msg = Message {
@@ -227,12 +277,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published to {exchange} with routing key {key} (confirmed)");
             Ok(())
         }
-        Command::Status { request_id, settings } => {
-            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+        Command::Status {
+            request_id,
+            settings,
+        } => {
+            let store = Store::connect(&settings.database_url, 2)
+                .await
+                .context("cannot connect to PostgreSQL")?;
             print!("{}", qyzmet::demo::status_report(&store, request_id).await?);
             Ok(())
         }
-        Command::Regulations { command: RegulationsCommand::Check { dir } } => {
+        Command::Regulations {
+            command: RegulationsCommand::Check { dir },
+        } => {
             let regs = load_regulations(&dir)?;
             print!("{}", qyzmet::demo::regulations_summary(&regs));
             Ok(())
@@ -244,7 +301,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     qyzmet::telemetry::init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -83,7 +83,8 @@ pub struct StructuralVerifier;
 
 fn is_base64(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
 }
 
 impl Verifier for StructuralVerifier {
@@ -99,7 +100,8 @@ impl Verifier for StructuralVerifier {
         if !matches!(signature.algorithm.as_str(), "ES256" | "RS256") {
             return Err(SignatureFailure::UnsupportedAlgorithm);
         }
-        if !signature.certificate_chain.iter().all(|c| is_base64(c)) || !is_base64(&signature.value) {
+        if !signature.certificate_chain.iter().all(|c| is_base64(c)) || !is_base64(&signature.value)
+        {
             return Err(SignatureFailure::Malformed);
         }
         Ok(())
@@ -111,7 +113,11 @@ impl Verifier for StructuralVerifier {
 pub struct UnsignedSigner;
 
 impl Signer for UnsignedSigner {
-    fn sign(&self, _provider: &str, _document: &Map<String, Value>) -> Result<Option<Value>, String> {
+    fn sign(
+        &self,
+        _provider: &str,
+        _document: &Map<String, Value>,
+    ) -> Result<Option<Value>, String> {
         Ok(None)
     }
 }
@@ -130,25 +136,47 @@ mod tests {
     }
 
     fn expected() -> ExpectedSigner<'static> {
-        ExpectedSigner { role: "applicant", identifiers: &[], subject: "840317000029" }
+        ExpectedSigner {
+            role: "applicant",
+            identifiers: &[],
+            subject: "840317000029",
+        }
     }
 
     #[test]
     fn p12_well_formed_signature_passes_the_structural_check() {
-        let ok = StructuralVerifier.verify(&Map::new(), &block("jcs-x509", "ES256", "MEUCIQ=="), &expected());
+        let ok = StructuralVerifier.verify(
+            &Map::new(),
+            &block("jcs-x509", "ES256", "MEUCIQ=="),
+            &expected(),
+        );
         assert_eq!(ok, Ok(()));
     }
 
     #[test]
     fn gost_is_unsupported() {
-        let r = StructuralVerifier.verify(&Map::new(), &block("jcs-x509", "GOST3410-2015", "AA=="), &expected());
+        let r = StructuralVerifier.verify(
+            &Map::new(),
+            &block("jcs-x509", "GOST3410-2015", "AA=="),
+            &expected(),
+        );
         assert_eq!(r, Err(SignatureFailure::UnsupportedAlgorithm));
     }
 
     #[test]
     fn other_formats_and_garbage_are_malformed() {
         let v = StructuralVerifier;
-        assert_eq!(v.verify(&Map::new(), &block("xmldsig", "ES256", "AA=="), &expected()), Err(SignatureFailure::Malformed));
-        assert_eq!(v.verify(&Map::new(), &block("jcs-x509", "ES256", "not base64!"), &expected()), Err(SignatureFailure::Malformed));
+        assert_eq!(
+            v.verify(&Map::new(), &block("xmldsig", "ES256", "AA=="), &expected()),
+            Err(SignatureFailure::Malformed)
+        );
+        assert_eq!(
+            v.verify(
+                &Map::new(),
+                &block("jcs-x509", "ES256", "not base64!"),
+                &expected()
+            ),
+            Err(SignatureFailure::Malformed)
+        );
     }
 }

@@ -20,8 +20,13 @@ use crate::store::Store;
 use crate::workers::{intake::IntakeHandler, payment::NoticeHandler, review::DecisionHandler};
 
 /// Every pool, in route order.
-pub const ALL_POOLS: [PoolName; 5] =
-    [PoolName::Intake, PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result];
+pub const ALL_POOLS: [PoolName; 5] = [
+    PoolName::Intake,
+    PoolName::Registry,
+    PoolName::Payment,
+    PoolName::Review,
+    PoolName::Result,
+];
 
 /// What this process runs.
 #[derive(Debug, Clone)]
@@ -38,7 +43,11 @@ pub struct Options {
 impl Options {
     /// All pools with the same concurrency, plus the sweeper.
     pub fn all(concurrency: usize) -> Options {
-        Options { pools: ALL_POOLS.iter().map(|p| (*p, concurrency)).collect(), sweeper: true, name: "qyzmet run".into() }
+        Options {
+            pools: ALL_POOLS.iter().map(|p| (*p, concurrency)).collect(),
+            sweeper: true,
+            name: "qyzmet run".into(),
+        }
     }
 }
 
@@ -54,7 +63,11 @@ pub struct Deps {
 
 impl Default for Deps {
     fn default() -> Self {
-        Deps { verifier: Arc::new(StructuralVerifier), signer: Arc::new(UnsignedSigner), registry: None }
+        Deps {
+            verifier: Arc::new(StructuralVerifier),
+            signer: Arc::new(UnsignedSigner),
+            registry: None,
+        }
     }
 }
 
@@ -69,16 +82,28 @@ pub struct Running {
 }
 
 /// Connects to the services (without running migrations) and starts what `opts` asks for.
-pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: Deps) -> anyhow::Result<Running> {
+pub async fn start(
+    settings: &Settings,
+    regs: Regulations,
+    opts: Options,
+    deps: Deps,
+) -> anyhow::Result<Running> {
     let store = Store::connect(&settings.database_url, settings.db_pool_size)
         .await
         .context("cannot connect to PostgreSQL (QYZMET_DATABASE_URL)")?;
     let broker = Broker::connect(&settings.amqp_url, &opts.name)
         .await
         .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
-    let publisher = Arc::new(broker.publisher().await.context("cannot open a publisher channel")?);
+    let publisher = Arc::new(
+        broker
+            .publisher()
+            .await
+            .context("cannot open a publisher channel")?,
+    );
     let (outbox, marker) = Outbox::new(store.clone(), publisher);
-    let registry = deps.registry.unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
+    let registry = deps
+        .registry
+        .unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
     let ctx = Arc::new(Ctx {
         store,
         regs: Arc::new(regs),
@@ -102,16 +127,31 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
                 (task_queue(*pool), Arc::new(TaskHandler { pool: *pool })),
                 (QUEUE_DECISIONS.into(), Arc::new(DecisionHandler)),
             ],
-            PoolName::Registry | PoolName::Result => vec![(task_queue(*pool), Arc::new(TaskHandler { pool: *pool }))],
+            PoolName::Registry | PoolName::Result => {
+                vec![(task_queue(*pool), Arc::new(TaskHandler { pool: *pool }))]
+            }
         };
         for (queue, handler) in consumers {
-            tasks.spawn(runtime::consume(ctx.clone(), broker.clone(), queue, *concurrency, handler, shutdown.clone()));
+            tasks.spawn(runtime::consume(
+                ctx.clone(),
+                broker.clone(),
+                queue,
+                *concurrency,
+                handler,
+                shutdown.clone(),
+            ));
         }
     }
     if opts.sweeper {
         tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
     }
-    Ok(Running { trigger, tasks, marker, broker, ctx })
+    Ok(Running {
+        trigger,
+        tasks,
+        marker,
+        broker,
+        ctx,
+    })
 }
 
 impl Running {
@@ -119,9 +159,15 @@ impl Running {
     /// the broker and closes connections.
     pub async fn shutdown(mut self, grace: Duration) {
         self.trigger.fire();
-        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(?grace, "in-flight work did not finish in time; the broker will redeliver it");
+            tracing::warn!(
+                ?grace,
+                "in-flight work did not finish in time; the broker will redeliver it"
+            );
             self.tasks.abort_all();
         }
         self.broker.close().await;

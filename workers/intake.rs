@@ -73,17 +73,29 @@ pub fn examine<'r>(
             detail: json!({ "field": e.field, "problem": e.problem }),
         };
     }
-    let subject = request.applicant_id();
+    // The applicant signs on the portal; staff sign with a certificate naming their employer.
+    let applicant = request.applicant_id();
+    let subject = match route.channel.signature.signer.as_str() {
+        "applicant" => applicant.digits(),
+        _ => request.provider.as_str(),
+    };
     let expected = ExpectedSigner {
         role: &route.channel.signature.signer,
         identifiers: &route.channel.signature.identifier,
-        subject: subject.digits(),
+        subject,
     };
     if let Err(failure) = verifier.verify(&env.body, &request.signature, &expected) {
-        return Examined::Refused { reason: signature_reason(regs, &route, failure), detail: json!({ "signature": failure.to_string() }) };
+        return Examined::Refused {
+            reason: signature_reason(regs, &route, failure),
+            detail: json!({ "signature": failure.to_string() }),
+        };
     }
     let plan = regs.plan(&route, &request, received);
-    Examined::Accepted { request: Box::new(request), route, plan }
+    Examined::Accepted {
+        request: Box::new(request),
+        route,
+        plan,
+    }
 }
 
 fn signature_reason(regs: &Regulations, route: &Route<'_>, failure: SignatureFailure) -> Reason {
@@ -92,7 +104,11 @@ fn signature_reason(regs: &Regulations, route: &Route<'_>, failure: SignatureFai
         None => {
             // The regulation specifies no check for this signer (P-14) but qyzmet verifies every
             // signature; the refusal then has no regulation code.
-            let mut r = transition::common_reason(regs, "invalid_request", &format!("signature: {failure}"));
+            let mut r = transition::common_reason(
+                regs,
+                "invalid_request",
+                &format!("signature: {failure}"),
+            );
             r.kind = "signature_not_confirmed".into();
             r
         }
@@ -107,7 +123,12 @@ impl Handler for IntakeHandler {
         Box::pin(async move {
             let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
                 Ok(env) => env,
-                Err(e) => return Disposition::DeadLetter { reason: e.code().into(), detail: e.to_string() },
+                Err(e) => {
+                    return Disposition::DeadLetter {
+                        reason: e.code().into(),
+                        detail: e.to_string(),
+                    };
+                }
             };
             match accept(ctx, &env, msg).await {
                 Ok(()) => Disposition::Ack,
@@ -121,7 +142,13 @@ impl Handler for IntakeHandler {
 }
 
 fn text_of(env: &Envelope, key: &str) -> String {
-    env.body.get(key).and_then(Value::as_str).unwrap_or("").chars().take(64).collect()
+    env.body
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .take(64)
+        .collect()
 }
 
 fn masked_applicant(env: &Envelope) -> String {
@@ -197,8 +224,12 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
             };
             transition::refuse(&mut tx, &head, 0, "intake", reason, Some(detail)).await?
         }
-        Examined::Accepted { request, route, plan } => {
-            if Utc::now() > plan.steps[0].1 {
+        Examined::Accepted {
+            request,
+            route,
+            plan,
+        } => {
+            if Utc::now() >= plan.steps[0].1 {
                 let reason = transition::common_reason(&ctx.regs, "deadline_exceeded", "intake");
                 let head = Head {
                     request_id: env.request_id,
@@ -233,7 +264,21 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
                 }
                 transition::refuse(&mut tx, &head, 0, "intake", reason, None).await?
             } else {
-                match register(&mut tx, ctx, env, msg, &request, &route, &plan, &body, &applicant, submitted_at, received).await? {
+                match register(
+                    &mut tx,
+                    ctx,
+                    env,
+                    msg,
+                    &request,
+                    &route,
+                    &plan,
+                    &body,
+                    &applicant,
+                    submitted_at,
+                    received,
+                )
+                .await?
+                {
                     Some(p) => Some(p),
                     None => return Ok(()),
                 }
@@ -262,14 +307,18 @@ async fn register(
     received: DateTime<Utc>,
 ) -> Result<Option<transition::Pending>, StoreError> {
     let Some(first) = route.step(1) else {
-        return Err(StoreError::Protocol("a route needs a step after intake".into()));
+        return Err(StoreError::Protocol(
+            "a route needs a step after intake".into(),
+        ));
     };
     let first_deadline = plan.steps[1].1;
     let prefix = format!(
         "{}-{}-{}-",
         route.service.code,
         region_abbrev(request.region.as_str()),
-        received.with_timezone(&ctx.regs.calendar().tz()).format("%Y%m%d")
+        received
+            .with_timezone(&ctx.regs.calendar().tz())
+            .format("%Y%m%d")
     );
     let deadlines: Vec<String> = plan.steps.iter().map(|(_, t)| t.to_rfc3339()).collect();
     let first_name = pool_name(first.pool);
@@ -296,8 +345,26 @@ async fn register(
         return Ok(None);
     };
     let detail = json!({ "request_number": number, "service_deadline": crate::contract::to_local(plan.service) });
-    Store::history(tx, env.request_id, 0, "intake", "registered", Some(plan.steps[0].1), Some(&detail)).await?;
-    Store::history(tx, env.request_id, 1, first_name, "queued", Some(first_deadline), None).await?;
+    Store::history(
+        tx,
+        env.request_id,
+        0,
+        "intake",
+        "registered",
+        Some(plan.steps[0].1),
+        Some(&detail),
+    )
+    .await?;
+    Store::history(
+        tx,
+        env.request_id,
+        1,
+        first_name,
+        "queued",
+        Some(first_deadline),
+        None,
+    )
+    .await?;
     tracing::info!(request_id = %env.request_id, number = ?number, service = %request.service, region = %request.region,
         channel = %request.channel, applicant = %applicant, "registered");
     let head = Head {

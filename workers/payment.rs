@@ -21,7 +21,9 @@ use crate::store::{Store, StoreError};
 /// The payment step: pass if the request is paid, otherwise wait.
 pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {
     match payments.first() {
-        Some(id) => StepOutcome::Pass { facts: Some(json!({ "paid": true, "payment_id": id })) },
+        Some(id) => StepOutcome::Pass {
+            facts: Some(json!({ "paid": true, "payment_id": id })),
+        },
         None => StepOutcome::Wait,
     }
 }
@@ -34,11 +36,21 @@ impl Handler for NoticeHandler {
         Box::pin(async move {
             let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
                 Ok(env) => env,
-                Err(e) => return Disposition::DeadLetter { reason: e.code().into(), detail: e.to_string() },
+                Err(e) => {
+                    return Disposition::DeadLetter {
+                        reason: e.code().into(),
+                        detail: e.to_string(),
+                    };
+                }
             };
             let notice = match PaymentNotice::from_envelope(&env) {
                 Ok(n) => n,
-                Err(e) => return Disposition::DeadLetter { reason: "invalid_payment_notice".into(), detail: e.to_string() },
+                Err(e) => {
+                    return Disposition::DeadLetter {
+                        reason: "invalid_payment_notice".into(),
+                        detail: e.to_string(),
+                    };
+                }
             };
             match record(ctx, &notice).await {
                 Ok(()) => Disposition::Ack,
@@ -52,7 +64,11 @@ impl Handler for NoticeHandler {
 }
 
 async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
-    let payer = n.payer.identifier().map(|id| ident::mask(id.digits())).unwrap_or_default();
+    let payer = n
+        .payer
+        .identifier()
+        .map(|id| ident::mask(id.digits()))
+        .unwrap_or_default();
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, n.request_id).await?;
     let new = Store::insert_payment(
@@ -71,10 +87,20 @@ async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
     }
     let mut pending = None;
     if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
-        let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
+        let at_payment = matches!(row.state.as_str(), "queued" | "waiting")
+            && row.step.as_deref() == Some("payment");
         if at_payment && let Ok((_, route)) = load(ctx, &row) {
             let facts = json!({ "paid": true, "payment_id": n.payment_id });
-            pending = Some(transition::advance(&mut tx, &row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).await?);
+            pending = Some(
+                transition::advance(
+                    &mut tx,
+                    &row,
+                    &route,
+                    Some(facts),
+                    Some(json!({ "payment_id": n.payment_id })),
+                )
+                .await?,
+            );
         }
     }
     tracing::info!(request_id = %n.request_id, payment_id = %n.payment_id, payer = %payer, applied = pending.is_some(), "payment recorded");

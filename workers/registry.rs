@@ -11,23 +11,35 @@ use serde_json::{Map, Value, json};
 use crate::contract::Request;
 use crate::ident::Identifier;
 use crate::pipeline::{StepError, StepInput, StepOutcome};
-use crate::regulations::{Lookup, code_of};
 use crate::registry::Registry;
+use crate::regulations::{Lookup, code_of};
 
 fn refuse(input: &StepInput<'_>, poa: bool, detail: &str) -> StepOutcome {
     let base = input.step.not_found_refusal.clone().unwrap_or_default();
     let special = format!("{}/power_of_attorney_not_found", code_of(&base));
-    let refusal = if poa && input.route.refusal(&special).is_some() { special } else { base };
-    StepOutcome::Refuse { refusal, note: None, detail: Some(detail.to_owned()) }
+    let refusal = if poa && input.route.refusal(&special).is_some() {
+        special
+    } else {
+        base
+    };
+    StepOutcome::Refuse {
+        refusal,
+        note: None,
+        detail: Some(detail.to_owned()),
+    }
 }
 
 /// Runs the lookups of this step.
-pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<StepOutcome, StepError> {
+pub async fn step(
+    input: &StepInput<'_>,
+    registry: &dyn Registry,
+) -> Result<StepOutcome, StepError> {
     let req: &Request = input.request;
     let mut facts = Map::new();
     for lookup in &input.step.lookups {
         match (lookup, req.applicant_id()) {
-            (Lookup::Person, Identifier::Iin(iin)) | (Lookup::PersonOrEntity, Identifier::Iin(iin)) => {
+            (Lookup::Person, Identifier::Iin(iin))
+            | (Lookup::PersonOrEntity, Identifier::Iin(iin)) => {
                 match registry.person(&iin).await? {
                     Some(p) => {
                         facts.insert("applicant_name".into(), json!(p.full_name));
@@ -47,9 +59,13 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
                 return Ok(refuse(input, false, "ГБД ФЛ cannot be searched by BIN"));
             }
             (Lookup::PowerOfAttorney, applicant) => {
-                let Some(rep) = &req.representative else { continue };
+                let Some(rep) = &req.representative else {
+                    continue;
+                };
                 // P-8: only a notarised power of attorney carries a number to check in ЕНИС.
-                let Some(number) = &rep.power_of_attorney else { continue };
+                let Some(number) = &rep.power_of_attorney else {
+                    continue;
+                };
                 let Some(poa) = registry.power_of_attorney(number).await? else {
                     return Ok(refuse(input, true, "power of attorney not found in ЕНИС"));
                 };
@@ -74,7 +90,9 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
                 let found = registry.attachment(&iin).await?;
                 facts.insert(
                     "attachment".into(),
-                    found.map(|a| json!({ "provider_bin": a.provider_bin, "since": a.since })).unwrap_or(Value::Null),
+                    found
+                        .map(|a| json!({ "provider_bin": a.provider_bin, "since": a.since }))
+                        .unwrap_or(Value::Null),
                 );
             }
             (Lookup::Attachment, Identifier::Bin(_)) => {
@@ -82,5 +100,7 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
             }
         }
     }
-    Ok(StepOutcome::Pass { facts: Some(Value::Object(facts)) })
+    Ok(StepOutcome::Pass {
+        facts: Some(Value::Object(facts)),
+    })
 }

@@ -13,7 +13,10 @@ pub fn step(input: &StepInput<'_>) -> StepOutcome {
     let kind = input.step.document.clone().unwrap_or_default();
     let def = input.route.service.documents.get(&kind);
     let mut content = Map::new();
-    content.insert("title".into(), def.map(|d| json!(d.title)).unwrap_or(Value::Null));
+    content.insert(
+        "title".into(),
+        def.map(|d| json!(d.title)).unwrap_or(Value::Null),
+    );
     content.insert("request_number".into(), json!(input.row.request_number));
     content.insert("service".into(), json!(req.service));
     content.insert("region".into(), json!(req.region));
@@ -34,12 +37,17 @@ pub fn step(input: &StepInput<'_>) -> StepOutcome {
         );
     }
     content.insert("particulars".into(), Value::Object(req.form.clone()));
-    content.insert("delivery".into(), def.map(|d| json!(d.delivery)).unwrap_or(Value::Null));
+    content.insert(
+        "delivery".into(),
+        def.map(|d| json!(d.delivery)).unwrap_or(Value::Null),
+    );
     tracing::debug!(request_id = %req.request_id, applicant = %ident::mask(req.applicant_id().digits()), %kind, "document drafted");
     StepOutcome::Complete {
         document: DocumentDraft {
             kind,
-            number_prefix: def.map(|d| d.number_prefix.clone()).unwrap_or_else(|| "DOC".into()),
+            number_prefix: def
+                .map(|d| d.number_prefix.clone())
+                .unwrap_or_else(|| "DOC".into()),
             content: Value::Object(content),
         },
     }

@@ -16,13 +16,16 @@ use crate::pipeline::runtime::{Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition::{self, Head, Pending};
 use crate::pipeline::{Ctx, StepError, StepInput, StepOutcome};
-use crate::regulations::{IdKind, ReviewMode, RuleCheck};
 use crate::registry::Registry;
+use crate::regulations::{IdKind, ReviewMode, RuleCheck};
 use crate::signature::ExpectedSigner;
 use crate::store::{Store, StoreError};
 
 /// The review step: evaluate the rules, or wait for staff.
-pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<StepOutcome, StepError> {
+pub async fn step(
+    input: &StepInput<'_>,
+    registry: &dyn Registry,
+) -> Result<StepOutcome, StepError> {
     if input.step.mode != Some(ReviewMode::Rules) {
         return Ok(StepOutcome::Wait);
     }
@@ -30,16 +33,23 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
         let ok = match rule.check {
             RuleCheck::AttachedToProvider => {
                 let attached_to = match input.facts.get("attachment") {
-                    Some(Value::Object(a)) => a.get("provider_bin").and_then(Value::as_str).map(str::to_owned),
+                    Some(Value::Object(a)) => a
+                        .get("provider_bin")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
                     Some(_) => None,
                     None => match input.request.applicant_id() {
-                        Identifier::Iin(iin) => registry.attachment(&iin).await?.map(|a| a.provider_bin),
+                        Identifier::Iin(iin) => {
+                            registry.attachment(&iin).await?.map(|a| a.provider_bin)
+                        }
                         Identifier::Bin(_) => None,
                     },
                 };
                 attached_to.as_deref() == Some(input.request.provider.as_str())
             }
-            RuleCheck::ProviderRegistered => registry.entity(&input.request.provider).await?.is_some(),
+            RuleCheck::ProviderRegistered => {
+                registry.entity(&input.request.provider).await?.is_some()
+            }
         };
         if !ok {
             return Ok(StepOutcome::Refuse {
@@ -60,11 +70,21 @@ impl Handler for DecisionHandler {
         Box::pin(async move {
             let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
                 Ok(env) => env,
-                Err(e) => return Disposition::DeadLetter { reason: e.code().into(), detail: e.to_string() },
+                Err(e) => {
+                    return Disposition::DeadLetter {
+                        reason: e.code().into(),
+                        detail: e.to_string(),
+                    };
+                }
             };
             let decision = match Decision::from_envelope(&env) {
                 Ok(d) => d,
-                Err(e) => return Disposition::DeadLetter { reason: "invalid_decision".into(), detail: e.to_string() },
+                Err(e) => {
+                    return Disposition::DeadLetter {
+                        reason: "invalid_decision".into(),
+                        detail: e.to_string(),
+                    };
+                }
             };
             match decide(ctx, &env, &decision, msg.user_id.as_deref()).await {
                 Ok(()) => Disposition::Ack,
@@ -77,7 +97,12 @@ impl Handler for DecisionHandler {
     }
 }
 
-async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<(), StoreError> {
+async fn decide(
+    ctx: &Ctx,
+    env: &Envelope,
+    d: &Decision,
+    submitter: Option<&str>,
+) -> Result<(), StoreError> {
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, d.request_id).await?;
     if Store::decision_exists(&mut tx, &d.decision_id).await? {
@@ -94,9 +119,17 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                 let step = route.step(row.step_index as usize);
                 let in_review = matches!(row.state.as_str(), "queued" | "waiting")
                     && step.is_some_and(|s| s.mode == Some(ReviewMode::Decision));
-                let expected = ExpectedSigner { role: "provider_staff", identifiers: &[IdKind::Bin], subject: &request.provider };
+                let expected = ExpectedSigner {
+                    role: "provider_staff",
+                    identifiers: &[IdKind::Bin],
+                    subject: &request.provider,
+                };
                 if !in_review {
-                    Some(format!("not_waiting_for_review (state {}, step {})", row.state, row.step.as_deref().unwrap_or("-")))
+                    Some(format!(
+                        "not_waiting_for_review (state {}, step {})",
+                        row.state,
+                        row.step.as_deref().unwrap_or("-")
+                    ))
                 } else if row.step_deadline.is_some_and(|dl| Utc::now() > dl) {
                     Some("late: the review deadline has passed".into())
                 } else if let Err(f) = ctx.verifier.verify(&env.body, &d.signature, &expected) {
@@ -104,14 +137,23 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                 } else {
                     let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
                     pending = Some(match d.decision {
-                        Verdict::Approve => transition::advance(&mut tx, row, &route, None, Some(detail)).await?,
+                        Verdict::Approve => {
+                            transition::advance(&mut tx, row, &route, None, Some(detail)).await?
+                        }
                         Verdict::Refuse => {
                             let key = step.and_then(|s| s.refusal.clone()).unwrap_or_default();
-                            let reason = transition::regulation_reason(&route, &key, d.reason.as_ref());
-                            match transition::refuse(&mut tx, &Head::from(row), row.step_index, "review", reason, Some(detail)).await? {
-                                Some(p) => p,
-                                None => Pending::default(),
-                            }
+                            let reason =
+                                transition::regulation_reason(&route, &key, d.reason.as_ref());
+                            transition::refuse(
+                                &mut tx,
+                                &Head::from(row),
+                                row.step_index,
+                                "review",
+                                reason,
+                                Some(detail),
+                            )
+                            .await?
+                            .unwrap_or_default()
                         }
                     });
                     None
@@ -138,7 +180,16 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
     .await?;
     if let (Some(why), Some(row)) = (&rejection, &row) {
         let detail = json!({ "decision_id": d.decision_id, "rejected": why });
-        Store::history(&mut tx, d.request_id, row.step_index, "review", "decision_rejected", row.step_deadline, Some(&detail)).await?;
+        Store::history(
+            &mut tx,
+            d.request_id,
+            row.step_index,
+            "review",
+            "decision_rejected",
+            row.step_deadline,
+            Some(&detail),
+        )
+        .await?;
     }
     tracing::info!(request_id = %d.request_id, decision_id = %d.decision_id, verdict, applied = rejection.is_none(), rejection = ?rejection, "decision recorded");
     tx.commit().await?;

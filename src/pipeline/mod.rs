@@ -28,8 +28,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::contract::{Request, StaffReason};
-use crate::regulations::{Regulations, Route, StepDef};
 use crate::registry::Registry;
+use crate::regulations::{Regulations, Route, StepDef};
 use crate::signature::{Signer, Verifier};
 use crate::store::{RequestRow, Store};
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
+use super::Ctx;
 use super::task::{load, refuse_for_deadline};
 use super::transition::{self, Pending};
-use super::Ctx;
 
 const BATCH: i64 = 200;
 

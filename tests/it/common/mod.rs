@@ -1,0 +1,624 @@
+//! Test harness: real RabbitMQ and PostgreSQL, a fresh database and virtual host per test.
+//!
+//! Services come from `TEST_AMQP_URL`, `TEST_DATABASE_URL` and `TEST_AMQP_MANAGEMENT_URL` (set by
+//! `make test`); without them, and with a Docker engine, testcontainers starts them; otherwise
+//! the test fails with a message saying how to provide them. Nothing is ever skipped silently.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, Notify};
+use uuid::Uuid;
+
+use qyzmet::broker::{Broker, Message, Publisher};
+use qyzmet::config::Settings;
+use qyzmet::contract::{
+    EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status,
+};
+use qyzmet::registry::import_file;
+use qyzmet::regulations::Regulations;
+use qyzmet::startup::{self, Deps, Options, Running};
+use qyzmet::store::Store;
+
+/// How long a test waits for an event before failing.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Where the services are.
+struct Services {
+    amqp_base: String,
+    db_admin_url: String,
+    mgmt_url: String,
+}
+
+static SERVICES: tokio::sync::OnceCell<Services> = tokio::sync::OnceCell::const_new();
+
+async fn services() -> &'static Services {
+    SERVICES
+        .get_or_init(|| async {
+            let amqp = std::env::var("TEST_AMQP_URL").ok();
+            let db = std::env::var("TEST_DATABASE_URL").ok();
+            let mgmt = std::env::var("TEST_AMQP_MANAGEMENT_URL").ok();
+            match (amqp, db, mgmt) {
+                (Some(amqp), Some(db), Some(mgmt)) => Services {
+                    amqp_base: strip_vhost(&amqp),
+                    db_admin_url: db,
+                    mgmt_url: mgmt.trim_end_matches('/').to_owned(),
+                },
+                _ => containers().await,
+            }
+        })
+        .await
+}
+
+fn strip_vhost(url: &str) -> String {
+    // amqp://user:pass@host:port/vhost -> amqp://user:pass@host:port
+    match url.find("://").map(|i| i + 3) {
+        Some(start) => match url[start..].find('/') {
+            Some(slash) => url[..start + slash].to_owned(),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+async fn containers() -> Services {
+    use testcontainers_modules::testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::testcontainers::{GenericImage, ImageExt};
+
+    let hint = "set TEST_AMQP_URL, TEST_DATABASE_URL and TEST_AMQP_MANAGEMENT_URL (make test does: it starts \
+                RabbitMQ and PostgreSQL on loopback), or run a Docker engine for testcontainers";
+    let pg = testcontainers_modules::postgres::Postgres::default()
+        .with_host_auth()
+        .with_tag("15")
+        .start()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("no test services: {hint}. testcontainers could not start PostgreSQL: {e}")
+        });
+    let rabbit = GenericImage::new("rabbitmq", "4.1-management")
+        .with_exposed_port(5672.tcp())
+        .with_exposed_port(15672.tcp())
+        .with_wait_for(WaitFor::message_on_stdout("Server startup complete"))
+        .start()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("no test services: {hint}. testcontainers could not start RabbitMQ: {e}")
+        });
+    let pg_port = pg.get_host_port_ipv4(5432).await.expect("postgres port");
+    let amqp_port = rabbit.get_host_port_ipv4(5672).await.expect("amqp port");
+    let mgmt_port = rabbit
+        .get_host_port_ipv4(15672)
+        .await
+        .expect("management port");
+    // The containers live as long as the test process.
+    Box::leak(Box::new(pg));
+    Box::leak(Box::new(rabbit));
+    Services {
+        amqp_base: format!("amqp://guest:guest@127.0.0.1:{amqp_port}"),
+        db_admin_url: format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+        mgmt_url: format!("http://guest:guest@127.0.0.1:{mgmt_port}"),
+    }
+}
+
+/// A minimal HTTP/1.1 client for the RabbitMQ management API (creating and deleting virtual
+/// hosts, reading queue depths) — enough for tests, without an HTTP dependency.
+pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let base = &services().await.mgmt_url;
+    let rest = base
+        .strip_prefix("http://")
+        .expect("management URL must be http://user:pass@host:port");
+    let (auth, host) = rest
+        .split_once('@')
+        .expect("management URL must carry user:pass@");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("management API reachable");
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        base64(auth.as_bytes()),
+        payload.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The repository's regulation data.
+pub fn regulations() -> Regulations {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regulations");
+    Regulations::load(&dir).unwrap_or_else(|e| panic!("regulation data: {e}"))
+}
+
+/// One test's world: its own database and virtual host, the demo registries loaded, and a
+/// listener on every Outcome.
+pub struct TestEnv {
+    /// Settings pointing at this test's database and virtual host.
+    pub settings: Settings,
+    /// This test's database.
+    pub store: Store,
+    broker: Arc<Broker>,
+    publisher: Publisher,
+    outcomes: Arc<Mutex<HashMap<Uuid, Vec<Outcome>>>>,
+    arrived: Arc<Notify>,
+    vhost: String,
+    db_name: String,
+}
+
+impl TestEnv {
+    /// Creates the database and virtual host, migrates, loads the demo registries.
+    pub async fn new() -> TestEnv {
+        let s = services().await;
+        let tag = Uuid::new_v4().simple().to_string();
+        let vhost = format!("qyzmet-test-{tag}");
+        let (st, _) = management("PUT", &format!("/api/vhosts/{vhost}"), None).await;
+        assert!(
+            st == 201 || st == 204,
+            "cannot create vhost {vhost}: HTTP {st}"
+        );
+        let perms = json!({ "configure": ".*", "write": ".*", "read": ".*" });
+        let (st, _) = management(
+            "PUT",
+            &format!("/api/permissions/{vhost}/guest"),
+            Some(&perms),
+        )
+        .await;
+        assert!(
+            st == 201 || st == 204,
+            "cannot grant permissions on {vhost}: HTTP {st}"
+        );
+
+        let db_name = format!("qyzmet_test_{tag}");
+        let admin = Store::connect(&s.db_admin_url, 1)
+            .await
+            .expect("admin connection to PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(admin.pool())
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let db_url = match s.db_admin_url.rfind('/') {
+            Some(i) => format!("{}/{db_name}", &s.db_admin_url[..i]),
+            None => panic!("TEST_DATABASE_URL needs a database path"),
+        };
+        let amqp_url = format!("{}/{vhost}", s.amqp_base);
+        let regs_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regulations");
+        let mut settings = Settings::for_urls(&amqp_url, &db_url, regs_dir);
+        settings.sweep_interval_ms = 100;
+        settings.db_pool_size = 8;
+
+        let store = Store::connect(&db_url, 4).await.expect("test database");
+        store.migrate().await.expect("migrations");
+        let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/registries");
+        for f in [
+            "persons.jsonl",
+            "legal-entities.csv",
+            "powers-of-attorney.jsonl",
+            "attachments.csv",
+        ] {
+            let report = import_file(&store, &demo.join(f), None)
+                .await
+                .expect("import demo registry");
+            assert!(report.rejected.is_empty(), "{f}: {:?}", report.rejected);
+        }
+
+        let broker = Broker::connect(&amqp_url, "qyzmet test")
+            .await
+            .expect("broker");
+        let publisher = broker.publisher().await.expect("publisher");
+        let outcomes: Arc<Mutex<HashMap<Uuid, Vec<Outcome>>>> =
+            Arc::new(Mutex::new(HashMap::new()));
+        let arrived = Arc::new(Notify::new());
+        let ch = broker.channel().await.expect("channel");
+        ch.queue_declare(
+            "test.outcomes".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("outcome queue");
+        ch.queue_bind(
+            "test.outcomes".into(),
+            EXCHANGE_OUTCOMES.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind outcome queue");
+        let mut consumer = ch
+            .basic_consume(
+                "test.outcomes".into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume outcomes");
+        let (o, a) = (outcomes.clone(), arrived.clone());
+        tokio::spawn(async move {
+            let _keep = ch;
+            while let Some(Ok(d)) = consumer.next().await {
+                if let Ok(out) = serde_json::from_slice::<Outcome>(&d.data) {
+                    o.lock().await.entry(out.request_id).or_default().push(out);
+                    a.notify_waiters();
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+        });
+        TestEnv {
+            settings,
+            store,
+            broker,
+            publisher,
+            outcomes,
+            arrived,
+            vhost,
+            db_name,
+        }
+    }
+
+    /// Starts qyzmet in this process with the given regulations and options.
+    pub async fn start(&self, regs: Regulations, opts: Options) -> Running {
+        startup::start(&self.settings, regs, opts, Deps::default())
+            .await
+            .expect("qyzmet starts")
+    }
+
+    /// Starts every pool with the repository's regulations.
+    pub async fn start_all(&self) -> Running {
+        self.start(regulations(), Options::all(4)).await
+    }
+
+    /// Publishes raw bytes as a Request.
+    pub async fn publish_raw(&self, exchange: &str, routing_key: &str, body: Vec<u8>) {
+        let m = Message {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            message_id: Uuid::new_v4().to_string(),
+            body,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            headers: Vec::new(),
+            must_route: true,
+        };
+        self.publisher.publish_all(&[m]).await.expect("publish");
+    }
+
+    /// Publishes a Request.
+    pub async fn publish_request(&self, request: &Value) {
+        let key = request
+            .get("service")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned();
+        self.publish_raw(
+            EXCHANGE_REQUESTS,
+            &key,
+            serde_json::to_vec(request).expect("json"),
+        )
+        .await;
+    }
+
+    /// Publishes a PaymentNotice.
+    pub async fn publish_payment(&self, notice: &Value) {
+        self.publish_raw(
+            EXCHANGE_PAYMENTS,
+            "payment.confirmed",
+            serde_json::to_vec(notice).expect("json"),
+        )
+        .await;
+    }
+
+    /// Publishes a Decision.
+    pub async fn publish_decision(&self, service: &str, decision: &Value) {
+        self.publish_raw(
+            EXCHANGE_DECISIONS,
+            &format!("decision.{service}"),
+            serde_json::to_vec(decision).expect("json"),
+        )
+        .await;
+    }
+
+    /// Every Outcome received so far for a request.
+    pub async fn outcomes_of(&self, id: Uuid) -> Vec<Outcome> {
+        self.outcomes
+            .lock()
+            .await
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until an Outcome matching `pred` arrives for the request.
+    pub async fn wait_for(&self, id: Uuid, what: &str, pred: impl Fn(&Outcome) -> bool) -> Outcome {
+        let wait = async {
+            loop {
+                let notified = self.arrived.notified();
+                if let Some(o) = self.outcomes_of(id).await.into_iter().find(|o| pred(o)) {
+                    return o;
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(EVENT_TIMEOUT, wait).await {
+            Ok(o) => o,
+            Err(_) => panic!(
+                "no {what} outcome for {id} within {EVENT_TIMEOUT:?}; received: {:#?}",
+                self.outcomes_of(id)
+                    .await
+                    .iter()
+                    .map(|o| (o.status, o.step.clone()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Waits for the final Outcome.
+    pub async fn final_outcome(&self, id: Uuid) -> Outcome {
+        self.wait_for(id, "final", |o| o.status.is_final()).await
+    }
+
+    /// Waits until the request's current step is `step` (an in_progress or registered status).
+    pub async fn wait_step(&self, id: Uuid, step: &str) -> Outcome {
+        self.wait_for(id, &format!("in_progress({step})"), |o| {
+            matches!(o.status, Status::InProgress | Status::Registered)
+                && o.step.as_deref() == Some(step)
+        })
+        .await
+    }
+
+    /// Waits until a request's row is in `state` (events not visible on the outcome exchange,
+    /// like "waiting").
+    pub async fn wait_state(&self, id: Uuid, state: &str) {
+        let wait = async {
+            loop {
+                if let Ok(Some(row)) = self.store.get_request(id).await
+                    && row.state == state
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{id} never reached state {state}"));
+    }
+
+    /// Messages ready in a queue, exactly (a passive declare; the management API's counters
+    /// lag by seconds).
+    pub async fn queue_ready(&self, queue: &str) -> u32 {
+        let ch = self.broker.channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = ch.close(200, "ok".into()).await;
+        q.message_count()
+    }
+
+    /// Waits until a queue has no message ready.
+    pub async fn wait_queue_empty(&self, queue: &str) {
+        let wait = async {
+            while self.queue_ready(queue).await > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{queue} never drained"));
+    }
+
+    /// Fetches one message from a queue (for dead-letter checks), with its headers.
+    pub async fn get_one(&self, queue: &str) -> Option<(Vec<u8>, HashMap<String, String>)> {
+        let ch = self.broker.channel().await.expect("channel");
+        let got = ch
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")?;
+        let headers = got
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        (k.to_string(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((got.delivery.data.clone(), headers))
+    }
+
+    /// Waits until a queue has a message ready, then returns it.
+    pub async fn wait_dead_letter(&self) -> (Vec<u8>, HashMap<String, String>) {
+        let wait = async {
+            loop {
+                if let Some(m) = self.get_one(qyzmet::broker::QUEUE_DEAD).await {
+                    return m;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, wait)
+            .await
+            .expect("a dead-lettered message")
+    }
+
+    /// Drops the virtual host and the database.
+    pub async fn cleanup(self) {
+        self.broker.close().await;
+        self.store.close().await;
+        let _ = management("DELETE", &format!("/api/vhosts/{}", self.vhost), None).await;
+        if let Ok(admin) = Store::connect(&services().await.db_admin_url, 1).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(admin.pool())
+            .await;
+            admin.close().await;
+        }
+    }
+}
+
+// ---- sample messages -----------------------------------------------------------------------
+
+/// Demo identities (see demo/registries).
+pub mod who {
+    /// In ГБД ФЛ, attached to the Akmola polyclinic.
+    pub const CITIZEN: &str = "850401300125";
+    /// In ГБД ФЛ, attached to the Astana polyclinic.
+    pub const CITIZEN_ASTANA: &str = "771102450346";
+    /// In ГБД ФЛ, attached nowhere.
+    pub const UNATTACHED: &str = "921212500674";
+    /// Valid IIN, not in ГБД ФЛ.
+    pub const UNKNOWN_PERSON: &str = "900615400236";
+    /// Representative named in ENIS-2026-000417.
+    pub const REPRESENTATIVE: &str = "800808300565";
+    /// Legal entity applying for a licence (in ГБД ЮЛ).
+    pub const CLINIC: &str = "120540000785";
+    /// Valid BIN, not in ГБД ЮЛ.
+    pub const UNKNOWN_ENTITY: &str = "150340000892";
+    /// Akmola polyclinic (provider of S1–S3 there).
+    pub const AKMOLA_PHC: &str = "051140000113";
+    /// Astana polyclinic.
+    pub const ASTANA_PHC: &str = "061240000228";
+    /// Aktobe health department (licensor).
+    pub const AKTOBE_HEALTH: &str = "011040000330";
+    /// Astana archives department.
+    pub const ASTANA_ARCHIVES: &str = "030940000443";
+    /// Valid BIN of an organisation that is not registered.
+    pub const UNREGISTERED_PROVIDER: &str = "090840000556";
+}
+
+/// A well-formed signature member (the structural verifier accepts it).
+pub fn signature() -> Value {
+    json!({ "format": "jcs-x509", "algorithm": "ES256", "certificate_chain": ["MIIBszCCAVmgAwIBAgIU"], "value": "MEUCIQDx" })
+}
+
+/// A Request with sensible defaults for the service.
+pub fn request(
+    service: &str,
+    region: &str,
+    channel: &str,
+    applicant: Value,
+    provider: &str,
+    form: Value,
+) -> Value {
+    json!({
+        "request_id": Uuid::new_v4().to_string(),
+        "service": service,
+        "region": region,
+        "channel": channel,
+        "submitted_at": qyzmet::contract::now_local().to_rfc3339(),
+        "applicant": applicant,
+        "provider": provider,
+        "form": form,
+        "attachments": [],
+        "signature": signature()
+    })
+}
+
+/// The request id of a sample.
+pub fn id_of(v: &Value) -> Uuid {
+    v.get("request_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .expect("request_id")
+}
+
+/// A PaymentNotice for a request.
+pub fn payment(request_id: Uuid, payment_id: &str) -> Value {
+    json!({ "payment_id": payment_id, "request_id": request_id.to_string(), "amount": "20000.00", "currency": "KZT",
+            "paid_at": qyzmet::contract::now_local().to_rfc3339(), "payer": { "bin": who::CLINIC } })
+}
+
+/// A staff Decision.
+pub fn decision(request_id: Uuid, verdict: &str) -> Value {
+    let mut d = json!({ "decision_id": Uuid::new_v4().to_string(), "request_id": request_id.to_string(), "decision": verdict,
+            "decided_at": qyzmet::contract::now_local().to_rfc3339(), "signature": signature() });
+    if verdict == "refuse" {
+        d["reason"] = json!({ "ru": "Не соответствует квалификационным требованиям", "kk": "Біліктілік талаптарына сәйкес келмейді" });
+    }
+    d
+}

@@ -1,0 +1,363 @@
+//! Deadlines (P-46): every pool refuses a request whose step runs past its deadline, and the
+//! sweeper refuses requests that wait past it — in a queue, for a payment, for a staff decision,
+//! or with the pool stopped. Deadlines are shortened for these tests through the regulation
+//! override; the arithmetic of real deadlines is unit-tested in `regulations`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Duration as Span;
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use qyzmet::contract::{Outcome, Status};
+use qyzmet::registry::{Registry, RegistryError};
+use qyzmet::regulations::PoolName;
+use qyzmet::startup::{self, Deps, Options};
+use qyzmet::store::{AttachmentRecord, EntityRecord, PersonRecord, PowerOfAttorneyRecord};
+
+use crate::common::*;
+
+fn assert_deadline_refusal(o: &Outcome, step: &str) {
+    assert_eq!(o.status, Status::Refused, "{o:#?}");
+    let r = o.reason.as_ref().expect("reason");
+    assert_eq!(r.kind, "deadline_exceeded", "{r:#?}");
+    assert_eq!(o.step.as_deref(), Some(step), "{o:#?}");
+}
+
+fn s1_portal() -> serde_json::Value {
+    request(
+        "doctor-appointment",
+        "akmola",
+        "portal",
+        json!({ "iin": who::CITIZEN }),
+        who::AKMOLA_PHC,
+        json!({}),
+    )
+}
+
+fn s1_provider() -> serde_json::Value {
+    request(
+        "doctor-appointment",
+        "akmola",
+        "provider",
+        json!({ "iin": who::CITIZEN }),
+        who::AKMOLA_PHC,
+        json!({}),
+    )
+}
+
+async fn refused_at(pool: PoolName, step: &str, req: serde_json::Value) {
+    let env = TestEnv::new().await;
+    let mut regs = regulations();
+    regs.override_step_deadline(pool, Span::zero());
+    let app = env.start(regs, Options::all(2)).await;
+    env.publish_request(&req).await;
+    assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, step);
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p46_deadline_exceeded_at_intake() {
+    refused_at(PoolName::Intake, "intake", s1_portal()).await;
+}
+
+#[tokio::test]
+async fn p46_deadline_exceeded_at_registry() {
+    refused_at(PoolName::Registry, "registry", s1_provider()).await;
+}
+
+#[tokio::test]
+async fn p46_deadline_exceeded_at_review() {
+    refused_at(PoolName::Review, "review", s1_portal()).await;
+}
+
+#[tokio::test]
+async fn p46_deadline_exceeded_at_result() {
+    refused_at(PoolName::Result, "result", s1_portal()).await;
+}
+
+#[tokio::test]
+async fn p24_no_payment_by_the_payment_deadline_is_refused_l2() {
+    let env = TestEnv::new().await;
+    let mut regs = regulations();
+    regs.override_step_deadline(PoolName::Payment, Span::milliseconds(1500));
+    let app = env.start(regs, Options::all(2)).await;
+    let req = request(
+        "medical-licence",
+        "aktobe",
+        "portal",
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        json!({ "kind": "issue", "activity": "x" }),
+    );
+    env.publish_request(&req).await;
+    env.wait_state(id_of(&req), "waiting").await;
+    let o = env.final_outcome(id_of(&req)).await;
+    assert_eq!(o.status, Status::Refused);
+    let r = o.reason.expect("reason");
+    assert_eq!(
+        (r.code.as_deref(), r.kind.as_str()),
+        (Some("L2"), "no_payment")
+    );
+    assert_eq!(o.step.as_deref(), Some("payment"));
+    // A payment arriving after the refusal is recorded but changes nothing.
+    env.publish_payment(&payment(id_of(&req), "PSHEP-LATE"))
+        .await;
+    let recorded = async {
+        loop {
+            let n: (i64,) =
+                sqlx::query_as("SELECT count(*) FROM payments WHERE payment_id = 'PSHEP-LATE'")
+                    .fetch_one(env.store.pool())
+                    .await
+                    .expect("count");
+            if n.0 == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, recorded)
+        .await
+        .expect("late notice recorded");
+    app.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.outcomes_of(id_of(&req))
+            .await
+            .iter()
+            .filter(|o| o.status.is_final())
+            .count(),
+        1
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p35_staff_decision_not_given_by_the_deadline_is_refused_and_a_late_one_not_applied() {
+    let env = TestEnv::new().await;
+    let mut regs = regulations();
+    regs.override_step_deadline(PoolName::Review, Span::milliseconds(1500));
+    let app = env.start(regs, Options::all(2)).await;
+    let req = request(
+        "archive-certificate",
+        "astana",
+        "portal",
+        json!({ "iin": who::CITIZEN }),
+        who::ASTANA_ARCHIVES,
+        json!({}),
+    );
+    let id = id_of(&req);
+    env.publish_request(&req).await;
+    env.wait_state(id, "waiting").await;
+    assert_deadline_refusal(&env.final_outcome(id).await, "review");
+    env.publish_decision("archive-certificate", &decision(id, "approve"))
+        .await;
+    let wait = async {
+        loop {
+            let d = env.store.decisions_for(id).await.expect("decisions");
+            if !d.is_empty() {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let d = tokio::time::timeout(EVENT_TIMEOUT, wait)
+        .await
+        .expect("decision recorded");
+    assert!(!d[0].1, "a late decision is not applied: {d:?}");
+    assert_eq!(
+        env.outcomes_of(id)
+            .await
+            .iter()
+            .filter(|o| o.status.is_final())
+            .count(),
+        1
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p46_sweeper_refuses_a_request_waiting_in_the_queue_of_a_stopped_pool() {
+    let env = TestEnv::new().await;
+    let mut regs = regulations();
+    regs.override_step_deadline(PoolName::Registry, Span::milliseconds(500));
+    // Only intake and the sweeper run: no registry worker exists.
+    let opts = Options {
+        pools: vec![(PoolName::Intake, 2)],
+        sweeper: true,
+        name: "intake only".into(),
+    };
+    let app = env.start(regs, opts).await;
+    let req = s1_provider();
+    env.publish_request(&req).await;
+    assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
+    // The task is still in the stopped pool's queue; when a worker comes it is ignored.
+    assert_eq!(env.queue_ready("qyzmet.registry").await, 1);
+    let late = env
+        .start(
+            regulations(),
+            Options {
+                pools: vec![(PoolName::Registry, 1)],
+                sweeper: false,
+                name: "late registry".into(),
+            },
+        )
+        .await;
+    env.wait_queue_empty("qyzmet.registry").await;
+    late.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.outcomes_of(id_of(&req))
+            .await
+            .iter()
+            .filter(|o| o.status.is_final())
+            .count(),
+        1
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+/// A registry that never answers (a hung gateway), fails, or panics.
+struct Misbehaving {
+    mode: &'static str,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Misbehaving {
+    fn answer<T: Send + 'static>(&self) -> BoxFuture<'_, Result<Option<T>, RegistryError>> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mode = self.mode;
+        Box::pin(async move {
+            match mode {
+                "hang" => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(None)
+                }
+                "flaky" if n >= 2 => Ok(None),
+                "panic" => panic!("registry adapter bug"),
+                _ => Err(RegistryError("gateway timeout".into())),
+            }
+        })
+    }
+}
+
+impl Registry for Misbehaving {
+    fn person(&self, _: &str) -> BoxFuture<'_, Result<Option<PersonRecord>, RegistryError>> {
+        if self.mode == "flaky" && self.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2 {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let p = PersonRecord {
+                iin: who::CITIZEN.into(),
+                full_name: "Сапарова Айгерим Маратовна".into(),
+                birth_date: None,
+            };
+            return Box::pin(async move { Ok(Some(p)) });
+        }
+        self.answer()
+    }
+    fn entity(&self, bin: &str) -> BoxFuture<'_, Result<Option<EntityRecord>, RegistryError>> {
+        let e = EntityRecord {
+            bin: bin.into(),
+            name: "registered".into(),
+        };
+        Box::pin(async move { Ok(Some(e)) })
+    }
+    fn power_of_attorney(
+        &self,
+        _: &str,
+    ) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
+        self.answer()
+    }
+    fn attachment(
+        &self,
+        iin: &str,
+    ) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
+        let a = AttachmentRecord {
+            iin: iin.into(),
+            provider_bin: who::AKMOLA_PHC.into(),
+            since: None,
+        };
+        Box::pin(async move { Ok(Some(a)) })
+    }
+}
+
+async fn with_registry(
+    mode: &'static str,
+    registry_deadline: Span,
+) -> (TestEnv, qyzmet::startup::Running, Arc<Misbehaving>) {
+    let env = TestEnv::new().await;
+    let mut regs = regulations();
+    regs.override_step_deadline(PoolName::Registry, registry_deadline);
+    let reg = Arc::new(Misbehaving {
+        mode,
+        calls: Default::default(),
+    });
+    let deps = Deps {
+        registry: Some(reg.clone()),
+        ..Deps::default()
+    };
+    let app = startup::start(&env.settings, regs, Options::all(2), deps)
+        .await
+        .expect("starts");
+    (env, app, reg)
+}
+
+#[tokio::test]
+async fn p46_a_step_running_past_its_deadline_is_cancelled_and_refused() {
+    let (env, app, _) = with_registry("hang", Span::milliseconds(1500)).await;
+    let req = s1_provider();
+    env.publish_request(&req).await;
+    assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_until_the_deadline_then_refused() {
+    let (env, app, reg) = with_registry("down", Span::seconds(3)).await;
+    let req = s1_provider();
+    env.publish_request(&req).await;
+    assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
+    assert!(
+        reg.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "retried"
+    );
+    let history = env.store.history_of(id_of(&req)).await.expect("history");
+    assert!(
+        history.iter().any(|h| h.event == "retry"),
+        "retries are in the audit trail: {history:#?}"
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn transient_failures_that_clear_before_the_deadline_end_in_the_result() {
+    let (env, app, _) = with_registry("flaky", Span::seconds(30)).await;
+    let req = s1_provider();
+    env.publish_request(&req).await;
+    assert_eq!(
+        env.final_outcome(id_of(&req)).await.status,
+        Status::Completed
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_handled_as_a_failure_and_the_worker_keeps_going() {
+    let (env, app, _) = with_registry("panic", Span::seconds(2)).await;
+    let req = s1_provider();
+    env.publish_request(&req).await;
+    assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
+    // The same workers still serve requests that need no registry.
+    let other = s1_portal();
+    env.publish_request(&other).await;
+    assert_eq!(
+        env.final_outcome(id_of(&other)).await.status,
+        Status::Completed
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

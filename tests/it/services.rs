@@ -1,0 +1,692 @@
+//! Happy paths and the refusals of §13.11 the pipeline owns, per service and channel.
+
+use serde_json::json;
+
+use qyzmet::contract::{Outcome, Status};
+
+use crate::common::*;
+
+fn assert_completed(o: &Outcome, kind: &str) {
+    assert_eq!(o.status, Status::Completed, "{o:#?}");
+    let doc = o
+        .document
+        .as_ref()
+        .expect("a completed outcome carries its document");
+    assert_eq!(doc["kind"], json!(kind), "{doc:#}");
+    assert!(
+        doc["number"].as_str().is_some_and(|n| !n.is_empty()),
+        "document number: {doc:#}"
+    );
+    assert!(o.request_number.is_some(), "request number");
+    assert!(o.deadline.is_some(), "service deadline (P-41)");
+    assert!(o.reason.is_none());
+}
+
+fn assert_refused(o: &Outcome, code: Option<&str>, kind: &str, step: &str) {
+    assert_eq!(o.status, Status::Refused, "{o:#?}");
+    let r = o.reason.as_ref().expect("a refusal carries its reason");
+    assert_eq!(r.code.as_deref(), code, "{r:#?}");
+    assert_eq!(r.kind, kind, "{r:#?}");
+    assert_eq!(o.step.as_deref(), Some(step), "{o:#?}");
+    for text in [&r.ru, &r.kk, &r.en] {
+        assert!(
+            !text.trim().is_empty(),
+            "texts in three languages (P-50): {r:#?}"
+        );
+    }
+    assert!(o.document.is_none());
+}
+
+/// Publishes a request and answers payment and review as staff would, until the final outcome.
+async fn drive(env: &TestEnv, req: &serde_json::Value, verdict: &str) -> Outcome {
+    let id = id_of(req);
+    env.publish_request(req).await;
+    let service = req["service"].as_str().unwrap_or_default().to_owned();
+    if req["service"] == "medical-licence" && req["channel"] == "portal" {
+        env.wait_step(id, "payment").await;
+        env.publish_payment(&payment(id, &format!("PSHEP-{id}")))
+            .await;
+    }
+    if matches!(service.as_str(), "medical-licence" | "archive-certificate") {
+        env.wait_step(id, "review").await;
+        env.publish_decision(&service, &decision(id, verdict)).await;
+    }
+    env.final_outcome(id).await
+}
+
+#[tokio::test]
+async fn p36_p37_s1_s2_s3_every_region_and_channel_completes_with_its_document() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let cases = [
+        (
+            "doctor-appointment",
+            "akmola",
+            "portal",
+            who::CITIZEN,
+            who::AKMOLA_PHC,
+            "appointment-certificate",
+        ),
+        (
+            "doctor-appointment",
+            "akmola",
+            "provider",
+            who::CITIZEN,
+            who::AKMOLA_PHC,
+            "appointment-journal-entry",
+        ),
+        (
+            "doctor-appointment",
+            "astana",
+            "portal",
+            who::CITIZEN_ASTANA,
+            who::ASTANA_PHC,
+            "appointment-certificate",
+        ),
+        (
+            "doctor-appointment",
+            "astana",
+            "provider",
+            who::CITIZEN_ASTANA,
+            who::ASTANA_PHC,
+            "appointment-journal-entry",
+        ),
+        (
+            "phc-attachment",
+            "akmola",
+            "portal",
+            who::UNATTACHED,
+            who::AKMOLA_PHC,
+            "attachment-certificate",
+        ),
+        (
+            "phc-attachment",
+            "akmola",
+            "provider",
+            who::UNATTACHED,
+            who::AKMOLA_PHC,
+            "attachment-coupon",
+        ),
+        (
+            "phc-attachment",
+            "aktobe",
+            "portal",
+            who::UNATTACHED,
+            who::AKMOLA_PHC,
+            "attachment-certificate",
+        ),
+        (
+            "phc-attachment",
+            "aktobe",
+            "provider",
+            who::UNATTACHED,
+            who::AKMOLA_PHC,
+            "attachment-coupon",
+        ),
+        (
+            "phc-attachment",
+            "astana",
+            "portal",
+            who::UNATTACHED,
+            who::ASTANA_PHC,
+            "attachment-certificate",
+        ),
+        (
+            "phc-attachment",
+            "astana",
+            "provider",
+            who::UNATTACHED,
+            who::ASTANA_PHC,
+            "attachment-coupon",
+        ),
+        (
+            "home-doctor-call",
+            "akmola",
+            "portal",
+            who::CITIZEN,
+            who::AKMOLA_PHC,
+            "home-call-certificate",
+        ),
+        (
+            "home-doctor-call",
+            "akmola",
+            "provider",
+            who::CITIZEN,
+            who::AKMOLA_PHC,
+            "home-call-journal-entry",
+        ),
+        (
+            "home-doctor-call",
+            "astana",
+            "portal",
+            who::CITIZEN_ASTANA,
+            who::ASTANA_PHC,
+            "home-call-certificate",
+        ),
+        (
+            "home-doctor-call",
+            "astana",
+            "provider",
+            who::CITIZEN_ASTANA,
+            who::ASTANA_PHC,
+            "home-call-journal-entry",
+        ),
+    ];
+    let reqs: Vec<_> = cases
+        .iter()
+        .map(|(s, r, c, iin, p, _)| {
+            request(s, r, c, json!({ "iin": iin }), p, json!({ "note": "demo" }))
+        })
+        .collect();
+    for r in &reqs {
+        env.publish_request(r).await;
+    }
+    for (r, case) in reqs.iter().zip(cases.iter()) {
+        let o = env.final_outcome(id_of(r)).await;
+        assert_completed(&o, case.5);
+        assert_eq!(
+            env.outcomes_of(id_of(r))
+                .await
+                .iter()
+                .filter(|o| o.status.is_final())
+                .count(),
+            1,
+            "{case:?}"
+        );
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p33_p38_s4_licence_issue_reissue_duplicate_on_every_channel() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    for (channel, kind) in [
+        ("portal", "issue"),
+        ("provider", "reissue"),
+        ("centre", "duplicate"),
+    ] {
+        let mut req = request(
+            "medical-licence",
+            "aktobe",
+            channel,
+            json!({ "bin": who::CLINIC }),
+            who::AKTOBE_HEALTH,
+            json!({ "kind": kind, "activity": "первичная медико-санитарная помощь" }),
+        );
+        if channel == "centre" {
+            req["representative"] =
+                json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000417" });
+        }
+        let o = drive(&env, &req, "approve").await;
+        assert_completed(&o, "medical-licence");
+        let number = o
+            .document
+            .as_ref()
+            .and_then(|d| d["number"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(number.starts_with("LIC-"), "licence number {number}");
+        // P-33: the service deadline follows the licence kind (15/10/2 working days).
+        let registered = env
+            .outcomes_of(id_of(&req))
+            .await
+            .into_iter()
+            .find(|o| o.status == Status::Registered)
+            .expect("registered");
+        let days = (o.deadline.expect("deadline") - registered.at).num_days();
+        let expected = match kind {
+            "issue" => 19..=25,
+            "reissue" => 12..=18,
+            _ => 1..=5,
+        };
+        assert!(
+            expected.contains(&days),
+            "{kind}: deadline {days} days ahead"
+        );
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p39_s5_archive_certificate_on_every_channel() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    for channel in ["provider", "centre", "portal"] {
+        let req = request(
+            "archive-certificate",
+            "astana",
+            channel,
+            json!({ "iin": who::CITIZEN_ASTANA }),
+            who::ASTANA_ARCHIVES,
+            json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
+        );
+        let o = drive(&env, &req, "approve").await;
+        assert_completed(&o, "archive-certificate");
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p30_p29_provider_rules_refuse_r3_r5_not_attached_and_unregistered_provider() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    // S1 Akmola portal, citizen attached elsewhere -> R3 not_attached (P-30).
+    let a = request(
+        "doctor-appointment",
+        "akmola",
+        "portal",
+        json!({ "iin": who::UNATTACHED }),
+        who::AKMOLA_PHC,
+        json!({}),
+    );
+    // S3 Akmola provider channel, same -> R5 not_attached.
+    let b = request(
+        "home-doctor-call",
+        "akmola",
+        "provider",
+        json!({ "iin": who::UNATTACHED }),
+        who::AKMOLA_PHC,
+        json!({}),
+    );
+    // S2 Astana portal naming an unregistered provider -> R3 provider_refused (P-29).
+    let c = request(
+        "phc-attachment",
+        "astana",
+        "portal",
+        json!({ "iin": who::UNATTACHED }),
+        who::UNREGISTERED_PROVIDER,
+        json!({}),
+    );
+    // S2 Akmola provider channel, unregistered provider -> R5 provider_refused.
+    let d = request(
+        "phc-attachment",
+        "akmola",
+        "provider",
+        json!({ "iin": who::UNATTACHED }),
+        who::UNREGISTERED_PROVIDER,
+        json!({}),
+    );
+    for r in [&a, &b, &c, &d] {
+        env.publish_request(r).await;
+    }
+    assert_refused(
+        &env.final_outcome(id_of(&a)).await,
+        Some("R3"),
+        "not_attached",
+        "review",
+    );
+    assert_refused(
+        &env.final_outcome(id_of(&b)).await,
+        Some("R5"),
+        "not_attached",
+        "review",
+    );
+    assert_refused(
+        &env.final_outcome(id_of(&c)).await,
+        Some("R3"),
+        "provider_refused",
+        "review",
+    );
+    assert_refused(
+        &env.final_outcome(id_of(&d)).await,
+        Some("R5"),
+        "provider_refused",
+        "review",
+    );
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p18_p20_p21_registry_refusals_r4_l6_l8() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let r4 = request(
+        "doctor-appointment",
+        "akmola",
+        "provider",
+        json!({ "iin": who::UNKNOWN_PERSON }),
+        who::AKMOLA_PHC,
+        json!({}),
+    );
+    let form = json!({ "kind": "issue", "activity": "стоматология" });
+    let l6 = request(
+        "medical-licence",
+        "aktobe",
+        "provider",
+        json!({ "bin": who::UNKNOWN_ENTITY }),
+        who::AKTOBE_HEALTH,
+        form.clone(),
+    );
+    let l8 = request(
+        "medical-licence",
+        "aktobe",
+        "centre",
+        json!({ "bin": who::UNKNOWN_ENTITY }),
+        who::AKTOBE_HEALTH,
+        form.clone(),
+    );
+    let mut l8_poa = request(
+        "medical-licence",
+        "aktobe",
+        "centre",
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        form.clone(),
+    );
+    l8_poa["representative"] =
+        json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000999" });
+    let mut l8_missing = request(
+        "medical-licence",
+        "aktobe",
+        "centre",
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        form,
+    );
+    l8_missing["representative"] =
+        json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-0000-000000" });
+    for r in [&r4, &l6, &l8, &l8_poa, &l8_missing] {
+        env.publish_request(r).await;
+    }
+    assert_refused(
+        &env.final_outcome(id_of(&r4)).await,
+        Some("R4"),
+        "not_in_registry",
+        "registry",
+    );
+    assert_refused(
+        &env.final_outcome(id_of(&l6)).await,
+        Some("L6"),
+        "not_in_registry",
+        "registry",
+    );
+    assert_refused(
+        &env.final_outcome(id_of(&l8)).await,
+        Some("L8"),
+        "not_in_registry",
+        "registry",
+    );
+    // ENIS-2026-000999 is revoked; the other number does not exist.
+    assert_refused(
+        &env.final_outcome(id_of(&l8_poa)).await,
+        Some("L8"),
+        "power_of_attorney_not_found",
+        "registry",
+    );
+    assert_refused(
+        &env.final_outcome(id_of(&l8_missing)).await,
+        Some("L8"),
+        "power_of_attorney_not_found",
+        "registry",
+    );
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p32_p34_staff_refusals_use_each_channels_code_l4_l7_l9_a7() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let form = json!({ "kind": "issue", "activity": "стоматология" });
+    let mut centre = request(
+        "medical-licence",
+        "aktobe",
+        "centre",
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        form.clone(),
+    );
+    centre["representative"] =
+        json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000417" });
+    let cases = [
+        (
+            request(
+                "medical-licence",
+                "aktobe",
+                "portal",
+                json!({ "bin": who::CLINIC }),
+                who::AKTOBE_HEALTH,
+                form.clone(),
+            ),
+            "L4",
+        ),
+        (
+            request(
+                "medical-licence",
+                "aktobe",
+                "provider",
+                json!({ "bin": who::CLINIC }),
+                who::AKTOBE_HEALTH,
+                form.clone(),
+            ),
+            "L7",
+        ),
+        (centre, "L9"),
+        (
+            request(
+                "archive-certificate",
+                "astana",
+                "portal",
+                json!({ "iin": who::CITIZEN }),
+                who::ASTANA_ARCHIVES,
+                json!({}),
+            ),
+            "A7",
+        ),
+    ];
+    for (req, code) in &cases {
+        let o = drive(&env, req, "refuse").await;
+        assert_refused(&o, Some(code), "provider_refused", "review");
+        let reason = o.reason.expect("reason");
+        assert!(
+            reason.ru.contains("квалификационным"),
+            "staff reason is carried: {}",
+            reason.ru
+        );
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p16_signature_not_confirmed_uses_each_regulations_code() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let bad = json!({ "format": "jcs-x509", "algorithm": "GOST3410-2015", "certificate_chain": ["MIIB"], "value": "AAAA" });
+    let form = json!({ "kind": "issue", "activity": "стоматология" });
+    let cases = [
+        (
+            request(
+                "doctor-appointment",
+                "akmola",
+                "portal",
+                json!({ "iin": who::CITIZEN }),
+                who::AKMOLA_PHC,
+                json!({}),
+            ),
+            Some("R2"),
+        ),
+        (
+            request(
+                "medical-licence",
+                "aktobe",
+                "portal",
+                json!({ "bin": who::CLINIC }),
+                who::AKTOBE_HEALTH,
+                form,
+            ),
+            Some("L3"),
+        ),
+        (
+            request(
+                "archive-certificate",
+                "astana",
+                "provider",
+                json!({ "iin": who::CITIZEN }),
+                who::ASTANA_ARCHIVES,
+                json!({}),
+            ),
+            Some("A2"),
+        ),
+        (
+            request(
+                "archive-certificate",
+                "astana",
+                "centre",
+                json!({ "iin": who::CITIZEN }),
+                who::ASTANA_ARCHIVES,
+                json!({}),
+            ),
+            Some("A4"),
+        ),
+        (
+            request(
+                "archive-certificate",
+                "astana",
+                "portal",
+                json!({ "iin": who::CITIZEN }),
+                who::ASTANA_ARCHIVES,
+                json!({}),
+            ),
+            Some("A6"),
+        ),
+        // P-14: no check is specified for the PHC employee's signature; qyzmet still checks it.
+        (
+            request(
+                "doctor-appointment",
+                "akmola",
+                "provider",
+                json!({ "iin": who::CITIZEN }),
+                who::AKMOLA_PHC,
+                json!({}),
+            ),
+            None,
+        ),
+    ];
+    for (mut req, code) in cases {
+        req["signature"] = bad.clone();
+        env.publish_request(&req).await;
+        let o = env.final_outcome(id_of(&req)).await;
+        assert_refused(&o, code, "signature_not_confirmed", "intake");
+        assert!(
+            o.request_number.is_none(),
+            "a request with an unconfirmed signature is not registered (P-15)"
+        );
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p23_payment_notice_before_its_request_is_matched_and_counted_once() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let req = request(
+        "medical-licence",
+        "aktobe",
+        "portal",
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        json!({ "kind": "duplicate", "activity": "стоматология" }),
+    );
+    let id = id_of(&req);
+    let notice = payment(id, "PSHEP-000981");
+    env.publish_payment(&notice).await;
+    env.publish_payment(&notice).await;
+    // Both notices are recorded (once) before the request arrives.
+    let wait = async {
+        loop {
+            let n: (i64,) = sqlx::query_as("SELECT count(*) FROM payments WHERE request_id = $1")
+                .bind(id)
+                .fetch_one(env.store.pool())
+                .await
+                .expect("count");
+            if n.0 == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, wait)
+        .await
+        .expect("notices recorded");
+    env.publish_request(&req).await;
+    env.wait_step(id, "review").await;
+    env.publish_decision("medical-licence", &decision(id, "approve"))
+        .await;
+    assert_completed(&env.final_outcome(id).await, "medical-licence");
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p35_decisions_not_waiting_for_review_are_recorded_not_applied() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    // A decision for a request that does not exist.
+    let ghost = decision(uuid::Uuid::new_v4(), "approve");
+    env.publish_decision("medical-licence", &ghost).await;
+    // A decision for an S1 request (reviewed by rules, never by staff).
+    let s1 = request(
+        "doctor-appointment",
+        "akmola",
+        "portal",
+        json!({ "iin": who::CITIZEN }),
+        who::AKMOLA_PHC,
+        json!({}),
+    );
+    env.publish_request(&s1).await;
+    let done = env.final_outcome(id_of(&s1)).await;
+    assert_eq!(done.status, Status::Completed);
+    let late = decision(id_of(&s1), "refuse");
+    env.publish_decision("doctor-appointment", &late).await;
+    let wait = async {
+        loop {
+            let a = env
+                .store
+                .decisions_for(id_of(&s1))
+                .await
+                .expect("decisions");
+            if !a.is_empty() {
+                return a;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let recorded = tokio::time::timeout(EVENT_TIMEOUT, wait)
+        .await
+        .expect("decision recorded");
+    assert_eq!(recorded.len(), 1);
+    assert!(!recorded[0].1, "not applied");
+    assert!(
+        recorded[0]
+            .2
+            .as_deref()
+            .is_some_and(|r| r.starts_with("not_waiting_for_review")),
+        "{recorded:?}"
+    );
+    // Still exactly one final outcome, the original one.
+    assert_eq!(
+        env.store
+            .outcome_of(id_of(&s1))
+            .await
+            .expect("outcome")
+            .expect("one")["status"],
+        json!("completed")
+    );
+    assert_eq!(
+        env.outcomes_of(id_of(&s1))
+            .await
+            .iter()
+            .filter(|o| o.status.is_final())
+            .count(),
+        1
+    );
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

@@ -19,6 +19,7 @@ RUN useradd --system --no-create-home --home-dir /app --shell /usr/sbin/nologin 
 WORKDIR /app
 COPY --from=builder /out/qyzmet /app/qyzmet
 COPY regulations/ /app/regulations/
+COPY demo/ /app/demo/
 ENV PATH=/app:$PATH
 USER qyzmet
 CMD ["qyzmet", "--help"]

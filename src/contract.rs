@@ -584,9 +584,7 @@ impl PaymentNotice {
         let obj = &env.body;
         let payment_id = string_at(obj, "payment_id", "payment_id")?.to_owned();
         let amount = string_at(obj, "amount", "amount")?.to_owned();
-        let valid_amount = amount
-            .split_once('.')
-            .unwrap_or((amount.as_str(), ""));
+        let valid_amount = amount.split_once('.').unwrap_or((amount.as_str(), ""));
         if valid_amount.0.is_empty()
             || !valid_amount.0.bytes().all(|b| b.is_ascii_digit())
             || !valid_amount.1.bytes().all(|b| b.is_ascii_digit())

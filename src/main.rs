@@ -299,8 +299,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    qyzmet::telemetry::init();
     let cli = Cli::parse();
+    // Interactive commands print their own report; only warnings are logged unless asked.
+    let default = match cli.command {
+        Command::Run { .. } | Command::Worker { .. } => qyzmet::telemetry::DEFAULT_FILTER,
+        _ => "warn",
+    };
+    qyzmet::telemetry::init(default);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,11 +3,13 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Default filter for long-running processes.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=warn,amq_protocol=warn";
+
 /// Installs the global subscriber: `QYZMET_LOG` (env-filter syntax) chooses what is logged,
-/// `QYZMET_LOG_FORMAT=json` switches to JSON lines for log shippers.
-pub fn init() {
-    let filter = EnvFilter::try_from_env("QYZMET_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,amq_protocol=warn"));
+/// otherwise `default`; `QYZMET_LOG_FORMAT=json` switches to JSON lines for log shippers.
+pub fn init(default: &str) {
+    let filter = EnvFilter::try_from_env("QYZMET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("QYZMET_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -922,15 +922,14 @@ pub async fn run(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
 
     println!("\n5. final outcomes\n");
     println!(
-        "{:<3} {:<45} {:<24} {:<9} {:<9} {:<40} {:<17} {}",
+        "{:<3} {:<45} {:<24} {:<9} {:<9} {:<40} {:<17} check",
         "#",
         "scenario",
         "request number",
         "status",
         "step",
         "reason or document",
-        "service deadline",
-        "check"
+        "service deadline"
     );
     let mut ok = 0;
     for (i, s) in scenarios.iter().enumerate() {

@@ -15,7 +15,7 @@ use crate::broker::pool_name;
 use crate::contract::{Envelope, Reason, Request, Status};
 use crate::ident;
 use crate::pipeline::Ctx;
-use crate::pipeline::runtime::{Disposition, Handler, Incoming};
+use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::transition::{self, Head, outcome_message, task_message};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
 use crate::signature::{ExpectedSigner, SignatureFailure, Verifier};
@@ -121,21 +121,9 @@ pub struct IntakeHandler;
 impl Handler for IntakeHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
-            let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
-                Ok(env) => env,
-                Err(e) => {
-                    return Disposition::DeadLetter {
-                        reason: e.code().into(),
-                        detail: e.to_string(),
-                    };
-                }
-            };
-            match accept(ctx, &env, msg).await {
-                Ok(()) => Disposition::Ack,
-                Err(e) => {
-                    tracing::warn!(request_id = %env.request_id, error = %e, "intake could not commit; requeueing");
-                    Disposition::Requeue
-                }
+            match runtime::envelope(ctx, msg) {
+                Ok(env) => runtime::settle(accept(ctx, &env, msg).await, env.request_id, "request"),
+                Err(disposition) => disposition,
             }
         })
     }
@@ -187,6 +175,14 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
         .and_then(Value::as_str)
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.with_timezone(&Utc));
+    // The intake step has its own deadline (P-46): work that overran it is refused.
+    let examined = match examined {
+        Examined::Accepted { plan, .. } if Utc::now() >= plan.steps[0].1 => Examined::Refused {
+            reason: transition::common_reason(&ctx.regs, "deadline_exceeded", "intake"),
+            detail: json!({ "why": "intake did not finish before its deadline" }),
+        },
+        other => other,
+    };
     let mut tx = ctx.store.begin().await?;
     let pending = match examined {
         Examined::Refused { reason, detail } => {
@@ -216,9 +212,9 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
             let head = Head {
                 request_id: env.request_id,
                 request_number: None,
-                service: service.clone(),
-                region: region.clone(),
-                channel: channel.clone(),
+                service,
+                region,
+                channel,
                 deadline: None,
                 traceparent: msg.traceparent.clone(),
             };
@@ -229,59 +225,26 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
             route,
             plan,
         } => {
-            if Utc::now() >= plan.steps[0].1 {
-                let reason = transition::common_reason(&ctx.regs, "deadline_exceeded", "intake");
-                let head = Head {
-                    request_id: env.request_id,
-                    request_number: None,
-                    service: service.clone(),
-                    region: region.clone(),
-                    channel: channel.clone(),
-                    deadline: Some(plan.service),
-                    traceparent: msg.traceparent.clone(),
-                };
-                let new = NewRequest {
-                    request_id: env.request_id,
-                    number_prefix: None,
-                    service: &service,
-                    region: &region,
-                    channel: &channel,
-                    applicant_masked: &applicant,
-                    state: "queued",
-                    step_index: 0,
-                    step: Some("intake"),
-                    step_deadline: Some(plan.steps[0].1),
-                    service_deadline: Some(plan.service),
-                    deadlines: json!([]),
-                    body: &body,
-                    submitter: msg.user_id.as_deref(),
-                    traceparent: msg.traceparent.as_deref(),
-                    submitted_at,
-                    received_at: received,
-                };
-                if Store::insert_request(&mut tx, &new).await?.is_none() {
-                    return Ok(());
-                }
-                transition::refuse(&mut tx, &head, 0, "intake", reason, None).await?
-            } else {
-                match register(
-                    &mut tx,
-                    ctx,
-                    env,
-                    msg,
-                    &request,
-                    &route,
-                    &plan,
-                    &body,
-                    &applicant,
-                    submitted_at,
-                    received,
-                )
-                .await?
-                {
-                    Some(p) => Some(p),
-                    None => return Ok(()),
-                }
+            let registered = Registration {
+                env,
+                msg,
+                request: &request,
+                route: &route,
+                plan: &plan,
+                body: &body,
+            };
+            match register(
+                &mut tx,
+                ctx,
+                &registered,
+                &applicant,
+                submitted_at,
+                received,
+            )
+            .await?
+            {
+                Some(p) => Some(p),
+                None => return Ok(()),
             }
         }
     };
@@ -292,20 +255,32 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What registration needs to know about an accepted request.
+struct Registration<'a> {
+    env: &'a Envelope,
+    msg: &'a Incoming,
+    request: &'a Request,
+    route: &'a Route<'a>,
+    plan: &'a DeadlinePlan,
+    body: &'a Value,
+}
+
 async fn register(
     tx: &mut sqlx::PgConnection,
     ctx: &Ctx,
-    env: &Envelope,
-    msg: &Incoming,
-    request: &Request,
-    route: &Route<'_>,
-    plan: &DeadlinePlan,
-    body: &Value,
+    r: &Registration<'_>,
     applicant: &str,
     submitted_at: Option<DateTime<Utc>>,
     received: DateTime<Utc>,
 ) -> Result<Option<transition::Pending>, StoreError> {
+    let Registration {
+        env,
+        msg,
+        request,
+        route,
+        plan,
+        body,
+    } = *r;
     let Some(first) = route.step(1) else {
         return Err(StoreError::Protocol(
             "a route needs a step after intake".into(),

@@ -10,9 +10,9 @@ use chrono::Utc;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use crate::contract::{Envelope, PaymentNotice};
+use crate::contract::PaymentNotice;
 use crate::ident;
-use crate::pipeline::runtime::{Disposition, Handler, Incoming};
+use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition;
 use crate::pipeline::{Ctx, StepInput, StepOutcome};
@@ -34,30 +34,18 @@ pub struct NoticeHandler;
 impl Handler for NoticeHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
-            let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
-                Ok(env) => env,
-                Err(e) => {
-                    return Disposition::DeadLetter {
-                        reason: e.code().into(),
-                        detail: e.to_string(),
-                    };
-                }
-            };
-            let notice = match PaymentNotice::from_envelope(&env) {
-                Ok(n) => n,
-                Err(e) => {
-                    return Disposition::DeadLetter {
-                        reason: "invalid_payment_notice".into(),
-                        detail: e.to_string(),
-                    };
-                }
-            };
-            match record(ctx, &notice).await {
-                Ok(()) => Disposition::Ack,
-                Err(e) => {
-                    tracing::warn!(request_id = %notice.request_id, error = %e, "payment notice not recorded; requeueing");
-                    Disposition::Requeue
-                }
+            match runtime::read(
+                ctx,
+                msg,
+                PaymentNotice::from_envelope,
+                "invalid_payment_notice",
+            ) {
+                Ok((_, notice)) => runtime::settle(
+                    record(ctx, &notice).await,
+                    notice.request_id,
+                    "payment notice",
+                ),
+                Err(disposition) => disposition,
             }
         })
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::contract::{Decision, Envelope, Verdict};
 use crate::ident::Identifier;
-use crate::pipeline::runtime::{Disposition, Handler, Incoming};
+use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition::{self, Head, Pending};
 use crate::pipeline::{Ctx, StepError, StepInput, StepOutcome};
@@ -68,30 +68,13 @@ pub struct DecisionHandler;
 impl Handler for DecisionHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
-            let env = match Envelope::parse(&msg.data, ctx.max_message_bytes) {
-                Ok(env) => env,
-                Err(e) => {
-                    return Disposition::DeadLetter {
-                        reason: e.code().into(),
-                        detail: e.to_string(),
-                    };
-                }
-            };
-            let decision = match Decision::from_envelope(&env) {
-                Ok(d) => d,
-                Err(e) => {
-                    return Disposition::DeadLetter {
-                        reason: "invalid_decision".into(),
-                        detail: e.to_string(),
-                    };
-                }
-            };
-            match decide(ctx, &env, &decision, msg.user_id.as_deref()).await {
-                Ok(()) => Disposition::Ack,
-                Err(e) => {
-                    tracing::warn!(request_id = %decision.request_id, error = %e, "decision not recorded; requeueing");
-                    Disposition::Requeue
-                }
+            match runtime::read(ctx, msg, Decision::from_envelope, "invalid_decision") {
+                Ok((env, d)) => runtime::settle(
+                    decide(ctx, &env, &d, msg.user_id.as_deref()).await,
+                    d.request_id,
+                    "decision",
+                ),
+                Err(disposition) => disposition,
             }
         })
     }

@@ -14,8 +14,12 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
+use uuid::Uuid;
+
 use crate::broker::{Broker, EXCHANGE_DEAD, Message};
+use crate::contract::{Envelope, FieldError};
 use crate::shutdown::Shutdown;
+use crate::store::StoreError;
 
 use super::Ctx;
 
@@ -76,6 +80,43 @@ pub enum Disposition {
 pub trait Handler: Send + Sync + 'static {
     /// Processes the message; must not return before its effects are committed.
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition>;
+}
+
+/// Reads a delivery as far as the contract requires before it counts as understood; an
+/// unreadable one becomes a dead-letter disposition with its reason.
+pub fn envelope(ctx: &Ctx, msg: &Incoming) -> Result<Envelope, Disposition> {
+    Envelope::parse(&msg.data, ctx.max_message_bytes).map_err(|e| Disposition::DeadLetter {
+        reason: e.code().into(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reads a delivery as a contract message (PaymentNotice, Decision); one that breaks a field
+/// rule is dead-lettered as `invalid`, since nobody waits for an answer to it.
+pub fn read<T>(
+    ctx: &Ctx,
+    msg: &Incoming,
+    parse: fn(&Envelope) -> Result<T, FieldError>,
+    invalid: &str,
+) -> Result<(Envelope, T), Disposition> {
+    let env = envelope(ctx, msg)?;
+    let value = parse(&env).map_err(|e| Disposition::DeadLetter {
+        reason: invalid.into(),
+        detail: e.to_string(),
+    })?;
+    Ok((env, value))
+}
+
+/// The disposition once a handler tried to commit: ack, or give the message back when the
+/// database could not be reached (nothing was committed, so redelivery is safe).
+pub fn settle(result: Result<(), StoreError>, request_id: Uuid, what: &str) -> Disposition {
+    match result {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(%request_id, error = %e, "{what} not committed; requeueing");
+            Disposition::Requeue
+        }
+    }
 }
 
 /// Pause before requeueing, so a failing dependency is not hammered.

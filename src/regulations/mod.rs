@@ -768,6 +768,131 @@ mod tests {
         }
     }
 
+    fn repo() -> Regulations {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("regulations");
+        Regulations::load(&dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn request(service: &str, region: &str, channel: &str, form: serde_json::Value) -> Request {
+        let v = serde_json::json!({
+            "request_id": "5f0c6a0e-3c1e-4a51-9b8e-1d2f0c9e7a11", "service": service, "region": region,
+            "channel": channel, "submitted_at": "2026-11-23T10:15:00+05:00",
+            "applicant": { "iin": "840317000029" }, "provider": "081140000436", "form": form,
+            "signature": { "format": "jcs-x509", "algorithm": "ES256", "certificate_chain": ["A"], "value": "B" }
+        });
+        let env =
+            crate::contract::Envelope::parse(v.to_string().as_bytes(), 1 << 20).expect("envelope");
+        Request::from_envelope(&env).expect("request")
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn p47_repository_regulations_cover_every_service_and_load() {
+        let regs = repo();
+        assert_eq!(regs.services().count(), 5);
+        for (service, region, channel) in [
+            (
+                ServiceCode::DoctorAppointment,
+                Region::Akmola,
+                Channel::Portal,
+            ),
+            (
+                ServiceCode::PhcAttachment,
+                Region::Aktobe,
+                Channel::Provider,
+            ),
+            (ServiceCode::HomeDoctorCall, Region::Astana, Channel::Portal),
+            (ServiceCode::MedicalLicence, Region::Aktobe, Channel::Centre),
+            (
+                ServiceCode::ArchiveCertificate,
+                Region::Astana,
+                Channel::Provider,
+            ),
+        ] {
+            assert!(
+                regs.route(service, region, channel).is_ok(),
+                "{service} {region} {channel}"
+            );
+        }
+        assert!(
+            regs.route(ServiceCode::MedicalLicence, Region::Akmola, Channel::Portal)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn p33_licence_service_deadline_matches_the_contract_example() {
+        let regs = repo();
+        let route = regs
+            .route(ServiceCode::MedicalLicence, Region::Aktobe, Channel::Portal)
+            .expect("route");
+        let req = request(
+            "medical-licence",
+            "aktobe",
+            "portal",
+            serde_json::json!({ "kind": "issue", "activity": "x" }),
+        );
+        let plan = regs.plan(&route, &req, at("2026-11-23T10:15:00+05:00"));
+        assert_eq!(plan.service, at("2026-12-14T18:00:00+05:00"));
+        let dup = request(
+            "medical-licence",
+            "aktobe",
+            "portal",
+            serde_json::json!({ "kind": "duplicate", "activity": "x" }),
+        );
+        assert_eq!(
+            regs.plan(&route, &dup, at("2026-11-23T10:15:00+05:00"))
+                .service,
+            at("2026-11-25T18:00:00+05:00")
+        );
+    }
+
+    #[test]
+    fn p10_astana_home_call_after_the_cutoff_is_served_the_next_working_day() {
+        let regs = repo();
+        let route = regs
+            .route(ServiceCode::HomeDoctorCall, Region::Astana, Channel::Portal)
+            .expect("route");
+        let req = request(
+            "home-doctor-call",
+            "astana",
+            "portal",
+            serde_json::json!({}),
+        );
+        let early = regs.plan(&route, &req, at("2026-11-27T10:00:00+05:00"));
+        assert_eq!(early.service, at("2026-11-27T23:59:59.999+05:00"));
+        // Friday 19:00 is past the 18:00 cut-off: served on Monday.
+        let late = regs.plan(&route, &req, at("2026-11-27T19:00:00+05:00"));
+        assert_eq!(late.service, at("2026-11-30T23:59:59.999+05:00"));
+    }
+
+    #[test]
+    fn p46_steps_deadlines_accumulate_along_the_route() {
+        let regs = repo();
+        let route = regs
+            .route(
+                ServiceCode::DoctorAppointment,
+                Region::Akmola,
+                Channel::Provider,
+            )
+            .expect("route");
+        let req = request(
+            "doctor-appointment",
+            "akmola",
+            "provider",
+            serde_json::json!({}),
+        );
+        let plan = regs.plan(&route, &req, at("2026-11-23T10:00:00+05:00"));
+        let times: Vec<_> = plan.steps.iter().map(|(_, t)| *t).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        assert_eq!(plan.service, *times.last().expect("steps"));
+    }
+
     #[test]
     fn refusal_keys_carry_the_contract_code_before_the_slash() {
         assert_eq!(code_of("R3/not_attached"), "R3");

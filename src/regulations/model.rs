@@ -145,7 +145,16 @@ pub struct IntakeCutoff {
     /// How long before closing requests stop being accepted for the same day.
     pub before_closing: String,
     /// What happens to a later request.
-    pub after_cutoff: String,
+    pub after_cutoff: AfterCutoff,
+}
+
+/// What a `same day` deadline does for a request registered after the intake cut-off.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterCutoff {
+    /// The request is accepted and served on the next working day (its `same day` deadline
+    /// becomes the end of that day).
+    NextWorkingDay,
 }
 
 /// One channel of a variant.

@@ -9,18 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
-use crate::contract::{
-    EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS,
-};
+use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
 use crate::regulations::PoolName;
 
 /// Internal exchange carrying step tasks to pool queues (routing key = pool name).
@@ -88,11 +83,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 impl Broker {
     /// Connects and declares the topology.
     pub async fn connect(url: &str, name: &str) -> Result<Arc<Broker>, BrokerError> {
-        let broker = Arc::new(Broker {
-            url: url.to_owned(),
-            name: name.to_owned(),
-            conn: Mutex::new(None),
-        });
+        let broker = Arc::new(Broker { url: url.to_owned(), name: name.to_owned(), conn: Mutex::new(None) });
         let ch = broker.channel().await?;
         declare_topology(&ch).await?;
         let _ = ch.close(200, "topology declared".into()).await;
@@ -134,10 +125,7 @@ impl Broker {
     pub async fn publisher(self: &Arc<Self>) -> Result<Publisher, BrokerError> {
         let ch = self.channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher {
-            broker: self.clone(),
-            channel: Mutex::new(Some(ch)),
-        })
+        Ok(Publisher { broker: self.clone(), channel: Mutex::new(Some(ch)) })
     }
 
     /// Closes the connection (in-flight unacked deliveries go back to their queues).
@@ -149,60 +137,27 @@ impl Broker {
 }
 
 fn durable_exchange() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    }
+    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
 }
 
 fn durable_queue() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
 }
 
 fn dead_letter_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(EXCHANGE_DEAD.into()),
-    );
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(EXCHANGE_DEAD.into()));
     args
 }
 
 /// Declares exchanges, queues and bindings (idempotent; the same on RabbitMQ 3.10 and 4.x).
 pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
-    for ex in [
-        EXCHANGE_REQUESTS,
-        EXCHANGE_PAYMENTS,
-        EXCHANGE_DECISIONS,
-        EXCHANGE_OUTCOMES,
-    ] {
-        ch.exchange_declare(
-            ex.into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
+    for ex in [EXCHANGE_REQUESTS, EXCHANGE_PAYMENTS, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES] {
+        ch.exchange_declare(ex.into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default()).await?;
     }
-    ch.exchange_declare(
-        EXCHANGE_WORK.into(),
-        ExchangeKind::Direct,
-        durable_exchange(),
-        FieldTable::default(),
-    )
-    .await?;
-    ch.exchange_declare(
-        EXCHANGE_DEAD.into(),
-        ExchangeKind::Fanout,
-        durable_exchange(),
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(QUEUE_DEAD.into(), durable_queue(), FieldTable::default())
-        .await?;
+    ch.exchange_declare(EXCHANGE_WORK.into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default()).await?;
+    ch.exchange_declare(EXCHANGE_DEAD.into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default()).await?;
+    ch.queue_declare(QUEUE_DEAD.into(), durable_queue(), FieldTable::default()).await?;
     ch.queue_bind(
         QUEUE_DEAD.into(),
         EXCHANGE_DEAD.into(),
@@ -217,26 +172,13 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
         (QUEUE_DECISIONS, EXCHANGE_DECISIONS, "#"),
     ];
     for (queue, exchange, key) in inputs {
-        ch.queue_declare(queue.into(), durable_queue(), dead_letter_args())
+        ch.queue_declare(queue.into(), durable_queue(), dead_letter_args()).await?;
+        ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
             .await?;
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     }
-    for pool in [
-        PoolName::Registry,
-        PoolName::Payment,
-        PoolName::Review,
-        PoolName::Result,
-    ] {
+    for pool in [PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result] {
         let queue = task_queue(pool);
-        ch.queue_declare(queue.as_str().into(), durable_queue(), dead_letter_args())
-            .await?;
+        ch.queue_declare(queue.as_str().into(), durable_queue(), dead_letter_args()).await?;
         ch.queue_bind(
             queue.as_str().into(),
             EXCHANGE_WORK.into(),
@@ -300,16 +242,10 @@ impl Publisher {
         for m in messages {
             let mut headers = FieldTable::default();
             if let Some(tp) = &m.traceparent {
-                headers.insert(
-                    "traceparent".into(),
-                    AMQPValue::LongString(tp.as_str().into()),
-                );
+                headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
             }
             for (k, v) in &m.headers {
-                headers.insert(
-                    ShortString::from(k.as_str()),
-                    AMQPValue::LongString(v.as_str().into()),
-                );
+                headers.insert(ShortString::from(k.as_str()), AMQPValue::LongString(v.as_str().into()));
             }
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
@@ -322,10 +258,7 @@ impl Publisher {
                 .basic_publish(
                     m.exchange.as_str().into(),
                     m.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
                     &m.body,
                     props,
                 )

@@ -143,19 +143,16 @@ impl Envelope {
     /// Reads a body as far as the contract requires before a message counts as understood.
     pub fn parse(bytes: &[u8], limit: usize) -> Result<Envelope, Unreadable> {
         if bytes.len() > limit {
-            return Err(Unreadable::Oversized {
-                size: bytes.len(),
-                limit,
-            });
+            return Err(Unreadable::Oversized { size: bytes.len(), limit });
         }
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| Unreadable::NotJson(e.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| Unreadable::NotJson(e.to_string()))?;
         let Value::Object(body) = value else {
             return Err(Unreadable::NotAnObject);
         };
         let request_id = match body.get("request_id") {
-            Some(Value::String(s)) => Uuid::parse_str(s)
-                .map_err(|_| Unreadable::NoRequestId("request_id is not a UUID".into()))?,
+            Some(Value::String(s)) => {
+                Uuid::parse_str(s).map_err(|_| Unreadable::NoRequestId("request_id is not a UUID".into()))?
+            }
             Some(_) => return Err(Unreadable::NoRequestId("request_id is not a string".into())),
             None => return Err(Unreadable::NoRequestId("request_id is missing".into())),
         };
@@ -175,10 +172,7 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            problem: problem.into(),
-        }
+        FieldError { field: field.into(), problem: problem.into() }
     }
 }
 
@@ -285,37 +279,22 @@ pub enum RequestProblem {
 const MAX_TEXT: usize = 4096;
 const MAX_ATTACHMENTS: usize = 100;
 
-fn string_at<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a str, FieldError> {
+fn string_at<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, FieldError> {
     match obj.get(key) {
         Some(Value::String(s)) if s.trim().is_empty() => Err(FieldError::new(path, "is empty")),
-        Some(Value::String(s)) if s.len() > MAX_TEXT => Err(FieldError::new(
-            path,
-            format!("is longer than {MAX_TEXT} bytes"),
-        )),
+        Some(Value::String(s)) if s.len() > MAX_TEXT => {
+            Err(FieldError::new(path, format!("is longer than {MAX_TEXT} bytes")))
+        }
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(FieldError::new(
-            path,
-            format!("must be a string, not {}", type_name(other)),
-        )),
+        Some(other) => Err(FieldError::new(path, format!("must be a string, not {}", type_name(other)))),
         None => Err(FieldError::new(path, "is missing")),
     }
 }
 
-fn object_at<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a Map<String, Value>, FieldError> {
+fn object_at<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Map<String, Value>, FieldError> {
     match obj.get(key) {
         Some(Value::Object(m)) => Ok(m),
-        Some(other) => Err(FieldError::new(
-            path,
-            format!("must be an object, not {}", type_name(other)),
-        )),
+        Some(other) => Err(FieldError::new(path, format!("must be an object, not {}", type_name(other)))),
         None => Err(FieldError::new(path, "is missing")),
     }
 }
@@ -338,45 +317,23 @@ fn code_at<T>(
     known: &[&str],
 ) -> Result<T, FieldError> {
     let text = string_at(obj, key, key)?;
-    parse(text).ok_or_else(|| {
-        FieldError::new(
-            key,
-            format!("unknown code {text:?}; known: {}", known.join(", ")),
-        )
-    })
+    parse(text).ok_or_else(|| FieldError::new(key, format!("unknown code {text:?}; known: {}", known.join(", "))))
 }
 
 fn party_at(obj: &Map<String, Value>, key: &str) -> Result<Party, FieldError> {
     let party = object_at(obj, key, key)?;
-    let iin = party
-        .get("iin")
-        .map(|_| string_at(party, "iin", &format!("{key}.iin")))
-        .transpose()?;
-    let bin = party
-        .get("bin")
-        .map(|_| string_at(party, "bin", &format!("{key}.bin")))
-        .transpose()?;
+    let iin = party.get("iin").map(|_| string_at(party, "iin", &format!("{key}.iin"))).transpose()?;
+    let bin = party.get("bin").map(|_| string_at(party, "bin", &format!("{key}.bin"))).transpose()?;
     match (iin, bin) {
-        (Some(_), Some(_)) => Err(FieldError::new(
-            key,
-            "must carry exactly one of iin and bin, not both",
-        )),
+        (Some(_), Some(_)) => Err(FieldError::new(key, "must carry exactly one of iin and bin, not both")),
         (None, None) => Err(FieldError::new(key, "must carry one of iin or bin")),
         (Some(iin), None) => {
-            ident::check_iin(iin)
-                .map_err(|e| FieldError::new(format!("{key}.iin"), e.to_string()))?;
-            Ok(Party {
-                iin: Some(iin.to_owned()),
-                bin: None,
-            })
+            ident::check_iin(iin).map_err(|e| FieldError::new(format!("{key}.iin"), e.to_string()))?;
+            Ok(Party { iin: Some(iin.to_owned()), bin: None })
         }
         (None, Some(bin)) => {
-            ident::check_bin(bin)
-                .map_err(|e| FieldError::new(format!("{key}.bin"), e.to_string()))?;
-            Ok(Party {
-                iin: None,
-                bin: Some(bin.to_owned()),
-            })
+            ident::check_bin(bin).map_err(|e| FieldError::new(format!("{key}.bin"), e.to_string()))?;
+            Ok(Party { iin: None, bin: Some(bin.to_owned()) })
         }
     }
 }
@@ -386,17 +343,11 @@ fn attachments_at(obj: &Map<String, Value>) -> Result<Vec<Attachment>, FieldErro
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
         Some(other) => {
-            return Err(FieldError::new(
-                "attachments",
-                format!("must be an array, not {}", type_name(other)),
-            ));
+            return Err(FieldError::new("attachments", format!("must be an array, not {}", type_name(other))));
         }
     };
     if list.len() > MAX_ATTACHMENTS {
-        return Err(FieldError::new(
-            "attachments",
-            format!("more than {MAX_ATTACHMENTS} attachments"),
-        ));
+        return Err(FieldError::new("attachments", format!("more than {MAX_ATTACHMENTS} attachments")));
     }
     list.iter()
         .enumerate()
@@ -406,9 +357,9 @@ fn attachments_at(obj: &Map<String, Value>) -> Result<Vec<Attachment>, FieldErro
                 return Err(FieldError::new(&path, "must be an object"));
             };
             let size = match a.get("size") {
-                Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
-                    FieldError::new(format!("{path}.size"), "must be a whole number of bytes")
-                })?,
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .ok_or_else(|| FieldError::new(format!("{path}.size"), "must be a whole number of bytes"))?,
                 Some(other) => {
                     return Err(FieldError::new(
                         format!("{path}.size"),
@@ -419,10 +370,7 @@ fn attachments_at(obj: &Map<String, Value>) -> Result<Vec<Attachment>, FieldErro
             };
             let sha256 = string_at(a, "sha256", &format!("{path}.sha256"))?;
             if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(FieldError::new(
-                    format!("{path}.sha256"),
-                    "must be 64 hex digits",
-                ));
+                return Err(FieldError::new(format!("{path}.sha256"), "must be 64 hex digits"));
             }
             Ok(Attachment {
                 name: string_at(a, "name", &format!("{path}.name"))?.to_owned(),
@@ -474,52 +422,25 @@ impl Request {
     /// known region variant) are checked against the regulations afterwards.
     pub fn from_envelope(env: &Envelope) -> Result<Request, FieldError> {
         let obj = &env.body;
-        let service = code_at(
-            obj,
-            "service",
-            ServiceCode::parse,
-            &names(ServiceCode::ALL.iter().map(|c| c.as_str())),
-        )?;
-        let region = code_at(
-            obj,
-            "region",
-            Region::parse,
-            &names(Region::ALL.iter().map(|c| c.as_str())),
-        )?;
-        let channel = code_at(
-            obj,
-            "channel",
-            Channel::parse,
-            &names(Channel::ALL.iter().map(|c| c.as_str())),
-        )?;
-        let submitted_at =
-            DateTime::parse_from_rfc3339(string_at(obj, "submitted_at", "submitted_at")?).map_err(
-                |_| FieldError::new("submitted_at", "must be an RFC 3339 date-time with offset"),
-            )?;
+        let service = code_at(obj, "service", ServiceCode::parse, &names(ServiceCode::ALL.iter().map(|c| c.as_str())))?;
+        let region = code_at(obj, "region", Region::parse, &names(Region::ALL.iter().map(|c| c.as_str())))?;
+        let channel = code_at(obj, "channel", Channel::parse, &names(Channel::ALL.iter().map(|c| c.as_str())))?;
+        let submitted_at = DateTime::parse_from_rfc3339(string_at(obj, "submitted_at", "submitted_at")?)
+            .map_err(|_| FieldError::new("submitted_at", "must be an RFC 3339 date-time with offset"))?;
         let applicant = party_at(obj, "applicant")?;
         let representative = match obj.get("representative") {
             None | Some(Value::Null) => None,
             Some(Value::Object(r)) => {
                 let iin = string_at(r, "iin", "representative.iin")?;
-                ident::check_iin(iin)
-                    .map_err(|e| FieldError::new("representative.iin", e.to_string()))?;
+                ident::check_iin(iin).map_err(|e| FieldError::new("representative.iin", e.to_string()))?;
                 let poa = match r.get("power_of_attorney") {
                     None | Some(Value::Null) => None,
-                    Some(_) => Some(
-                        string_at(r, "power_of_attorney", "representative.power_of_attorney")?
-                            .to_owned(),
-                    ),
+                    Some(_) => Some(string_at(r, "power_of_attorney", "representative.power_of_attorney")?.to_owned()),
                 };
-                Some(Representative {
-                    iin: iin.to_owned(),
-                    power_of_attorney: poa,
-                })
+                Some(Representative { iin: iin.to_owned(), power_of_attorney: poa })
             }
             Some(other) => {
-                return Err(FieldError::new(
-                    "representative",
-                    format!("must be an object, not {}", type_name(other)),
-                ));
+                return Err(FieldError::new("representative", format!("must be an object, not {}", type_name(other))));
             }
         };
         let provider = string_at(obj, "provider", "provider")?;
@@ -591,10 +512,7 @@ impl PaymentNotice {
             || valid_amount.1.len() > 2
             || amount.trim_start_matches(['0', '.']).is_empty()
         {
-            return Err(FieldError::new(
-                "amount",
-                "must be a positive decimal with at most 2 fraction digits",
-            ));
+            return Err(FieldError::new("amount", "must be a positive decimal with at most 2 fraction digits"));
         }
         let currency = string_at(obj, "currency", "currency")?.to_owned();
         if currency != "KZT" {
@@ -603,14 +521,7 @@ impl PaymentNotice {
         let paid_at = DateTime::parse_from_rfc3339(string_at(obj, "paid_at", "paid_at")?)
             .map_err(|_| FieldError::new("paid_at", "must be an RFC 3339 date-time with offset"))?;
         let payer = party_at(obj, "payer")?;
-        Ok(PaymentNotice {
-            payment_id,
-            request_id: env.request_id,
-            amount,
-            currency,
-            paid_at,
-            payer,
-        })
+        Ok(PaymentNotice { payment_id, request_id: env.request_id, amount, currency, paid_at, payer })
     }
 }
 
@@ -660,10 +571,7 @@ impl Decision {
             "approve" => Verdict::Approve,
             "refuse" => Verdict::Refuse,
             other => {
-                return Err(FieldError::new(
-                    "decision",
-                    format!("must be approve or refuse, not {other:?}"),
-                ));
+                return Err(FieldError::new("decision", format!("must be approve or refuse, not {other:?}")));
             }
         };
         let reason = match obj.get("reason") {
@@ -673,31 +581,16 @@ impl Decision {
                 kk: string_at(r, "kk", "reason.kk")?.to_owned(),
             }),
             Some(other) => {
-                return Err(FieldError::new(
-                    "reason",
-                    format!("must be an object, not {}", type_name(other)),
-                ));
+                return Err(FieldError::new("reason", format!("must be an object, not {}", type_name(other))));
             }
         };
         if decision == Verdict::Refuse && reason.is_none() {
-            return Err(FieldError::new(
-                "reason",
-                "is required when the decision is refuse",
-            ));
+            return Err(FieldError::new("reason", "is required when the decision is refuse"));
         }
         let decided_at = DateTime::parse_from_rfc3339(string_at(obj, "decided_at", "decided_at")?)
-            .map_err(|_| {
-                FieldError::new("decided_at", "must be an RFC 3339 date-time with offset")
-            })?;
+            .map_err(|_| FieldError::new("decided_at", "must be an RFC 3339 date-time with offset"))?;
         let signature = signature_at(obj)?;
-        Ok(Decision {
-            decision_id,
-            request_id: env.request_id,
-            decision,
-            reason,
-            decided_at,
-            signature,
-        })
+        Ok(Decision { decision_id, request_id: env.request_id, decision, reason, decided_at, signature })
     }
 }
 
@@ -797,9 +690,7 @@ pub fn to_local(t: DateTime<Utc>) -> DateTime<FixedOffset> {
 pub fn routing_word(service: &str) -> &str {
     if !service.is_empty()
         && service.len() <= 64
-        && service
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         service
     } else {
@@ -844,34 +735,19 @@ mod tests {
 
     #[test]
     fn not_json_is_unreadable() {
-        assert!(matches!(
-            Envelope::parse(b"{nope", 100),
-            Err(Unreadable::NotJson(_))
-        ));
+        assert!(matches!(Envelope::parse(b"{nope", 100), Err(Unreadable::NotJson(_))));
     }
 
     #[test]
     fn oversized_is_unreadable_before_parsing() {
         let body = vec![b' '; 101];
-        assert_eq!(
-            Envelope::parse(&body, 100).unwrap_err(),
-            Unreadable::Oversized {
-                size: 101,
-                limit: 100
-            }
-        );
+        assert_eq!(Envelope::parse(&body, 100).unwrap_err(), Unreadable::Oversized { size: 101, limit: 100 });
     }
 
     #[test]
     fn missing_request_id_is_unreadable() {
-        assert!(matches!(
-            Envelope::parse(br#"{"service":"x"}"#, 100),
-            Err(Unreadable::NoRequestId(_))
-        ));
-        assert!(matches!(
-            Envelope::parse(br#"{"request_id":"nope"}"#, 100),
-            Err(Unreadable::NoRequestId(_))
-        ));
+        assert!(matches!(Envelope::parse(br#"{"service":"x"}"#, 100), Err(Unreadable::NoRequestId(_))));
+        assert!(matches!(Envelope::parse(br#"{"request_id":"nope"}"#, 100), Err(Unreadable::NoRequestId(_))));
     }
 
     #[test]
@@ -931,11 +807,7 @@ mod tests {
             let mut v = base.clone();
             v["amount"] = json!(bad);
             let env = Envelope::parse(v.to_string().as_bytes(), 10_000).expect("envelope");
-            assert_eq!(
-                PaymentNotice::from_envelope(&env).unwrap_err().field,
-                "amount",
-                "{bad}"
-            );
+            assert_eq!(PaymentNotice::from_envelope(&env).unwrap_err().field, "amount", "{bad}");
         }
     }
 

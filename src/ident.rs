@@ -50,14 +50,7 @@ pub enum IdError {
 pub fn check_digit(first11: &[u8; 11]) -> Option<u8> {
     const W1: [u32; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
     const W2: [u32; 11] = [3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2];
-    let sum = |w: &[u32; 11]| {
-        first11
-            .iter()
-            .zip(w)
-            .map(|(d, w)| u32::from(*d) * w)
-            .sum::<u32>()
-            % 11
-    };
+    let sum = |w: &[u32; 11]| first11.iter().zip(w).map(|(d, w)| u32::from(*d) * w).sum::<u32>() % 11;
     let first = sum(&W1);
     let digit = if first == 10 { sum(&W2) } else { first };
     (digit < 10).then_some(digit as u8)
@@ -92,12 +85,7 @@ pub fn check_bin(s: &str) -> Result<(), IdError> {
 
 /// Builds a valid identifier from its first eleven digits (for demo and test data).
 pub fn complete(first11: &str) -> Option<String> {
-    let bytes: [u8; 11] = first11
-        .bytes()
-        .map(|b| b.wrapping_sub(b'0'))
-        .collect::<Vec<_>>()
-        .try_into()
-        .ok()?;
+    let bytes: [u8; 11] = first11.bytes().map(|b| b.wrapping_sub(b'0')).collect::<Vec<_>>().try_into().ok()?;
     if bytes.iter().any(|d| *d > 9) {
         return None;
     }
@@ -155,9 +143,7 @@ mod tests {
 
     #[test]
     fn complete_makes_valid_numbers() {
-        let iin = complete("90010130012")
-            .or_else(|| complete("90010130013"))
-            .expect("completes");
+        let iin = complete("90010130012").or_else(|| complete("90010130013")).expect("completes");
         assert_eq!(check_iin(&iin), Ok(()));
     }
 

@@ -10,7 +10,8 @@
 //! - [`regulations`]: service data, routes, deadlines, the working-day calendar.
 //! - [`store`]: all SQL; [`broker`]: RabbitMQ topology and confirmed publishing.
 //! - [`pipeline`]: the runtime written once for every pool; [`workers`]: one file per pool.
-//! - [`signature`], [`registry`]: the seams for signature checks and state registries.
+//! - [`signature`]: `jcs-x509` verification and signing; [`pki`]: the demo PKI.
+//! - [`registry`]: the state registries behind one interface.
 //! - [`config`], [`telemetry`], [`startup`]: how a process is configured and started.
 
 pub mod broker;
@@ -19,8 +20,10 @@ pub mod contract;
 pub mod demo;
 pub mod ident;
 pub mod pipeline;
+pub mod pki;
 pub mod registry;
 pub mod regulations;
+pub mod report;
 pub mod shutdown;
 pub mod signature;
 pub mod startup;

@@ -85,6 +85,22 @@ enum Command {
         /// Demo registry and scenario data.
         #[arg(long, env = "QYZMET_DEMO_DIR", default_value = "demo")]
         demo_dir: PathBuf,
+        /// Where the demo PKI is generated.
+        #[arg(long, default_value = ".qyzmet/demo-pki")]
+        pki_dir: PathBuf,
+    },
+    /// Verifies a signed message offline — a result document (or an Outcome carrying one), a
+    /// Request or a Decision — against the trust bundle and CRLs, and says why it fails.
+    Verify {
+        /// The JSON file.
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// The demonstration PKI.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
     },
 }
 
@@ -100,6 +116,16 @@ enum RegistryCommand {
         kind: Option<String>,
         #[command(flatten)]
         settings: Settings,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Generates a demo PKI (root and signing CA, CRLs, citizen, legal-entity, representative,
+    /// staff, operator and provider certificates, and certificates that must be refused) in DIR.
+    Demo {
+        /// Output directory.
+        dir: PathBuf,
     },
 }
 
@@ -132,14 +158,13 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -151,7 +176,8 @@ async fn wait_for_signal() {
 
 async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
     let regs = load_regulations(&settings.regulations_dir)?;
-    let running = startup::start(&settings, regs, opts, Deps::default()).await?;
+    let deps = Deps::from_settings(&settings)?;
+    let running = startup::start(&settings, regs, opts, deps).await?;
     tracing::info!("running; SIGTERM or Ctrl-C stops after in-flight work");
     wait_for_signal().await;
     tracing::info!("stopping");
@@ -161,55 +187,32 @@ async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run {
-            settings,
-            concurrency,
-        } => {
-            let store = Store::connect(&settings.database_url, 2)
-                .await
-                .context("cannot connect to PostgreSQL")?;
+        Command::Run { settings, concurrency } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
             store.migrate().await.context("migrations failed")?;
             store.close().await;
             serve(settings, Options::all(concurrency)).await
         }
-        Command::Worker {
-            pool,
-            settings,
-            concurrency,
-        } => {
+        Command::Worker { pool, settings, concurrency } => {
             let pool = parse_pool(&pool)?;
-            let opts = Options {
-                pools: vec![(pool, concurrency)],
-                sweeper: true,
-                name: format!("qyzmet worker {pool:?}"),
-            };
+            let opts =
+                Options { pools: vec![(pool, concurrency)], sweeper: true, name: format!("qyzmet worker {pool:?}") };
             serve(settings, opts).await
         }
         Command::Migrate { settings } => {
-            let store = Store::connect(&settings.database_url, 2)
-                .await
-                .context("cannot connect to PostgreSQL")?;
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
             store.migrate().await.context("migrations failed")?;
             println!("migrations applied");
             Ok(())
         }
-        Command::Registry {
-            command:
-                RegistryCommand::Import {
-                    file,
-                    kind,
-                    settings,
-                },
-        } => {
+        Command::Registry { command: RegistryCommand::Import { file, kind, settings } } => {
             let kind = match kind {
                 Some(k) => Some(RegistryKind::parse(&k).with_context(|| {
                     format!("unknown registry {k:?}: use persons, legal-entities, powers-of-attorney or attachments")
                 })?),
                 None => None,
             };
-            let store = Store::connect(&settings.database_url, 2)
-                .await
-                .context("cannot connect to PostgreSQL")?;
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
             let report = import_file(&store, &file, kind).await?;
             for (k, n) in &report.accepted {
                 println!("{}: {n} rows imported", k.name());
@@ -228,39 +231,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Publish { file, settings } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let value: serde_json::Value =
-                serde_json::from_slice(&bytes).context("the file is not JSON")?;
-            let id = value
-                .get("request_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let (exchange, key, message_id) =
-                if let Some(p) = value.get("payment_id").and_then(|v| v.as_str()) {
-                    (
-                        EXCHANGE_PAYMENTS,
-                        "payment.confirmed".to_owned(),
-                        p.to_owned(),
-                    )
-                } else if let Some(d) = value.get("decision_id").and_then(|v| v.as_str()) {
-                    let service = value
-                        .get("service")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("any");
-                    (
-                        EXCHANGE_DECISIONS,
-                        format!("decision.{service}"),
-                        d.to_owned(),
-                    )
-                } else {
-                    let service = value
-                        .get("service")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("unknown");
-                    (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
-                };
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes).context("the file is not JSON")?;
+            let id = value.get("request_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let (exchange, key, message_id) = if let Some(p) = value.get("payment_id").and_then(|v| v.as_str()) {
+                (EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), p.to_owned())
+            } else if let Some(d) = value.get("decision_id").and_then(|v| v.as_str()) {
+                let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("any");
+                (EXCHANGE_DECISIONS, format!("decision.{service}"), d.to_owned())
+            } else {
+                let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("unknown");
+                (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
+            };
             let broker = Broker::connect(&settings.amqp_url, "qyzmet publish").await?;
             let publisher = broker.publisher().await?;
             let msg = Message {
@@ -277,24 +259,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published to {exchange} with routing key {key} (confirmed)");
             Ok(())
         }
-        Command::Status {
-            request_id,
-            settings,
-        } => {
-            let store = Store::connect(&settings.database_url, 2)
-                .await
-                .context("cannot connect to PostgreSQL")?;
-            print!("{}", qyzmet::demo::status_report(&store, request_id).await?);
+        Command::Status { request_id, settings } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            print!("{}", qyzmet::report::status_report(&store, request_id).await?);
             Ok(())
         }
-        Command::Regulations {
-            command: RegulationsCommand::Check { dir },
-        } => {
+        Command::Regulations { command: RegulationsCommand::Check { dir } } => {
             let regs = load_regulations(&dir)?;
-            print!("{}", qyzmet::demo::regulations_summary(&regs));
+            print!("{}", qyzmet::report::regulations_summary(&regs));
             Ok(())
         }
-        Command::Demo { settings, demo_dir } => qyzmet::demo::run(&settings, &demo_dir).await,
+        Command::Demo { settings, demo_dir, pki_dir } => qyzmet::demo::run(&settings, &demo_dir, &pki_dir).await,
+        Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
+        Command::Pki { command: PkiCommand::Demo { dir } } => {
+            let paths = qyzmet::pki::generate(
+                &dir,
+                &qyzmet::pki::demo_holders(),
+                &qyzmet::pki::demo_provider_keys(),
+                chrono::Utc::now() + chrono::Duration::days(30),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            println!("demo PKI written to {} (demo keys: never use them for anything real)", dir.display());
+            println!("  QYZMET_TRUST_BUNDLE={}", paths.trust_bundle.display());
+            println!("  QYZMET_CRL_PATH={}", paths.crl_dir.display());
+            println!("  QYZMET_SIGNING_KEYS={}", paths.keys_dir.display());
+            println!("  QYZMET_STAFF_ROLE_OIDS={}", qyzmet::pki::DEMO_STAFF_ROLES);
+            println!("  QYZMET_CENTRE_BINS={}", qyzmet::pki::DEMO_CENTRE_BIN);
+            println!("  request and decision signing keys: {}", paths.holders_dir.display());
+            Ok(())
+        }
     }
 }
 
@@ -306,10 +299,7 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     qyzmet::telemetry::init(default);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -13,9 +13,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use crate::ident;
-use crate::store::{
-    AttachmentRecord, EntityRecord, PersonRecord, PowerOfAttorneyRecord, Store, StoreError,
-};
+use crate::store::{AttachmentRecord, EntityRecord, PersonRecord, PowerOfAttorneyRecord, Store, StoreError};
 
 /// A registry could not answer; the step retries until its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +33,9 @@ pub trait Registry: Send + Sync {
     /// ГБД ЮЛ by BIN.
     fn entity(&self, bin: &str) -> BoxFuture<'_, Result<Option<EntityRecord>, RegistryError>>;
     /// ЕНИС by power-of-attorney number.
-    fn power_of_attorney(
-        &self,
-        number: &str,
-    ) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>>;
+    fn power_of_attorney(&self, number: &str) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>>;
     /// Attached-population register by IIN.
-    fn attachment(
-        &self,
-        iin: &str,
-    ) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>>;
+    fn attachment(&self, iin: &str) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>>;
 }
 
 /// Registries kept in PostgreSQL.
@@ -68,17 +60,11 @@ impl Registry for PgRegistry {
         let bin = bin.to_owned();
         Box::pin(async move { Ok(self.store.find_entity(&bin).await?) })
     }
-    fn power_of_attorney(
-        &self,
-        number: &str,
-    ) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
+    fn power_of_attorney(&self, number: &str) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
         let number = number.to_owned();
         Box::pin(async move { Ok(self.store.find_power_of_attorney(&number).await?) })
     }
-    fn attachment(
-        &self,
-        iin: &str,
-    ) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
+    fn attachment(&self, iin: &str) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
         let iin = iin.to_owned();
         Box::pin(async move { Ok(self.store.find_attachment(&iin).await?) })
     }
@@ -100,11 +86,7 @@ pub struct MemoryRegistry {
 }
 
 impl MemoryRegistry {
-    fn get<T: Clone>(
-        &self,
-        map: &Mutex<HashMap<String, T>>,
-        key: &str,
-    ) -> Result<Option<T>, RegistryError> {
+    fn get<T: Clone>(&self, map: &Mutex<HashMap<String, T>>, key: &str) -> Result<Option<T>, RegistryError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(RegistryError("registry is down (test)".into()));
         }
@@ -122,17 +104,11 @@ impl Registry for MemoryRegistry {
         let r = self.get(&self.entities, bin);
         Box::pin(async move { r })
     }
-    fn power_of_attorney(
-        &self,
-        number: &str,
-    ) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
+    fn power_of_attorney(&self, number: &str) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
         let r = self.get(&self.powers, number);
         Box::pin(async move { r })
     }
-    fn attachment(
-        &self,
-        iin: &str,
-    ) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
+    fn attachment(&self, iin: &str) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
         let r = self.get(&self.attachments, iin);
         Box::pin(async move { r })
     }
@@ -223,10 +199,7 @@ fn field<'a>(row: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a 
     }
 }
 
-fn opt_date(
-    row: &serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<Option<chrono::NaiveDate>, String> {
+fn opt_date(row: &serde_json::Map<String, Value>, name: &str) -> Result<Option<chrono::NaiveDate>, String> {
     match row.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -237,27 +210,15 @@ fn opt_date(
     }
 }
 
-fn checked<'a>(
-    row: &'a serde_json::Map<String, Value>,
-    name: &str,
-    bin: bool,
-) -> Result<&'a str, String> {
+fn checked<'a>(row: &'a serde_json::Map<String, Value>, name: &str, bin: bool) -> Result<&'a str, String> {
     let v = field(row, name)?;
-    let r = if bin {
-        ident::check_bin(v)
-    } else {
-        ident::check_iin(v)
-    };
+    let r = if bin { ident::check_bin(v) } else { ident::check_iin(v) };
     r.map_err(|e| format!("{name} {}: {e}", ident::mask(v)))?;
     Ok(v)
 }
 
 impl Batch {
-    fn add(
-        &mut self,
-        kind: RegistryKind,
-        row: &serde_json::Map<String, Value>,
-    ) -> Result<(), String> {
+    fn add(&mut self, kind: RegistryKind, row: &serde_json::Map<String, Value>) -> Result<(), String> {
         match kind {
             RegistryKind::Persons => self.persons.push(PersonRecord {
                 iin: checked(row, "iin", false)?.to_owned(),
@@ -271,10 +232,7 @@ impl Batch {
             RegistryKind::PowersOfAttorney => {
                 let principal = field(row, "principal")?;
                 if ident::check_iin(principal).is_err() && ident::check_bin(principal).is_err() {
-                    return Err(format!(
-                        "principal {} is neither a valid IIN nor BIN",
-                        ident::mask(principal)
-                    ));
+                    return Err(format!("principal {} is neither a valid IIN nor BIN", ident::mask(principal)));
                 }
                 let revoked = match row.get("revoked") {
                     None | Some(Value::Null) => false,
@@ -321,52 +279,28 @@ pub enum ImportError {
 /// Imports a CSV (header row) or JSON-lines file. The registry comes from `kind`, or from a
 /// `registry` column/member per row, or from the CSV header's columns. Valid rows are upserted
 /// in one transaction; invalid ones are reported and skipped.
-pub async fn import_file(
-    store: &Store,
-    path: &Path,
-    kind: Option<RegistryKind>,
-) -> Result<ImportReport, ImportError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ImportError::Io(path.display().to_string(), e))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default();
+pub async fn import_file(store: &Store, path: &Path, kind: Option<RegistryKind>) -> Result<ImportReport, ImportError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ImportError::Io(path.display().to_string(), e))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
     let mut batch = Batch::default();
     let mut report = ImportReport::default();
     let mut counts: HashMap<&'static str, (RegistryKind, usize)> = HashMap::new();
-    let mut add = |line: usize,
-                   k: Option<RegistryKind>,
-                   row: serde_json::Map<String, Value>,
-                   batch: &mut Batch| {
+    let mut add = |line: usize, k: Option<RegistryKind>, row: serde_json::Map<String, Value>, batch: &mut Batch| {
         let k = k
-            .or_else(|| {
-                row.get("registry")
-                    .and_then(Value::as_str)
-                    .and_then(RegistryKind::parse)
-            })
-            .or_else(|| {
-                RegistryKind::from_columns(&row.keys().map(String::as_str).collect::<Vec<_>>())
-            })
+            .or_else(|| row.get("registry").and_then(Value::as_str).and_then(RegistryKind::parse))
+            .or_else(|| RegistryKind::from_columns(&row.keys().map(String::as_str).collect::<Vec<_>>()))
             .ok_or_else(|| Rejected {
                 line,
                 reason: "unknown registry (give --kind, a registry column, or its columns)".into(),
             })?;
-        batch
-            .add(k, &row)
-            .map_err(|reason| Rejected { line, reason })?;
+        batch.add(k, &row).map_err(|reason| Rejected { line, reason })?;
         counts.entry(k.name()).or_insert((k, 0)).1 += 1;
         Ok::<(), Rejected>(())
     };
     match ext {
         "csv" => {
-            let mut reader = csv::ReaderBuilder::new()
-                .trim(csv::Trim::All)
-                .from_reader(text.as_bytes());
-            let headers = reader
-                .headers()
-                .map_err(|e| ImportError::Format(format!("CSV header: {e}")))?
-                .clone();
+            let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+            let headers = reader.headers().map_err(|e| ImportError::Format(format!("CSV header: {e}")))?.clone();
             let cols: Vec<&str> = headers.iter().collect();
             let file_kind = kind.or_else(|| RegistryKind::from_columns(&cols));
             for (i, rec) in reader.records().enumerate() {
@@ -382,10 +316,7 @@ pub async fn import_file(
                             report.rejected.push(r);
                         }
                     }
-                    Err(e) => report.rejected.push(Rejected {
-                        line,
-                        reason: format!("unreadable CSV row: {e}"),
-                    }),
+                    Err(e) => report.rejected.push(Rejected { line, reason: format!("unreadable CSV row: {e}") }),
                 }
             }
         }
@@ -401,21 +332,13 @@ pub async fn import_file(
                             report.rejected.push(r);
                         }
                     }
-                    Ok(_) => report.rejected.push(Rejected {
-                        line,
-                        reason: "not a JSON object".into(),
-                    }),
-                    Err(e) => report.rejected.push(Rejected {
-                        line,
-                        reason: format!("not JSON: {e}"),
-                    }),
+                    Ok(_) => report.rejected.push(Rejected { line, reason: "not a JSON object".into() }),
+                    Err(e) => report.rejected.push(Rejected { line, reason: format!("not JSON: {e}") }),
                 }
             }
         }
         other => {
-            return Err(ImportError::Format(format!(
-                "unknown file type {other:?}: use .csv or .jsonl"
-            )));
+            return Err(ImportError::Format(format!("unknown file type {other:?}: use .csv or .jsonl")));
         }
     }
     let mut tx = store.begin().await?;

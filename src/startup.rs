@@ -15,18 +15,15 @@ use crate::pipeline::{Ctx, Outbox, sweeper};
 use crate::registry::{PgRegistry, Registry};
 use crate::regulations::{PoolName, Regulations};
 use crate::shutdown::{self, Trigger};
-use crate::signature::{Signer, StructuralVerifier, UnsignedSigner, Verifier};
+use crate::signature::keys::Keyring;
+use crate::signature::x509::X509Verifier;
+use crate::signature::{Signer, Verifier};
 use crate::store::Store;
 use crate::workers::{intake::IntakeHandler, payment::NoticeHandler, review::DecisionHandler};
 
 /// Every pool, in route order.
-pub const ALL_POOLS: [PoolName; 5] = [
-    PoolName::Intake,
-    PoolName::Registry,
-    PoolName::Payment,
-    PoolName::Review,
-    PoolName::Result,
-];
+pub const ALL_POOLS: [PoolName; 5] =
+    [PoolName::Intake, PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result];
 
 /// What this process runs.
 #[derive(Debug, Clone)]
@@ -61,13 +58,21 @@ pub struct Deps {
     pub registry: Option<Arc<dyn Registry>>,
 }
 
-impl Default for Deps {
-    fn default() -> Self {
-        Deps {
-            verifier: Arc::new(StructuralVerifier),
-            signer: Arc::new(UnsignedSigner),
-            registry: None,
-        }
+impl Deps {
+    /// The real verifier and signer from the settings. Fails (so the process does not start)
+    /// without a trust bundle or signing keys, or when a key file is readable by others.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Deps> {
+        let trust = settings.trust_bundle.as_deref().context(
+            "QYZMET_TRUST_BUNDLE is not set: signatures cannot be verified (`qyzmet pki demo DIR` makes a demo PKI)",
+        )?;
+        let verifier = X509Verifier::new(trust, settings.crl_path.clone(), settings.staff_role_oids.clone())
+            .context("cannot configure signature verification")?;
+        let keys = settings
+            .signing_keys
+            .as_deref()
+            .context("QYZMET_SIGNING_KEYS is not set: result documents cannot be signed")?;
+        let keyring = Keyring::load(keys).context("cannot load the result-signing keys")?;
+        Ok(Deps { verifier: Arc::new(verifier), signer: Arc::new(keyring), registry: None })
     }
 }
 
@@ -82,28 +87,16 @@ pub struct Running {
 }
 
 /// Connects to the services (without running migrations) and starts what `opts` asks for.
-pub async fn start(
-    settings: &Settings,
-    regs: Regulations,
-    opts: Options,
-    deps: Deps,
-) -> anyhow::Result<Running> {
+pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: Deps) -> anyhow::Result<Running> {
     let store = Store::connect(&settings.database_url, settings.db_pool_size)
         .await
         .context("cannot connect to PostgreSQL (QYZMET_DATABASE_URL)")?;
     let broker = Broker::connect(&settings.amqp_url, &opts.name)
         .await
         .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
-    let publisher = Arc::new(
-        broker
-            .publisher()
-            .await
-            .context("cannot open a publisher channel")?,
-    );
+    let publisher = Arc::new(broker.publisher().await.context("cannot open a publisher channel")?);
     let (outbox, marker) = Outbox::new(store.clone(), publisher);
-    let registry = deps
-        .registry
-        .unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
+    let registry = deps.registry.unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
     let ctx = Arc::new(Ctx {
         store,
         regs: Arc::new(regs),
@@ -113,6 +106,7 @@ pub async fn start(
         registry,
         max_message_bytes: settings.max_message_bytes,
         sweep_interval: settings.sweep_interval(),
+        centre_bins: settings.centre_bins.clone(),
     });
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();
@@ -132,26 +126,13 @@ pub async fn start(
             }
         };
         for (queue, handler) in consumers {
-            tasks.spawn(runtime::consume(
-                ctx.clone(),
-                broker.clone(),
-                queue,
-                *concurrency,
-                handler,
-                shutdown.clone(),
-            ));
+            tasks.spawn(runtime::consume(ctx.clone(), broker.clone(), queue, *concurrency, handler, shutdown.clone()));
         }
     }
     if opts.sweeper {
         tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
     }
-    Ok(Running {
-        trigger,
-        tasks,
-        marker,
-        broker,
-        ctx,
-    })
+    Ok(Running { trigger, tasks, marker, broker, ctx })
 }
 
 impl Running {
@@ -159,15 +140,9 @@ impl Running {
     /// the broker and closes connections.
     pub async fn shutdown(mut self, grace: Duration) {
         self.trigger.fire();
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(
-                ?grace,
-                "in-flight work did not finish in time; the broker will redeliver it"
-            );
+            tracing::warn!(?grace, "in-flight work did not finish in time; the broker will redeliver it");
             self.tasks.abort_all();
         }
         self.broker.close().await;

@@ -262,10 +262,8 @@ impl Store {
 
     /// Whether a request id has been seen (the inbox check for republished Requests).
     pub async fn request_exists(&self, id: Uuid) -> Result<bool, StoreError> {
-        let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM requests WHERE request_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM requests WHERE request_id = $1").bind(id).fetch_optional(&self.pool).await?;
         Ok(row.is_some())
     }
 
@@ -311,29 +309,18 @@ impl Store {
 
     /// Reads a request without locking it.
     pub async fn get_request(&self, id: Uuid) -> Result<Option<RequestRow>, StoreError> {
-        sqlx::query_as(concat!(
-            "SELECT ",
-            request_columns!(),
-            " FROM requests WHERE request_id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
+        sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// Locks a request for a state change (waits for a concurrent holder).
-    pub async fn lock_request(
-        tx: &mut PgConnection,
-        id: Uuid,
-    ) -> Result<Option<RequestRow>, StoreError> {
-        sqlx::query_as(concat!(
-            "SELECT ",
-            request_columns!(),
-            " FROM requests WHERE request_id = $1 FOR UPDATE"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
+    pub async fn lock_request(tx: &mut PgConnection, id: Uuid) -> Result<Option<RequestRow>, StoreError> {
+        sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
     }
 
     /// Serialises everything that concerns one request id, including messages that arrive
@@ -371,21 +358,21 @@ impl Store {
 
     /// Puts a request whose retry is due back in the queued state (same step).
     pub async fn set_requeued(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("UPDATE requests SET state = 'queued', next_attempt_at = NULL, updated_at = now() WHERE request_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE requests SET state = 'queued', next_attempt_at = NULL, updated_at = now() WHERE request_id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         Ok(())
     }
 
     /// Marks a request as waiting for an external event (payment, staff decision).
     pub async fn set_waiting(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE requests SET state = 'waiting', updated_at = now() WHERE request_id = $1",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE requests SET state = 'waiting', updated_at = now() WHERE request_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 
@@ -409,11 +396,7 @@ impl Store {
     }
 
     /// Records the final outcome; `false` if one already exists (it never gets a second).
-    pub async fn finish(
-        tx: &mut PgConnection,
-        id: Uuid,
-        o: &FinalOutcome<'_>,
-    ) -> Result<bool, StoreError> {
+    pub async fn finish(tx: &mut PgConnection, id: Uuid, o: &FinalOutcome<'_>) -> Result<bool, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
@@ -482,19 +465,15 @@ impl Store {
 
     /// The final outcome message of a request, if any.
     pub async fn outcome_of(&self, id: Uuid) -> Result<Option<Value>, StoreError> {
-        let row: Option<(Value,)> =
-            sqlx::query_as("SELECT body FROM outcomes WHERE request_id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(Value,)> = sqlx::query_as("SELECT body FROM outcomes WHERE request_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|(b,)| b))
     }
 
     /// Ids of open requests past their step deadline, locked (skipping rows a worker holds).
-    pub async fn lock_overdue(
-        tx: &mut PgConnection,
-        limit: i64,
-    ) -> Result<Vec<RequestRow>, StoreError> {
+    pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
         sqlx::query_as(concat!(
             "SELECT ",
             request_columns!(),
@@ -507,10 +486,7 @@ impl Store {
     }
 
     /// Requests whose retry is due, locked (skipping rows a worker holds).
-    pub async fn lock_due_retries(
-        tx: &mut PgConnection,
-        limit: i64,
-    ) -> Result<Vec<RequestRow>, StoreError> {
+    pub async fn lock_due_retries(tx: &mut PgConnection, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
         sqlx::query_as(concat!(
             "SELECT ",
             request_columns!(),
@@ -524,18 +500,13 @@ impl Store {
 
     /// Counts requests by state (for the demo and operators).
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        sqlx::query_as("SELECT state, count(*) FROM requests GROUP BY state ORDER BY state")
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as("SELECT state, count(*) FROM requests GROUP BY state ORDER BY state").fetch_all(&self.pool).await
     }
 
     // ---- outbox ---------------------------------------------------------------------------
 
     /// Writes messages to the outbox; returns their ids in order.
-    pub async fn outbox_insert(
-        tx: &mut PgConnection,
-        messages: &[Message],
-    ) -> Result<Vec<i64>, StoreError> {
+    pub async fn outbox_insert(tx: &mut PgConnection, messages: &[Message]) -> Result<Vec<i64>, StoreError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -564,12 +535,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(ids)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -591,22 +560,15 @@ impl Store {
     }
 
     /// Marks rows published inside the relay's transaction.
-    pub async fn outbox_mark_published_tx(
-        tx: &mut PgConnection,
-        ids: &[i64],
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
+    pub async fn outbox_mark_published_tx(tx: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(ids).execute(&mut *tx).await?;
         Ok(())
     }
 
     /// Number of unpublished outbox rows.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
         Ok(n)
     }
 
@@ -640,16 +602,12 @@ impl Store {
     }
 
     /// Ids of the payments recorded for a request.
-    pub async fn payments_for(
-        tx: &mut PgConnection,
-        request_id: Uuid,
-    ) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT payment_id FROM payments WHERE request_id = $1 ORDER BY received_at",
-        )
-        .bind(request_id)
-        .fetch_all(&mut *tx)
-        .await?;
+    pub async fn payments_for(tx: &mut PgConnection, request_id: Uuid) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT payment_id FROM payments WHERE request_id = $1 ORDER BY received_at")
+                .bind(request_id)
+                .fetch_all(&mut *tx)
+                .await?;
         Ok(rows.into_iter().map(|(p,)| p).collect())
     }
 
@@ -685,10 +643,7 @@ impl Store {
     }
 
     /// Whether a decision id was already recorded.
-    pub async fn decision_exists(
-        tx: &mut PgConnection,
-        decision_id: &str,
-    ) -> Result<bool, StoreError> {
+    pub async fn decision_exists(tx: &mut PgConnection, decision_id: &str) -> Result<bool, StoreError> {
         let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM decisions WHERE decision_id = $1")
             .bind(decision_id)
             .fetch_optional(&mut *tx)
@@ -697,10 +652,7 @@ impl Store {
     }
 
     /// Decisions recorded for a request: (decision_id, applied, rejection).
-    pub async fn decisions_for(
-        &self,
-        request_id: Uuid,
-    ) -> Result<Vec<(String, bool, Option<String>)>, StoreError> {
+    pub async fn decisions_for(&self, request_id: Uuid) -> Result<Vec<(String, bool, Option<String>)>, StoreError> {
         sqlx::query_as(
             "SELECT decision_id, applied, rejection FROM decisions WHERE request_id = $1 ORDER BY received_at",
         )
@@ -710,10 +662,7 @@ impl Store {
     }
 
     /// Next document number in a scope (prefix and year).
-    pub async fn next_document_number(
-        tx: &mut PgConnection,
-        scope: &str,
-    ) -> Result<i64, StoreError> {
+    pub async fn next_document_number(tx: &mut PgConnection, scope: &str) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as(
             "INSERT INTO document_counters (scope, value) VALUES ($1, 1) \
              ON CONFLICT (scope) DO UPDATE SET value = document_counters.value + 1 RETURNING value",
@@ -743,10 +692,7 @@ impl Store {
     }
 
     /// ЕНИС by number.
-    pub async fn find_power_of_attorney(
-        &self,
-        number: &str,
-    ) -> Result<Option<PowerOfAttorneyRecord>, StoreError> {
+    pub async fn find_power_of_attorney(&self, number: &str) -> Result<Option<PowerOfAttorneyRecord>, StoreError> {
         sqlx::query_as(
             "SELECT number, principal, representative_iin, valid_until, revoked \
              FROM registry_powers_of_attorney WHERE number = $1",
@@ -765,10 +711,7 @@ impl Store {
     }
 
     /// Upserts persons.
-    pub async fn upsert_persons(
-        tx: &mut PgConnection,
-        rows: &[PersonRecord],
-    ) -> Result<(), StoreError> {
+    pub async fn upsert_persons(tx: &mut PgConnection, rows: &[PersonRecord]) -> Result<(), StoreError> {
         for r in rows {
             sqlx::query(
                 "INSERT INTO registry_persons (iin, full_name, birth_date) VALUES ($1, $2, $3) \
@@ -785,10 +728,7 @@ impl Store {
     }
 
     /// Upserts legal entities.
-    pub async fn upsert_entities(
-        tx: &mut PgConnection,
-        rows: &[EntityRecord],
-    ) -> Result<(), StoreError> {
+    pub async fn upsert_entities(tx: &mut PgConnection, rows: &[EntityRecord]) -> Result<(), StoreError> {
         for r in rows {
             sqlx::query(
                 "INSERT INTO registry_legal_entities (bin, name) VALUES ($1, $2) \
@@ -826,10 +766,7 @@ impl Store {
     }
 
     /// Upserts attachments.
-    pub async fn upsert_attachments(
-        tx: &mut PgConnection,
-        rows: &[AttachmentRecord],
-    ) -> Result<(), StoreError> {
+    pub async fn upsert_attachments(tx: &mut PgConnection, rows: &[AttachmentRecord]) -> Result<(), StoreError> {
         for r in rows {
             sqlx::query(
                 "INSERT INTO registry_attachments (iin, provider_bin, since) VALUES ($1, $2, $3) \

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::broker::pool_name;
 use crate::contract::{Envelope, Reason, Request, Status};
-use crate::ident;
+use crate::ident::{self, Identifier};
 use crate::pipeline::Ctx;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::transition::{self, Head, outcome_message, task_message};
@@ -46,6 +46,7 @@ pub enum Examined<'r> {
 pub fn examine<'r>(
     regs: &'r Regulations,
     verifier: &dyn Verifier,
+    centre_bins: &[String],
     env: &Envelope,
     received: DateTime<Utc>,
 ) -> Examined<'r> {
@@ -73,16 +74,18 @@ pub fn examine<'r>(
             detail: json!({ "field": e.field, "problem": e.problem }),
         };
     }
-    // The applicant signs on the portal; staff sign with a certificate naming their employer.
-    let applicant = request.applicant_id();
-    let subject = match route.channel.signature.signer.as_str() {
-        "applicant" => applicant.digits(),
-        _ => request.provider.as_str(),
+    // The applicant signs on the portal; staff sign with a certificate naming their employer:
+    // the provider, or for operators a public service centre.
+    let subjects = match route.channel.signature.signer.as_str() {
+        "applicant" => vec![request.applicant_id()],
+        "centre_operator" => centre_bins.iter().map(|b| Identifier::Bin(b.clone())).collect(),
+        _ => vec![Identifier::Bin(request.provider.clone())],
     };
     let expected = ExpectedSigner {
         role: &route.channel.signature.signer,
         identifiers: &route.channel.signature.identifier,
-        subject,
+        subjects,
+        signed_at: request.submitted_at.with_timezone(&Utc),
     };
     if let Err(failure) = verifier.verify(&env.body, &request.signature, &expected) {
         return Examined::Refused {
@@ -91,11 +94,7 @@ pub fn examine<'r>(
         };
     }
     let plan = regs.plan(&route, &request, received);
-    Examined::Accepted {
-        request: Box::new(request),
-        route,
-        plan,
-    }
+    Examined::Accepted { request: Box::new(request), route, plan }
 }
 
 fn signature_reason(regs: &Regulations, route: &Route<'_>, failure: SignatureFailure) -> Reason {
@@ -104,11 +103,7 @@ fn signature_reason(regs: &Regulations, route: &Route<'_>, failure: SignatureFai
         None => {
             // The regulation specifies no check for this signer (P-14) but qyzmet verifies every
             // signature; the refusal then has no regulation code.
-            let mut r = transition::common_reason(
-                regs,
-                "invalid_request",
-                &format!("signature: {failure}"),
-            );
+            let mut r = transition::common_reason(regs, "invalid_request", &format!("signature: {failure}"));
             r.kind = "signature_not_confirmed".into();
             r
         }
@@ -130,13 +125,7 @@ impl Handler for IntakeHandler {
 }
 
 fn text_of(env: &Envelope, key: &str) -> String {
-    env.body
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .chars()
-        .take(64)
-        .collect()
+    env.body.get(key).and_then(Value::as_str).unwrap_or("").chars().take(64).collect()
 }
 
 fn masked_applicant(env: &Envelope) -> String {
@@ -163,7 +152,7 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
         return Ok(());
     }
     let received = Utc::now();
-    let examined = examine(&ctx.regs, &*ctx.verifier, env, received);
+    let examined = examine(&ctx.regs, &*ctx.verifier, &ctx.centre_bins, env, received);
     let body = Value::Object(env.body.clone());
     let service = text_of(env, "service");
     let region = text_of(env, "region");
@@ -220,29 +209,9 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
             };
             transition::refuse(&mut tx, &head, 0, "intake", reason, Some(detail)).await?
         }
-        Examined::Accepted {
-            request,
-            route,
-            plan,
-        } => {
-            let registered = Registration {
-                env,
-                msg,
-                request: &request,
-                route: &route,
-                plan: &plan,
-                body: &body,
-            };
-            match register(
-                &mut tx,
-                ctx,
-                &registered,
-                &applicant,
-                submitted_at,
-                received,
-            )
-            .await?
-            {
+        Examined::Accepted { request, route, plan } => {
+            let registered = Registration { env, msg, request: &request, route: &route, plan: &plan, body: &body };
+            match register(&mut tx, ctx, &registered, &applicant, submitted_at, received).await? {
                 Some(p) => Some(p),
                 None => return Ok(()),
             }
@@ -273,27 +242,16 @@ async fn register(
     submitted_at: Option<DateTime<Utc>>,
     received: DateTime<Utc>,
 ) -> Result<Option<transition::Pending>, StoreError> {
-    let Registration {
-        env,
-        msg,
-        request,
-        route,
-        plan,
-        body,
-    } = *r;
+    let Registration { env, msg, request, route, plan, body } = *r;
     let Some(first) = route.step(1) else {
-        return Err(StoreError::Protocol(
-            "a route needs a step after intake".into(),
-        ));
+        return Err(StoreError::Protocol("a route needs a step after intake".into()));
     };
     let first_deadline = plan.steps[1].1;
     let prefix = format!(
         "{}-{}-{}-",
         route.service.code,
         region_abbrev(request.region.as_str()),
-        received
-            .with_timezone(&ctx.regs.calendar().tz())
-            .format("%Y%m%d")
+        received.with_timezone(&ctx.regs.calendar().tz()).format("%Y%m%d")
     );
     let deadlines: Vec<String> = plan.steps.iter().map(|(_, t)| t.to_rfc3339()).collect();
     let first_name = pool_name(first.pool);
@@ -320,26 +278,8 @@ async fn register(
         return Ok(None);
     };
     let detail = json!({ "request_number": number, "service_deadline": crate::contract::to_local(plan.service) });
-    Store::history(
-        tx,
-        env.request_id,
-        0,
-        "intake",
-        "registered",
-        Some(plan.steps[0].1),
-        Some(&detail),
-    )
-    .await?;
-    Store::history(
-        tx,
-        env.request_id,
-        1,
-        first_name,
-        "queued",
-        Some(first_deadline),
-        None,
-    )
-    .await?;
+    Store::history(tx, env.request_id, 0, "intake", "registered", Some(plan.steps[0].1), Some(&detail)).await?;
+    Store::history(tx, env.request_id, 1, first_name, "queued", Some(first_deadline), None).await?;
     tracing::info!(request_id = %env.request_id, number = ?number, service = %request.service, region = %request.region,
         channel = %request.channel, applicant = %applicant, "registered");
     let head = Head {

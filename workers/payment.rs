@@ -21,9 +21,7 @@ use crate::store::{Store, StoreError};
 /// The payment step: pass if the request is paid, otherwise wait.
 pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {
     match payments.first() {
-        Some(id) => StepOutcome::Pass {
-            facts: Some(json!({ "paid": true, "payment_id": id })),
-        },
+        Some(id) => StepOutcome::Pass { facts: Some(json!({ "paid": true, "payment_id": id })) },
         None => StepOutcome::Wait,
     }
 }
@@ -34,17 +32,8 @@ pub struct NoticeHandler;
 impl Handler for NoticeHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
-            match runtime::read(
-                ctx,
-                msg,
-                PaymentNotice::from_envelope,
-                "invalid_payment_notice",
-            ) {
-                Ok((_, notice)) => runtime::settle(
-                    record(ctx, &notice).await,
-                    notice.request_id,
-                    "payment notice",
-                ),
+            match runtime::read(ctx, msg, PaymentNotice::from_envelope, "invalid_payment_notice") {
+                Ok((_, notice)) => runtime::settle(record(ctx, &notice).await, notice.request_id, "payment notice"),
                 Err(disposition) => disposition,
             }
         })
@@ -52,11 +41,7 @@ impl Handler for NoticeHandler {
 }
 
 async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
-    let payer = n
-        .payer
-        .identifier()
-        .map(|id| ident::mask(id.digits()))
-        .unwrap_or_default();
+    let payer = n.payer.identifier().map(|id| ident::mask(id.digits())).unwrap_or_default();
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, n.request_id).await?;
     let new = Store::insert_payment(
@@ -75,19 +60,12 @@ async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
     }
     let mut pending = None;
     if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
-        let at_payment = matches!(row.state.as_str(), "queued" | "waiting")
-            && row.step.as_deref() == Some("payment");
+        let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
         if at_payment && let Ok((_, route)) = load(ctx, &row) {
             let facts = json!({ "paid": true, "payment_id": n.payment_id });
             pending = Some(
-                transition::advance(
-                    &mut tx,
-                    &row,
-                    &route,
-                    Some(facts),
-                    Some(json!({ "payment_id": n.payment_id })),
-                )
-                .await?,
+                transition::advance(&mut tx, &row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id })))
+                    .await?,
             );
         }
     }

@@ -17,29 +17,17 @@ use crate::regulations::{Lookup, code_of};
 fn refuse(input: &StepInput<'_>, poa: bool, detail: &str) -> StepOutcome {
     let base = input.step.not_found_refusal.clone().unwrap_or_default();
     let special = format!("{}/power_of_attorney_not_found", code_of(&base));
-    let refusal = if poa && input.route.refusal(&special).is_some() {
-        special
-    } else {
-        base
-    };
-    StepOutcome::Refuse {
-        refusal,
-        note: None,
-        detail: Some(detail.to_owned()),
-    }
+    let refusal = if poa && input.route.refusal(&special).is_some() { special } else { base };
+    StepOutcome::Refuse { refusal, note: None, detail: Some(detail.to_owned()) }
 }
 
 /// Runs the lookups of this step.
-pub async fn step(
-    input: &StepInput<'_>,
-    registry: &dyn Registry,
-) -> Result<StepOutcome, StepError> {
+pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<StepOutcome, StepError> {
     let req: &Request = input.request;
     let mut facts = Map::new();
     for lookup in &input.step.lookups {
         match (lookup, req.applicant_id()) {
-            (Lookup::Person, Identifier::Iin(iin))
-            | (Lookup::PersonOrEntity, Identifier::Iin(iin)) => {
+            (Lookup::Person, Identifier::Iin(iin)) | (Lookup::PersonOrEntity, Identifier::Iin(iin)) => {
                 match registry.person(&iin).await? {
                     Some(p) => {
                         facts.insert("applicant_name".into(), json!(p.full_name));
@@ -90,9 +78,7 @@ pub async fn step(
                 let found = registry.attachment(&iin).await?;
                 facts.insert(
                     "attachment".into(),
-                    found
-                        .map(|a| json!({ "provider_bin": a.provider_bin, "since": a.since }))
-                        .unwrap_or(Value::Null),
+                    found.map(|a| json!({ "provider_bin": a.provider_bin, "since": a.since })).unwrap_or(Value::Null),
                 );
             }
             (Lookup::Attachment, Identifier::Bin(_)) => {
@@ -100,7 +86,5 @@ pub async fn step(
             }
         }
     }
-    Ok(StepOutcome::Pass {
-        facts: Some(Value::Object(facts)),
-    })
+    Ok(StepOutcome::Pass { facts: Some(Value::Object(facts)) })
 }

@@ -13,10 +13,7 @@ pub fn step(input: &StepInput<'_>) -> StepOutcome {
     let kind = input.step.document.clone().unwrap_or_default();
     let def = input.route.service.documents.get(&kind);
     let mut content = Map::new();
-    content.insert(
-        "title".into(),
-        def.map(|d| json!(d.title)).unwrap_or(Value::Null),
-    );
+    content.insert("title".into(), def.map(|d| json!(d.title)).unwrap_or(Value::Null));
     content.insert("request_number".into(), json!(input.row.request_number));
     content.insert("service".into(), json!(req.service));
     content.insert("region".into(), json!(req.region));
@@ -31,23 +28,15 @@ pub fn step(input: &StepInput<'_>) -> StepOutcome {
         content.insert("applicant_name".into(), name.clone());
     }
     if let Some(rep) = &req.representative {
-        content.insert(
-            "representative".into(),
-            json!({ "iin": rep.iin, "power_of_attorney": rep.power_of_attorney }),
-        );
+        content.insert("representative".into(), json!({ "iin": rep.iin, "power_of_attorney": rep.power_of_attorney }));
     }
     content.insert("particulars".into(), Value::Object(req.form.clone()));
-    content.insert(
-        "delivery".into(),
-        def.map(|d| json!(d.delivery)).unwrap_or(Value::Null),
-    );
+    content.insert("delivery".into(), def.map(|d| json!(d.delivery)).unwrap_or(Value::Null));
     tracing::debug!(request_id = %req.request_id, applicant = %ident::mask(req.applicant_id().digits()), %kind, "document drafted");
     StepOutcome::Complete {
         document: DocumentDraft {
             kind,
-            number_prefix: def
-                .map(|d| d.number_prefix.clone())
-                .unwrap_or_else(|| "DOC".into()),
+            number_prefix: def.map(|d| d.number_prefix.clone()).unwrap_or_else(|| "DOC".into()),
             content: Value::Object(content),
         },
     }

@@ -22,10 +22,7 @@ use crate::signature::ExpectedSigner;
 use crate::store::{Store, StoreError};
 
 /// The review step: evaluate the rules, or wait for staff.
-pub async fn step(
-    input: &StepInput<'_>,
-    registry: &dyn Registry,
-) -> Result<StepOutcome, StepError> {
+pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<StepOutcome, StepError> {
     if input.step.mode != Some(ReviewMode::Rules) {
         return Ok(StepOutcome::Wait);
     }
@@ -33,23 +30,16 @@ pub async fn step(
         let ok = match rule.check {
             RuleCheck::AttachedToProvider => {
                 let attached_to = match input.facts.get("attachment") {
-                    Some(Value::Object(a)) => a
-                        .get("provider_bin")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    Some(Value::Object(a)) => a.get("provider_bin").and_then(Value::as_str).map(str::to_owned),
                     Some(_) => None,
                     None => match input.request.applicant_id() {
-                        Identifier::Iin(iin) => {
-                            registry.attachment(&iin).await?.map(|a| a.provider_bin)
-                        }
+                        Identifier::Iin(iin) => registry.attachment(&iin).await?.map(|a| a.provider_bin),
                         Identifier::Bin(_) => None,
                     },
                 };
                 attached_to.as_deref() == Some(input.request.provider.as_str())
             }
-            RuleCheck::ProviderRegistered => {
-                registry.entity(&input.request.provider).await?.is_some()
-            }
+            RuleCheck::ProviderRegistered => registry.entity(&input.request.provider).await?.is_some(),
         };
         if !ok {
             return Ok(StepOutcome::Refuse {
@@ -69,23 +59,16 @@ impl Handler for DecisionHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
             match runtime::read(ctx, msg, Decision::from_envelope, "invalid_decision") {
-                Ok((env, d)) => runtime::settle(
-                    decide(ctx, &env, &d, msg.user_id.as_deref()).await,
-                    d.request_id,
-                    "decision",
-                ),
+                Ok((env, d)) => {
+                    runtime::settle(decide(ctx, &env, &d, msg.user_id.as_deref()).await, d.request_id, "decision")
+                }
                 Err(disposition) => disposition,
             }
         })
     }
 }
 
-async fn decide(
-    ctx: &Ctx,
-    env: &Envelope,
-    d: &Decision,
-    submitter: Option<&str>,
-) -> Result<(), StoreError> {
+async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<(), StoreError> {
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, d.request_id).await?;
     if Store::decision_exists(&mut tx, &d.decision_id).await? {
@@ -105,7 +88,8 @@ async fn decide(
                 let expected = ExpectedSigner {
                     role: "provider_staff",
                     identifiers: &[IdKind::Bin],
-                    subject: &request.provider,
+                    subjects: vec![Identifier::Bin(request.provider.clone())],
+                    signed_at: d.decided_at.with_timezone(&Utc),
                 };
                 if !in_review {
                     Some(format!(
@@ -120,13 +104,10 @@ async fn decide(
                 } else {
                     let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
                     pending = Some(match d.decision {
-                        Verdict::Approve => {
-                            transition::advance(&mut tx, row, &route, None, Some(detail)).await?
-                        }
+                        Verdict::Approve => transition::advance(&mut tx, row, &route, None, Some(detail)).await?,
                         Verdict::Refuse => {
                             let key = step.and_then(|s| s.refusal.clone()).unwrap_or_default();
-                            let reason =
-                                transition::regulation_reason(&route, &key, d.reason.as_ref());
+                            let reason = transition::regulation_reason(&route, &key, d.reason.as_ref());
                             transition::refuse(
                                 &mut tx,
                                 &Head::from(row),

@@ -53,6 +53,8 @@ pub struct Ctx {
     pub max_message_bytes: usize,
     /// How often the sweeper looks for overdue requests.
     pub sweep_interval: Duration,
+    /// BINs of the centres whose operators may sign centre-channel requests.
+    pub centre_bins: Vec<String>,
 }
 
 /// The message a pool queue carries: "run step `step_index` of this request".

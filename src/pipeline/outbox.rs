@@ -32,14 +32,7 @@ impl Outbox {
     pub fn new(store: Store, publisher: Arc<Publisher>) -> (Outbox, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let marker = tokio::spawn(mark_published(store.clone(), rx));
-        (
-            Outbox {
-                store,
-                publisher,
-                published: tx,
-            },
-            marker,
-        )
+        (Outbox { store, publisher, published: tx }, marker)
     }
 
     /// The publisher, for dead-lettering.
@@ -66,26 +59,16 @@ impl Outbox {
     /// many were published.
     pub async fn relay_once(&self, limit: i64) -> Result<usize, String> {
         let mut tx = self.store.begin().await.map_err(|e| e.to_string())?;
-        let rows = Store::outbox_lock_stale(&mut tx, RELAY_AGE, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = Store::outbox_lock_stale(&mut tx, RELAY_AGE, limit).await.map_err(|e| e.to_string())?;
         if rows.is_empty() {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let messages: Vec<_> = rows.into_iter().map(|r| r.into_message()).collect();
-        self.publisher
-            .publish_all(&messages)
-            .await
-            .map_err(|e| e.to_string())?;
-        Store::outbox_mark_published_tx(&mut tx, &ids)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.publisher.publish_all(&messages).await.map_err(|e| e.to_string())?;
+        Store::outbox_mark_published_tx(&mut tx, &ids).await.map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
-        tracing::info!(
-            count = ids.len(),
-            "relay published messages left by an earlier failure"
-        );
+        tracing::info!(count = ids.len(), "relay published messages left by an earlier failure");
         Ok(ids.len())
     }
 }

@@ -85,10 +85,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Reads a delivery as far as the contract requires before it counts as understood; an
 /// unreadable one becomes a dead-letter disposition with its reason.
 pub fn envelope(ctx: &Ctx, msg: &Incoming) -> Result<Envelope, Disposition> {
-    Envelope::parse(&msg.data, ctx.max_message_bytes).map_err(|e| Disposition::DeadLetter {
-        reason: e.code().into(),
-        detail: e.to_string(),
-    })
+    Envelope::parse(&msg.data, ctx.max_message_bytes)
+        .map_err(|e| Disposition::DeadLetter { reason: e.code().into(), detail: e.to_string() })
 }
 
 /// Reads a delivery as a contract message (PaymentNotice, Decision); one that breaks a field
@@ -100,10 +98,7 @@ pub fn read<T>(
     invalid: &str,
 ) -> Result<(Envelope, T), Disposition> {
     let env = envelope(ctx, msg)?;
-    let value = parse(&env).map_err(|e| Disposition::DeadLetter {
-        reason: invalid.into(),
-        detail: e.to_string(),
-    })?;
+    let value = parse(&env).map_err(|e| Disposition::DeadLetter { reason: invalid.into(), detail: e.to_string() })?;
     Ok((env, value))
 }
 
@@ -150,16 +145,9 @@ pub async fn consume(
         };
         let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
         let consumer = async {
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
             channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await?;
-            channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
+                .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await
         }
         .await;
@@ -205,18 +193,12 @@ pub async fn consume(
 
 async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery) {
     let msg = Incoming::from_delivery(&d);
-    let disposition = match AssertUnwindSafe(handler.handle(ctx, &msg))
-        .catch_unwind()
-        .await
-    {
+    let disposition = match AssertUnwindSafe(handler.handle(ctx, &msg)).catch_unwind().await {
         Ok(disp) => disp,
         Err(panic) => {
             let what = panic_text(&panic);
             tracing::error!(%queue, panic = %what, "handler panicked; dead-lettering the message");
-            Disposition::DeadLetter {
-                reason: "handler_panicked".into(),
-                detail: what,
-            }
+            Disposition::DeadLetter { reason: "handler_panicked".into(), detail: what }
         }
     };
     let result = match disposition {
@@ -228,23 +210,13 @@ async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery) {
                 Err(e) => {
                     tracing::warn!(%queue, error = %e, "dead-letter publish failed; requeueing");
                     tokio::time::sleep(REQUEUE_PAUSE).await;
-                    d.acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
+                    d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
                 }
             }
         }
         Disposition::Requeue => {
             tokio::time::sleep(REQUEUE_PAUSE).await;
-            d.acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
+            d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
         }
     };
     if let Err(e) = result {
@@ -253,25 +225,13 @@ async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery) {
     }
 }
 
-async fn dead_letter(
-    ctx: &Ctx,
-    queue: &str,
-    msg: &Incoming,
-    reason: &str,
-    detail: &str,
-) -> Result<(), String> {
+async fn dead_letter(ctx: &Ctx, queue: &str, msg: &Incoming, reason: &str, detail: &str) -> Result<(), String> {
     let mut headers = vec![
         ("x-qyzmet-reason".to_owned(), reason.to_owned()),
-        (
-            "x-qyzmet-detail".to_owned(),
-            detail.chars().take(1000).collect(),
-        ),
+        ("x-qyzmet-detail".to_owned(), detail.chars().take(1000).collect()),
         ("x-qyzmet-queue".to_owned(), queue.to_owned()),
         ("x-qyzmet-routing-key".to_owned(), msg.routing_key.clone()),
-        (
-            "x-qyzmet-at".to_owned(),
-            crate::contract::now_local().to_rfc3339(),
-        ),
+        ("x-qyzmet-at".to_owned(), crate::contract::now_local().to_rfc3339()),
     ];
     if let Some(user) = &msg.user_id {
         headers.push(("x-qyzmet-user-id".to_owned(), user.clone()));
@@ -279,20 +239,13 @@ async fn dead_letter(
     let message = Message {
         exchange: EXCHANGE_DEAD.to_owned(),
         routing_key: reason.to_owned(),
-        message_id: msg
-            .message_id
-            .clone()
-            .unwrap_or_else(|| format!("dead:{}", uuid::Uuid::new_v4())),
+        message_id: msg.message_id.clone().unwrap_or_else(|| format!("dead:{}", uuid::Uuid::new_v4())),
         body: msg.data.clone(),
         traceparent: msg.traceparent.clone(),
         headers,
         must_route: true,
     };
-    ctx.outbox
-        .publisher()
-        .publish_all(std::slice::from_ref(&message))
-        .await
-        .map_err(|e| e.to_string())
+    ctx.outbox.publisher().publish_all(std::slice::from_ref(&message)).await.map_err(|e| e.to_string())
 }
 
 /// The text of a caught panic.

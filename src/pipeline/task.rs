@@ -44,10 +44,7 @@ impl Handler for TaskHandler {
             let task: Task = match serde_json::from_slice(&msg.data) {
                 Ok(t) => t,
                 Err(e) => {
-                    return Disposition::DeadLetter {
-                        reason: "bad_task".into(),
-                        detail: e.to_string(),
-                    };
+                    return Disposition::DeadLetter { reason: "bad_task".into(), detail: e.to_string() };
                 }
             };
             match run(ctx, self.pool, task).await {
@@ -81,11 +78,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
 
 /// Parses the stored request and finds its route.
 pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), String> {
-    let request: Request = serde_json::from_value(row.body.clone())
-        .map_err(|e| format!("stored request unreadable: {e}"))?;
-    let route = ctx
-        .regs
-        .route(request.service, request.region, request.channel)?;
+    let request: Request =
+        serde_json::from_value(row.body.clone()).map_err(|e| format!("stored request unreadable: {e}"))?;
+    let route = ctx.regs.route(request.service, request.region, request.channel)?;
     Ok((request, route))
 }
 
@@ -109,57 +104,25 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
         }
     };
     if now >= deadline {
-        return refuse_overdue(
-            ctx,
-            task,
-            "the step deadline passed while the request waited in the queue",
-        )
-        .await;
+        return refuse_overdue(ctx, task, "the step deadline passed while the request waited in the queue").await;
     }
     let Some(step) = route.step(row.step_index as usize) else {
         return schedule_retry(ctx, &row, task, step_name, "route has no such step").await;
     };
-    let input = StepInput {
-        request: &request,
-        route,
-        step,
-        facts: &row.facts,
-        row: &row,
-        now,
-    };
+    let input = StepInput { request: &request, route, step, facts: &row.facts, row: &row, now };
     let budget = (deadline - now).to_std().unwrap_or(Duration::ZERO);
     let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(
-        budget,
-        AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind(),
-    )
-    .await;
+    let outcome = tokio::time::timeout(budget, AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind()).await;
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     match outcome {
         Ok(Ok(Ok(result))) => apply(ctx, task, step_name, result).await,
-        Ok(Ok(Err(StepError::Transient(e)))) => {
-            schedule_retry(ctx, &row, task, step_name, &e).await
-        }
+        Ok(Ok(Err(StepError::Transient(e)))) => schedule_retry(ctx, &row, task, step_name, &e).await,
         Ok(Err(panic)) => {
             let what = panic_text(&panic);
             tracing::error!(request_id = %row.request_id, pool = step_name, panic = %what, "step panicked; handled as a failure");
-            schedule_retry(
-                ctx,
-                &row,
-                task,
-                step_name,
-                &format!("step panicked: {what}"),
-            )
-            .await
+            schedule_retry(ctx, &row, task, step_name, &format!("step panicked: {what}")).await
         }
-        Err(_) => {
-            refuse_overdue(
-                ctx,
-                task,
-                "the step did not finish before its deadline and was cancelled",
-            )
-            .await
-        }
+        Err(_) => refuse_overdue(ctx, task, "the step did not finish before its deadline and was cancelled").await,
     }
 }
 
@@ -177,19 +140,12 @@ fn run_step<'a>(
         }),
         PoolName::Review => Box::pin(crate::workers::review::step(input, &*ctx.registry)),
         PoolName::Result => Box::pin(async move { Ok(crate::workers::result::step(input)) }),
-        PoolName::Intake => {
-            Box::pin(async { Err(StepError::Transient("intake does not run tasks".into())) })
-        }
+        PoolName::Intake => Box::pin(async { Err(StepError::Transient("intake does not run tasks".into())) }),
     }
 }
 
 /// Applies a step's answer under the row lock.
-async fn apply(
-    ctx: &Ctx,
-    task: Task,
-    step_name: &str,
-    outcome: StepOutcome,
-) -> Result<(), StoreError> {
+async fn apply(ctx: &Ctx, task: Task, step_name: &str, outcome: StepOutcome) -> Result<(), StoreError> {
     let mut tx = ctx.store.begin().await?;
     if step_name == "payment" {
         Store::lock_request_id(&mut tx, task.request_id).await?;
@@ -205,38 +161,17 @@ async fn apply(
         Err(e) => return Err(StoreError::Protocol(e)),
     };
     let pending = match outcome {
-        StepOutcome::Pass { facts } => {
-            Some(transition::advance(&mut tx, &row, &route, facts, None).await?)
-        }
-        StepOutcome::Refuse {
-            refusal,
-            note,
-            detail,
-        } => {
+        StepOutcome::Pass { facts } => Some(transition::advance(&mut tx, &row, &route, facts, None).await?),
+        StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(&route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
-            transition::refuse(
-                &mut tx,
-                &Head::from(&row),
-                row.step_index,
-                step_name,
-                reason,
-                detail,
-            )
-            .await?
+            transition::refuse(&mut tx, &Head::from(&row), row.step_index, step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
             // A payment committed after the step looked is visible now (the advisory lock
             // orders this against the notice handler).
-            if step_name == "payment"
-                && !Store::payments_for(&mut tx, row.request_id)
-                    .await?
-                    .is_empty()
-            {
-                Some(
-                    transition::advance(&mut tx, &row, &route, Some(json!({ "paid": true })), None)
-                        .await?,
-                )
+            if step_name == "payment" && !Store::payments_for(&mut tx, row.request_id).await?.is_empty() {
+                Some(transition::advance(&mut tx, &row, &route, Some(json!({ "paid": true })), None).await?)
             } else {
                 transition::wait(&mut tx, &row, step_name, None).await?;
                 None
@@ -252,16 +187,9 @@ async fn apply(
             doc.insert("number".into(), json!(number));
             doc.insert("issued_at".into(), json!(now_local()));
             doc.insert("content".into(), document.content);
-            let provider = row
-                .body
-                .get("provider")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let signature = ctx
-                .signer
-                .sign(provider, &doc)
-                .map_err(StoreError::Protocol)?;
-            doc.insert("signature".into(), signature.unwrap_or(Value::Null));
+            let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
+            let signature = ctx.signer.sign(provider, &doc).map_err(StoreError::Protocol)?;
+            doc.insert("signature".into(), signature);
             transition::complete(&mut tx, &row, doc).await?
         }
     };
@@ -281,8 +209,7 @@ async fn schedule_retry(
 ) -> Result<(), StoreError> {
     let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
     let delay = retry_delay(attempt);
-    let next =
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
     if row.step_deadline.is_some_and(|d| next >= d) {
         let why = format!("transient failures until the deadline: {error}");
         return refuse_overdue(ctx, task, &why).await;
@@ -332,10 +259,9 @@ pub async fn refuse_for_deadline(
         Ok((_, route)) => {
             let step = route.step(row.step_index as usize);
             match step {
-                Some(s) if s.pool == PoolName::Payment => s
-                    .refusal
-                    .as_deref()
-                    .map(|key| transition::regulation_reason(&route, key, None)),
+                Some(s) if s.pool == PoolName::Payment => {
+                    s.refusal.as_deref().map(|key| transition::regulation_reason(&route, key, None))
+                }
                 _ => None,
             }
         }
@@ -343,21 +269,9 @@ pub async fn refuse_for_deadline(
     };
     let reason = reason.unwrap_or_else(|| {
         let when = deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
-        transition::common_reason(
-            &ctx.regs,
-            "deadline_exceeded",
-            &format!("{step_name} (deadline {when})"),
-        )
+        transition::common_reason(&ctx.regs, "deadline_exceeded", &format!("{step_name} (deadline {when})"))
     });
-    transition::refuse(
-        tx,
-        &Head::from(row),
-        row.step_index,
-        &step_name,
-        reason,
-        Some(detail),
-    )
-    .await
+    transition::refuse(tx, &Head::from(row), row.step_index, &step_name, reason, Some(detail)).await
 }
 
 /// Convenience for the sweeper and handlers that own an `Arc<Ctx>`.

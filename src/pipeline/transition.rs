@@ -8,9 +8,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::broker::{EXCHANGE_WORK, Message, pool_name};
-use crate::contract::{
-    EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local,
-};
+use crate::contract::{EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local};
 use crate::regulations::{Regulations, Route, code_of};
 use crate::store::{FinalOutcome, RequestRow, Store, StoreError};
 
@@ -92,11 +90,7 @@ pub fn outcome_message(
     let body = serde_json::to_vec(&outcome).unwrap_or_default();
     let message = Message {
         exchange: EXCHANGE_OUTCOMES.to_owned(),
-        routing_key: format!(
-            "{}.{}",
-            status.routing_prefix(),
-            routing_word(&head.service)
-        ),
+        routing_key: format!("{}.{}", status.routing_prefix(), routing_word(&head.service)),
         message_id,
         body,
         traceparent: head.traceparent.clone(),
@@ -113,10 +107,7 @@ pub fn task_message(
     pool: crate::regulations::PoolName,
     traceparent: Option<&str>,
 ) -> Message {
-    let task = Task {
-        request_id,
-        step_index,
-    };
+    let task = Task { request_id, step_index };
     Message {
         exchange: EXCHANGE_WORK.to_owned(),
         routing_key: pool_name(pool).to_owned(),
@@ -167,24 +158,11 @@ pub fn regulation_reason(route: &Route<'_>, key: &str, note: Option<&StaffReason
         Some(n) => (
             format!("{} Причина: {}", def.texts.ru, n.ru),
             format!("{} Себебі: {}", def.texts.kk, n.kk),
-            format!(
-                "{} Reason given by the provider (in Russian): {}",
-                def.texts.en, n.ru
-            ),
+            format!("{} Reason given by the provider (in Russian): {}", def.texts.en, n.ru),
         ),
-        None => (
-            def.texts.ru.clone(),
-            def.texts.kk.clone(),
-            def.texts.en.clone(),
-        ),
+        None => (def.texts.ru.clone(), def.texts.kk.clone(), def.texts.en.clone()),
     };
-    Reason {
-        code: Some(code_of(key).to_owned()),
-        kind: def.kind.clone(),
-        ru,
-        kk,
-        en,
-    }
+    Reason { code: Some(code_of(key).to_owned()), kind: def.kind.clone(), ru, kk, en }
 }
 
 /// Texts of a refusal no regulation defines (`invalid_request`, `unsupported_service`,
@@ -217,41 +195,17 @@ pub async fn advance(
     detail: Option<Value>,
 ) -> Result<Pending, StoreError> {
     let now = Utc::now();
-    let current = route
-        .step(row.step_index as usize)
-        .map(|s| pool_name(s.pool))
-        .unwrap_or("?");
+    let current = route.step(row.step_index as usize).map(|s| pool_name(s.pool)).unwrap_or("?");
     let next_index = row.step_index + 1;
     let Some(next) = route.step(next_index as usize) else {
-        return Err(StoreError::Protocol(format!(
-            "route of {} has no step {next_index}",
-            row.request_id
-        )));
+        return Err(StoreError::Protocol(format!("route of {} has no step {next_index}", row.request_id)));
     };
     let deadline = step_deadline(row, next_index).unwrap_or(now);
     let facts = merge_facts(&row.facts, add_facts);
     let next_name = pool_name(next.pool);
     Store::set_queued(tx, row.request_id, next_index, next_name, deadline, &facts).await?;
-    Store::history(
-        tx,
-        row.request_id,
-        row.step_index,
-        current,
-        "passed",
-        row.step_deadline,
-        detail.as_ref(),
-    )
-    .await?;
-    Store::history(
-        tx,
-        row.request_id,
-        next_index,
-        next_name,
-        "queued",
-        Some(deadline),
-        None,
-    )
-    .await?;
+    Store::history(tx, row.request_id, row.step_index, current, "passed", row.step_deadline, detail.as_ref()).await?;
+    Store::history(tx, row.request_id, next_index, next_name, "queued", Some(deadline), None).await?;
     let head = Head::from(row);
     let (_, status) = outcome_message(
         &head,
@@ -262,12 +216,7 @@ pub async fn advance(
         now,
         format!("{}:{next_index}:in_progress", row.request_id),
     );
-    let task = task_message(
-        row.request_id,
-        next_index,
-        next.pool,
-        row.traceparent.as_deref(),
-    );
+    let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
     stage(tx, vec![status, task]).await
 }
 
@@ -308,16 +257,7 @@ pub async fn refuse(
         obj.insert("code".into(), json!(reason.code));
         obj.insert("kind".into(), json!(reason.kind));
     }
-    Store::history(
-        tx,
-        head.request_id,
-        step_index,
-        step,
-        "refused",
-        head.deadline,
-        Some(&detail),
-    )
-    .await?;
+    Store::history(tx, head.request_id, step_index, step, "refused", head.deadline, Some(&detail)).await?;
     Ok(Some(stage(tx, vec![message]).await?))
 }
 
@@ -353,16 +293,7 @@ pub async fn complete(
         return Ok(None);
     }
     let detail = json!({ "document": document.get("number") });
-    Store::history(
-        tx,
-        row.request_id,
-        row.step_index,
-        "result",
-        "completed",
-        row.step_deadline,
-        Some(&detail),
-    )
-    .await?;
+    Store::history(tx, row.request_id, row.step_index, "result", "completed", row.step_deadline, Some(&detail)).await?;
     Ok(Some(stage(tx, vec![message]).await?))
 }
 
@@ -374,16 +305,7 @@ pub async fn wait(
     detail: Option<Value>,
 ) -> Result<(), StoreError> {
     Store::set_waiting(tx, row.request_id).await?;
-    Store::history(
-        tx,
-        row.request_id,
-        row.step_index,
-        step,
-        "waiting",
-        row.step_deadline,
-        detail.as_ref(),
-    )
-    .await
+    Store::history(tx, row.request_id, row.step_index, step, "waiting", row.step_deadline, detail.as_ref()).await
 }
 
 /// Schedules another attempt of the current step after a transient failure.
@@ -397,36 +319,15 @@ pub async fn retry(
     let attempts = row.attempts + 1;
     Store::set_retry(tx, row.request_id, attempts, next_attempt_at).await?;
     let detail = json!({ "attempt": attempts, "error": error, "next_attempt_at": next_attempt_at });
-    Store::history(
-        tx,
-        row.request_id,
-        row.step_index,
-        step,
-        "retry",
-        row.step_deadline,
-        Some(&detail),
-    )
-    .await
+    Store::history(tx, row.request_id, row.step_index, step, "retry", row.step_deadline, Some(&detail)).await
 }
 
 /// Puts a request whose retry is due back on its pool's queue.
-pub async fn requeue(
-    tx: &mut PgConnection,
-    row: &RequestRow,
-    route: &Route<'_>,
-) -> Result<Pending, StoreError> {
+pub async fn requeue(tx: &mut PgConnection, row: &RequestRow, route: &Route<'_>) -> Result<Pending, StoreError> {
     let Some(step) = route.step(row.step_index as usize) else {
-        return Err(StoreError::Protocol(format!(
-            "route of {} has no step {}",
-            row.request_id, row.step_index
-        )));
+        return Err(StoreError::Protocol(format!("route of {} has no step {}", row.request_id, row.step_index)));
     };
     Store::set_requeued(tx, row.request_id).await?;
-    let task = task_message(
-        row.request_id,
-        row.step_index,
-        step.pool,
-        row.traceparent.as_deref(),
-    );
+    let task = task_message(row.request_id, row.step_index, step.pool, row.traceparent.as_deref());
     stage(tx, vec![task]).await
 }

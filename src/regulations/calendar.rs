@@ -76,25 +76,16 @@ impl Calendar {
         let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
         let file: CalendarFile = toml::from_str(&text).map_err(|e| LoadError::toml(path, e))?;
         let err = |field: &str, reason: String| LoadError::new(path, field, reason);
-        let tz: Tz = file
-            .timezone
-            .parse()
-            .map_err(|_| err("timezone", format!("unknown time zone {:?}", file.timezone)))?;
-        parse_hhmm(&file.workday_start)
-            .ok_or_else(|| err("workday_start", "must be HH:MM".into()))?;
-        let workday_end = parse_hhmm(&file.workday_end)
-            .ok_or_else(|| err("workday_end", "must be HH:MM".into()))?;
+        let tz: Tz =
+            file.timezone.parse().map_err(|_| err("timezone", format!("unknown time zone {:?}", file.timezone)))?;
+        parse_hhmm(&file.workday_start).ok_or_else(|| err("workday_start", "must be HH:MM".into()))?;
+        let workday_end = parse_hhmm(&file.workday_end).ok_or_else(|| err("workday_end", "must be HH:MM".into()))?;
         let weekend = file
             .weekend
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                weekday(d).ok_or_else(|| {
-                    err(
-                        &format!("weekend[{i}]"),
-                        format!("unknown day {d:?}; use mon..sun"),
-                    )
-                })
+                weekday(d).ok_or_else(|| err(&format!("weekend[{i}]"), format!("unknown day {d:?}; use mon..sun")))
             })
             .collect::<Result<HashSet<_>, _>>()?;
         if file.covers_from > file.covers_to {
@@ -111,31 +102,19 @@ impl Calendar {
             if let Some(kind) = &d.kind
                 && !matches!(kind.as_str(), "holiday" | "moved_holiday" | "transferred")
             {
-                return Err(err(
-                    &format!("days_off[{i}].kind"),
-                    format!("unknown kind {kind:?}"),
-                ));
+                return Err(err(&format!("days_off[{i}].kind"), format!("unknown kind {kind:?}")));
             }
             if !days_off.insert(d.date) {
-                return Err(err(
-                    &format!("days_off[{i}].date"),
-                    format!("{} is listed twice", d.date),
-                ));
+                return Err(err(&format!("days_off[{i}].date"), format!("{} is listed twice", d.date)));
             }
         }
         let mut working_weekends = BTreeSet::new();
         for (i, d) in file.working_days.iter().enumerate() {
             if !weekend.contains(&d.date.weekday()) {
-                return Err(err(
-                    &format!("working_days[{i}].date"),
-                    format!("{} is not a weekend day", d.date),
-                ));
+                return Err(err(&format!("working_days[{i}].date"), format!("{} is not a weekend day", d.date)));
             }
             if days_off.contains(&d.date) {
-                return Err(err(
-                    &format!("working_days[{i}].date"),
-                    format!("{} is also a day off", d.date),
-                ));
+                return Err(err(&format!("working_days[{i}].date"), format!("{} is also a day off", d.date)));
             }
             working_weekends.insert(d.date);
         }
@@ -225,10 +204,7 @@ impl Calendar {
 
     /// The first working day after the local date of `from`.
     pub fn next_working_day(&self, from: DateTime<Utc>) -> NaiveDate {
-        let mut d = self
-            .local_date(from)
-            .succ_opt()
-            .unwrap_or_else(|| self.local_date(from));
+        let mut d = self.local_date(from).succ_opt().unwrap_or_else(|| self.local_date(from));
         while !self.is_working_day(d) {
             d = d.succ_opt().unwrap_or(d);
         }
@@ -273,9 +249,7 @@ name = "transferred working Saturday"
     }
 
     fn almaty(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("rfc3339").with_timezone(&Utc)
     }
 
     #[test]

@@ -34,11 +34,7 @@ pub struct LoadError {
 impl LoadError {
     /// A field-level error.
     pub fn new(file: &Path, field: &str, reason: String) -> Self {
-        LoadError {
-            file: file.to_owned(),
-            field: field.to_owned(),
-            reason,
-        }
+        LoadError { file: file.to_owned(), field: field.to_owned(), reason }
     }
 
     fn io(file: &Path, e: std::io::Error) -> Self {
@@ -64,9 +60,8 @@ pub const REFUSAL_KINDS: &[&str] = &[
 ];
 
 /// Regulation refusal codes the contract allows in `reason.code`.
-pub const REFUSAL_CODES: &[&str] = &[
-    "R2", "R3", "R4", "R5", "L2", "L3", "L4", "L6", "L7", "L8", "L9", "A2", "A4", "A6", "A7",
-];
+pub const REFUSAL_CODES: &[&str] =
+    &["R2", "R3", "R4", "R5", "L2", "L3", "L4", "L6", "L7", "L8", "L9", "A2", "A4", "A6", "A7"];
 
 /// A parsed deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +113,7 @@ pub fn parse_span(s: &str) -> Option<Duration> {
         }
         let n: i64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         total += match unit {
@@ -178,21 +171,11 @@ impl Regulations {
     pub fn load(dir: &Path) -> Result<Regulations, LoadError> {
         let calendar = Calendar::load(&dir.join("calendar.toml"))?;
         let common_path = dir.join("common.toml");
-        let text =
-            std::fs::read_to_string(&common_path).map_err(|e| LoadError::io(&common_path, e))?;
-        let common: CommonFile =
-            toml::from_str(&text).map_err(|e| LoadError::toml(&common_path, e))?;
-        for kind in [
-            "invalid_request",
-            "unsupported_service",
-            "deadline_exceeded",
-        ] {
+        let text = std::fs::read_to_string(&common_path).map_err(|e| LoadError::io(&common_path, e))?;
+        let common: CommonFile = toml::from_str(&text).map_err(|e| LoadError::toml(&common_path, e))?;
+        for kind in ["invalid_request", "unsupported_service", "deadline_exceeded"] {
             if !common.refusals.contains_key(kind) {
-                return Err(LoadError::new(
-                    &common_path,
-                    &format!("refusals.{kind}"),
-                    "is missing".into(),
-                ));
+                return Err(LoadError::new(&common_path, &format!("refusals.{kind}"), "is missing".into()));
             }
         }
         for (kind, r) in &common.refusals {
@@ -203,23 +186,14 @@ impl Regulations {
                     "is not a contract refusal kind".into(),
                 ));
             }
-            check_behaviours(
-                &common_path,
-                &format!("refusals.{kind}.behaviours"),
-                &r.behaviours,
-            )?;
+            check_behaviours(&common_path, &format!("refusals.{kind}.behaviours"), &r.behaviours)?;
         }
 
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| LoadError::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .filter(|p| {
-                !matches!(
-                    p.file_name().and_then(|n| n.to_str()),
-                    Some("common.toml" | "calendar.toml")
-                )
-            })
+            .filter(|p| !matches!(p.file_name().and_then(|n| n.to_str()), Some("common.toml" | "calendar.toml")))
             .collect();
         entries.sort();
         let mut services = BTreeMap::new();
@@ -227,28 +201,16 @@ impl Regulations {
             let text = std::fs::read_to_string(&path).map_err(|e| LoadError::io(&path, e))?;
             let file: ServiceFile = toml::from_str(&text).map_err(|e| LoadError::toml(&path, e))?;
             validate_service(&path, &file)?;
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
             if stem != file.service.as_str() {
-                return Err(LoadError::new(
-                    &path,
-                    "service",
-                    format!("{} does not match the file name", file.service),
-                ));
+                return Err(LoadError::new(&path, "service", format!("{} does not match the file name", file.service)));
             }
             services.insert(file.service, Service { file, path });
         }
         if services.is_empty() {
             return Err(LoadError::new(dir, "-", "no service files found".into()));
         }
-        Ok(Regulations {
-            services,
-            common,
-            calendar,
-            overrides: HashMap::new(),
-        })
+        Ok(Regulations { services, common, calendar, overrides: HashMap::new() })
     }
 
     /// The working-day calendar.
@@ -278,15 +240,8 @@ impl Regulations {
     }
 
     /// The route of a request, or why there is none (`unsupported_service`).
-    pub fn route(
-        &self,
-        service: ServiceCode,
-        region: Region,
-        channel: Channel,
-    ) -> Result<Route<'_>, String> {
-        let file = self
-            .service(service)
-            .ok_or_else(|| format!("no regulation is loaded for {service}"))?;
+    pub fn route(&self, service: ServiceCode, region: Region, channel: Channel) -> Result<Route<'_>, String> {
+        let file = self.service(service).ok_or_else(|| format!("no regulation is loaded for {service}"))?;
         let variant = file
             .variants
             .iter()
@@ -296,14 +251,8 @@ impl Regulations {
             .channels
             .iter()
             .find(|c| c.channel == channel)
-            .ok_or_else(|| {
-                format!("{service} in {region} is not offered through the {channel} channel")
-            })?;
-        Ok(Route {
-            service: file,
-            variant,
-            channel,
-        })
+            .ok_or_else(|| format!("{service} in {region} is not offered through the {channel} channel"))?;
+        Ok(Route { service: file, variant, channel })
     }
 
     /// Checks the service-specific rules of a request against its route.
@@ -334,22 +283,13 @@ impl Regulations {
             match req.form.get(field) {
                 Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {}
                 Some(serde_json::Value::String(_)) => {
-                    return Err(FieldError {
-                        field: format!("form.{field}"),
-                        problem: "is empty".into(),
-                    });
+                    return Err(FieldError { field: format!("form.{field}"), problem: "is empty".into() });
                 }
                 Some(_) => {
-                    return Err(FieldError {
-                        field: format!("form.{field}"),
-                        problem: "must be a string".into(),
-                    });
+                    return Err(FieldError { field: format!("form.{field}"), problem: "must be a string".into() });
                 }
                 None => {
-                    return Err(FieldError {
-                        field: format!("form.{field}"),
-                        problem: "is missing".into(),
-                    });
+                    return Err(FieldError { field: format!("form.{field}"), problem: "is missing".into() });
                 }
             }
         }
@@ -362,11 +302,7 @@ impl Regulations {
                         field: by.clone(),
                         problem: format!(
                             "must be one of {}",
-                            values
-                                .keys()
-                                .map(String::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            values.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
                         ),
                     });
                 }
@@ -422,11 +358,7 @@ impl Regulations {
                 _ => false,
             }
         });
-        if late {
-            cal.end_of_date(cal.next_working_day(at))
-        } else {
-            cal.end_of_day(at)
-        }
+        if late { cal.end_of_date(cal.next_working_day(at)) } else { cal.end_of_day(at) }
     }
 }
 
@@ -449,34 +381,18 @@ pub fn code_of(key: &str) -> &str {
 
 fn check_behaviours(path: &Path, field: &str, list: &[String]) -> Result<(), LoadError> {
     if list.is_empty() {
-        return Err(LoadError::new(
-            path,
-            field,
-            "must cite at least one behaviour (P-n)".into(),
-        ));
+        return Err(LoadError::new(path, field, "must cite at least one behaviour (P-n)".into()));
     }
     for b in list {
-        let ok = b
-            .strip_prefix("P-")
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| (1..=52).contains(&n));
+        let ok = b.strip_prefix("P-").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| (1..=52).contains(&n));
         if !ok {
-            return Err(LoadError::new(
-                path,
-                field,
-                format!("{b:?} is not a behaviour P-1…P-52"),
-            ));
+            return Err(LoadError::new(path, field, format!("{b:?} is not a behaviour P-1…P-52")));
         }
     }
     Ok(())
 }
 
-fn check_deadline(
-    path: &Path,
-    field: &str,
-    spec: &DeadlineSpec,
-    first: bool,
-) -> Result<(), LoadError> {
+fn check_deadline(path: &Path, field: &str, spec: &DeadlineSpec, first: bool) -> Result<(), LoadError> {
     let texts: Vec<&String> = match spec {
         DeadlineSpec::Fixed(s) => vec![s],
         DeadlineSpec::ByField { by, values } => {
@@ -488,11 +404,7 @@ fn check_deadline(
                 ));
             }
             if values.is_empty() {
-                return Err(LoadError::new(
-                    path,
-                    &format!("{field}.values"),
-                    "is empty".into(),
-                ));
+                return Err(LoadError::new(path, &format!("{field}.values"), "is empty".into()));
             }
             values.values().collect()
         }
@@ -509,11 +421,7 @@ fn check_deadline(
                 ));
             }
             Some(Term::Shared) if first => {
-                return Err(LoadError::new(
-                    path,
-                    field,
-                    "the first step cannot share a previous deadline".into(),
-                ));
+                return Err(LoadError::new(path, field, "the first step cannot share a previous deadline".into()));
             }
             Some(_) => {}
         }
@@ -548,23 +456,13 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
     for (key, r) in &file.refusals {
         let code = code_of(key);
         if !REFUSAL_CODES.contains(&code) {
-            return Err(c.err(
-                format!("refusals.{key}"),
-                format!("{code} is not a refusal code of the contract"),
-            ));
+            return Err(c.err(format!("refusals.{key}"), format!("{code} is not a refusal code of the contract")));
         }
         if !REFUSAL_KINDS.contains(&r.kind.as_str()) {
-            return Err(c.err(
-                format!("refusals.{key}.kind"),
-                format!("{:?} is not a contract refusal kind", r.kind),
-            ));
+            return Err(c.err(format!("refusals.{key}.kind"), format!("{:?} is not a contract refusal kind", r.kind)));
         }
         check_behaviours(path, &format!("refusals.{key}.behaviours"), &r.behaviours)?;
-        for (lang, text) in [
-            ("ru", &r.texts.ru),
-            ("kk", &r.texts.kk),
-            ("en", &r.texts.en),
-        ] {
+        for (lang, text) in [("ru", &r.texts.ru), ("kk", &r.texts.kk), ("en", &r.texts.en)] {
             if text.trim().is_empty() {
                 return Err(c.err(format!("refusals.{key}.{lang}"), "is empty"));
             }
@@ -572,16 +470,9 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
     }
     for (kind, d) in &file.documents {
         check_behaviours(path, &format!("documents.{kind}.behaviours"), &d.behaviours)?;
-        if d.number_prefix.is_empty()
-            || !d
-                .number_prefix
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        if d.number_prefix.is_empty() || !d.number_prefix.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         {
-            return Err(c.err(
-                format!("documents.{kind}.number_prefix"),
-                "must be upper-case ASCII letters or digits",
-            ));
+            return Err(c.err(format!("documents.{kind}.number_prefix"), "must be upper-case ASCII letters or digits"));
         }
     }
     if file.variants.is_empty() {
@@ -591,10 +482,7 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
     for (vi, v) in file.variants.iter().enumerate() {
         let vf = format!("variants[{vi}]");
         if regions.contains(&v.region) {
-            return Err(c.err(
-                format!("{vf}.region"),
-                format!("{} appears twice", v.region),
-            ));
+            return Err(c.err(format!("{vf}.region"), format!("{} appears twice", v.region)));
         }
         regions.push(v.region);
         if v.applicant.is_empty() {
@@ -602,39 +490,23 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
         }
         if let Some(cut) = &v.intake_cutoff {
             if calendar::parse_hhmm(&cut.provider_closes).is_none() {
-                return Err(c.err(
-                    format!("{vf}.intake_cutoff.provider_closes"),
-                    "must be HH:MM",
-                ));
+                return Err(c.err(format!("{vf}.intake_cutoff.provider_closes"), "must be HH:MM"));
             }
             if parse_span(&cut.before_closing).is_none() {
-                return Err(c.err(
-                    format!("{vf}.intake_cutoff.before_closing"),
-                    "must be a duration like 2h",
-                ));
+                return Err(c.err(format!("{vf}.intake_cutoff.before_closing"), "must be a duration like 2h"));
             }
         }
         let mut channels = Vec::new();
         for (ci, ch) in v.channels.iter().enumerate() {
             let cf = format!("{vf}.channels[{ci}]");
             if channels.contains(&ch.channel) {
-                return Err(c.err(
-                    format!("{cf}.channel"),
-                    format!("{} appears twice", ch.channel),
-                ));
+                return Err(c.err(format!("{cf}.channel"), format!("{} appears twice", ch.channel)));
             }
             channels.push(ch.channel);
             check_behaviours(path, &format!("{cf}.behaviours"), &ch.behaviours)?;
-            c.refusal(
-                &format!("{cf}.signature.refusal"),
-                &ch.signature.refusal,
-                false,
-            )?;
+            c.refusal(&format!("{cf}.signature.refusal"), &ch.signature.refusal, false)?;
             if ch.signature.identifier.is_empty() {
-                return Err(c.err(
-                    format!("{cf}.signature.identifier"),
-                    "must list iin and/or bin",
-                ));
+                return Err(c.err(format!("{cf}.signature.identifier"), "must list iin and/or bin"));
             }
             validate_steps(&c, &cf, &v.required_form_fields, &ch.steps)?;
         }
@@ -642,12 +514,7 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn validate_steps(
-    c: &Checker<'_>,
-    cf: &str,
-    required: &[String],
-    steps: &[StepDef],
-) -> Result<(), LoadError> {
+fn validate_steps(c: &Checker<'_>, cf: &str, required: &[String], steps: &[StepDef]) -> Result<(), LoadError> {
     if steps.first().map(|s| s.pool) != Some(PoolName::Intake) {
         return Err(c.err(format!("{cf}.steps"), "a route starts with intake"));
     }
@@ -658,7 +525,10 @@ fn validate_steps(
         if pair[0].pool >= pair[1].pool {
             return Err(c.err(
                 format!("{cf}.steps"),
-                format!("{:?} cannot follow {:?}: pools run in the order intake, registry, payment, review, result", pair[1].pool, pair[0].pool),
+                format!(
+                    "{:?} cannot follow {:?}: pools run in the order intake, registry, payment, review, result",
+                    pair[1].pool, pair[0].pool
+                ),
             ));
         }
     }
@@ -668,10 +538,7 @@ fn validate_steps(
         if let DeadlineSpec::ByField { by, .. } = &s.deadline {
             let field = by.trim_start_matches("form.");
             if !required.iter().any(|r| r == field) {
-                return Err(c.err(
-                    format!("{sf}.deadline.by"),
-                    format!("{by} must be listed in required_form_fields"),
-                ));
+                return Err(c.err(format!("{sf}.deadline.by"), format!("{by} must be listed in required_form_fields")));
             }
         }
         if s.deadline_source.trim().is_empty() {
@@ -681,51 +548,30 @@ fn validate_steps(
         match s.pool {
             PoolName::Registry => {
                 if s.lookups.is_empty() {
-                    return Err(c.err(
-                        format!("{sf}.lookups"),
-                        "a registry step looks something up",
-                    ));
+                    return Err(c.err(format!("{sf}.lookups"), "a registry step looks something up"));
                 }
                 let needs_refusal = s.lookups.iter().any(|l| *l != Lookup::Attachment);
-                c.refusal(
-                    &format!("{sf}.not_found_refusal"),
-                    &s.not_found_refusal,
-                    needs_refusal,
-                )?;
+                c.refusal(&format!("{sf}.not_found_refusal"), &s.not_found_refusal, needs_refusal)?;
             }
             PoolName::Payment => c.refusal(&format!("{sf}.refusal"), &s.refusal, true)?,
             PoolName::Review => match s.mode {
                 None => return Err(c.err(format!("{sf}.mode"), "is required: rules or decision")),
-                Some(ReviewMode::Decision) => {
-                    c.refusal(&format!("{sf}.refusal"), &s.refusal, true)?
-                }
+                Some(ReviewMode::Decision) => c.refusal(&format!("{sf}.refusal"), &s.refusal, true)?,
                 Some(ReviewMode::Rules) => {
                     for (ri, r) in s.rules.iter().enumerate() {
-                        c.refusal(
-                            &format!("{sf}.rules[{ri}].refusal"),
-                            &Some(r.refusal.clone()),
-                            true,
-                        )?;
-                        check_behaviours(
-                            c.path,
-                            &format!("{sf}.rules[{ri}].behaviours"),
-                            &r.behaviours,
-                        )?;
+                        c.refusal(&format!("{sf}.rules[{ri}].refusal"), &Some(r.refusal.clone()), true)?;
+                        check_behaviours(c.path, &format!("{sf}.rules[{ri}].behaviours"), &r.behaviours)?;
                     }
                 }
             },
             PoolName::Result => match &s.document {
                 None => {
-                    return Err(c.err(
-                        format!("{sf}.document"),
-                        "the result step names its document kind",
-                    ));
+                    return Err(c.err(format!("{sf}.document"), "the result step names its document kind"));
                 }
                 Some(kind) if !c.file.documents.contains_key(kind) => {
-                    return Err(c.err(
-                        format!("{sf}.document"),
-                        format!("document {kind:?} is not defined in [documents]"),
-                    ));
+                    return Err(
+                        c.err(format!("{sf}.document"), format!("document {kind:?} is not defined in [documents]"))
+                    );
                 }
                 Some(_) => {}
             },
@@ -742,28 +588,14 @@ mod tests {
     #[test]
     fn p46_deadline_grammar() {
         assert_eq!(Term::parse("90s"), Some(Term::Span(Duration::seconds(90))));
-        assert_eq!(
-            Term::parse("1m30s"),
-            Some(Term::Span(Duration::seconds(90)))
-        );
+        assert_eq!(Term::parse("1m30s"), Some(Term::Span(Duration::seconds(90))));
         assert_eq!(Term::parse("10m"), Some(Term::Span(Duration::minutes(10))));
         assert_eq!(Term::parse("1 working day"), Some(Term::WorkingDays(1)));
         assert_eq!(Term::parse("15 working days"), Some(Term::WorkingDays(15)));
-        assert_eq!(
-            Term::parse("30 calendar days"),
-            Some(Term::CalendarDays(30))
-        );
+        assert_eq!(Term::parse("30 calendar days"), Some(Term::CalendarDays(30)));
         assert_eq!(Term::parse("same day"), Some(Term::SameDay));
         assert_eq!(Term::parse("shared"), Some(Term::Shared));
-        for bad in [
-            "",
-            "1 working days",
-            "0 working days",
-            "15 working day",
-            "m",
-            "5x",
-            "1.5m",
-        ] {
+        for bad in ["", "1 working days", "0 working days", "15 working day", "m", "5x", "1.5m"] {
             assert_eq!(Term::parse(bad), None, "{bad}");
         }
     }
@@ -780,15 +612,12 @@ mod tests {
             "applicant": { "iin": "840317000029" }, "provider": "081140000436", "form": form,
             "signature": { "format": "jcs-x509", "algorithm": "ES256", "certificate_chain": ["A"], "value": "B" }
         });
-        let env =
-            crate::contract::Envelope::parse(v.to_string().as_bytes(), 1 << 20).expect("envelope");
+        let env = crate::contract::Envelope::parse(v.to_string().as_bytes(), 1 << 20).expect("envelope");
         Request::from_envelope(&env).expect("request")
     }
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("time")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
     }
 
     #[test]
@@ -796,74 +625,35 @@ mod tests {
         let regs = repo();
         assert_eq!(regs.services().count(), 5);
         for (service, region, channel) in [
-            (
-                ServiceCode::DoctorAppointment,
-                Region::Akmola,
-                Channel::Portal,
-            ),
-            (
-                ServiceCode::PhcAttachment,
-                Region::Aktobe,
-                Channel::Provider,
-            ),
+            (ServiceCode::DoctorAppointment, Region::Akmola, Channel::Portal),
+            (ServiceCode::PhcAttachment, Region::Aktobe, Channel::Provider),
             (ServiceCode::HomeDoctorCall, Region::Astana, Channel::Portal),
             (ServiceCode::MedicalLicence, Region::Aktobe, Channel::Centre),
-            (
-                ServiceCode::ArchiveCertificate,
-                Region::Astana,
-                Channel::Provider,
-            ),
+            (ServiceCode::ArchiveCertificate, Region::Astana, Channel::Provider),
         ] {
-            assert!(
-                regs.route(service, region, channel).is_ok(),
-                "{service} {region} {channel}"
-            );
+            assert!(regs.route(service, region, channel).is_ok(), "{service} {region} {channel}");
         }
-        assert!(
-            regs.route(ServiceCode::MedicalLicence, Region::Akmola, Channel::Portal)
-                .is_err()
-        );
+        assert!(regs.route(ServiceCode::MedicalLicence, Region::Akmola, Channel::Portal).is_err());
     }
 
     #[test]
     fn p33_licence_service_deadline_matches_the_contract_example() {
         let regs = repo();
-        let route = regs
-            .route(ServiceCode::MedicalLicence, Region::Aktobe, Channel::Portal)
-            .expect("route");
-        let req = request(
-            "medical-licence",
-            "aktobe",
-            "portal",
-            serde_json::json!({ "kind": "issue", "activity": "x" }),
-        );
+        let route = regs.route(ServiceCode::MedicalLicence, Region::Aktobe, Channel::Portal).expect("route");
+        let req =
+            request("medical-licence", "aktobe", "portal", serde_json::json!({ "kind": "issue", "activity": "x" }));
         let plan = regs.plan(&route, &req, at("2026-11-23T10:15:00+05:00"));
         assert_eq!(plan.service, at("2026-12-14T18:00:00+05:00"));
-        let dup = request(
-            "medical-licence",
-            "aktobe",
-            "portal",
-            serde_json::json!({ "kind": "duplicate", "activity": "x" }),
-        );
-        assert_eq!(
-            regs.plan(&route, &dup, at("2026-11-23T10:15:00+05:00"))
-                .service,
-            at("2026-11-25T18:00:00+05:00")
-        );
+        let dup =
+            request("medical-licence", "aktobe", "portal", serde_json::json!({ "kind": "duplicate", "activity": "x" }));
+        assert_eq!(regs.plan(&route, &dup, at("2026-11-23T10:15:00+05:00")).service, at("2026-11-25T18:00:00+05:00"));
     }
 
     #[test]
     fn p10_astana_home_call_after_the_cutoff_is_served_the_next_working_day() {
         let regs = repo();
-        let route = regs
-            .route(ServiceCode::HomeDoctorCall, Region::Astana, Channel::Portal)
-            .expect("route");
-        let req = request(
-            "home-doctor-call",
-            "astana",
-            "portal",
-            serde_json::json!({}),
-        );
+        let route = regs.route(ServiceCode::HomeDoctorCall, Region::Astana, Channel::Portal).expect("route");
+        let req = request("home-doctor-call", "astana", "portal", serde_json::json!({}));
         let early = regs.plan(&route, &req, at("2026-11-27T10:00:00+05:00"));
         assert_eq!(early.service, at("2026-11-27T23:59:59.999+05:00"));
         // Friday 19:00 is past the 18:00 cut-off: served on Monday.
@@ -874,19 +664,8 @@ mod tests {
     #[test]
     fn p46_steps_deadlines_accumulate_along_the_route() {
         let regs = repo();
-        let route = regs
-            .route(
-                ServiceCode::DoctorAppointment,
-                Region::Akmola,
-                Channel::Provider,
-            )
-            .expect("route");
-        let req = request(
-            "doctor-appointment",
-            "akmola",
-            "provider",
-            serde_json::json!({}),
-        );
+        let route = regs.route(ServiceCode::DoctorAppointment, Region::Akmola, Channel::Provider).expect("route");
+        let req = request("doctor-appointment", "akmola", "provider", serde_json::json!({}));
         let plan = regs.plan(&route, &req, at("2026-11-23T10:00:00+05:00"));
         let times: Vec<_> = plan.steps.iter().map(|(_, t)| *t).collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");

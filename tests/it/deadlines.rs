@@ -26,25 +26,11 @@ fn assert_deadline_refusal(o: &Outcome, step: &str) {
 }
 
 fn s1_portal() -> serde_json::Value {
-    request(
-        "doctor-appointment",
-        "akmola",
-        "portal",
-        json!({ "iin": who::CITIZEN }),
-        who::AKMOLA_PHC,
-        json!({}),
-    )
+    request("doctor-appointment", "akmola", "portal", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}))
 }
 
 fn s1_provider() -> serde_json::Value {
-    request(
-        "doctor-appointment",
-        "akmola",
-        "provider",
-        json!({ "iin": who::CITIZEN }),
-        who::AKMOLA_PHC,
-        json!({}),
-    )
+    request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}))
 }
 
 async fn refused_at(pool: PoolName, step: &str, req: serde_json::Value) {
@@ -97,39 +83,25 @@ async fn p24_no_payment_by_the_payment_deadline_is_refused_l2() {
     let o = env.final_outcome(id_of(&req)).await;
     assert_eq!(o.status, Status::Refused);
     let r = o.reason.expect("reason");
-    assert_eq!(
-        (r.code.as_deref(), r.kind.as_str()),
-        (Some("L2"), "no_payment")
-    );
+    assert_eq!((r.code.as_deref(), r.kind.as_str()), (Some("L2"), "no_payment"));
     assert_eq!(o.step.as_deref(), Some("payment"));
     // A payment arriving after the refusal is recorded but changes nothing.
-    env.publish_payment(&payment(id_of(&req), "PSHEP-LATE"))
-        .await;
+    env.publish_payment(&payment(id_of(&req), "PSHEP-LATE")).await;
     let recorded = async {
         loop {
-            let n: (i64,) =
-                sqlx::query_as("SELECT count(*) FROM payments WHERE payment_id = 'PSHEP-LATE'")
-                    .fetch_one(env.store.pool())
-                    .await
-                    .expect("count");
+            let n: (i64,) = sqlx::query_as("SELECT count(*) FROM payments WHERE payment_id = 'PSHEP-LATE'")
+                .fetch_one(env.store.pool())
+                .await
+                .expect("count");
             if n.0 == 1 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, recorded)
-        .await
-        .expect("late notice recorded");
+    tokio::time::timeout(EVENT_TIMEOUT, recorded).await.expect("late notice recorded");
     app.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(
-        env.outcomes_of(id_of(&req))
-            .await
-            .iter()
-            .filter(|o| o.status.is_final())
-            .count(),
-        1
-    );
+    assert_eq!(env.outcomes_of(id_of(&req)).await.iter().filter(|o| o.status.is_final()).count(), 1);
     env.cleanup().await;
 }
 
@@ -151,8 +123,7 @@ async fn p35_staff_decision_not_given_by_the_deadline_is_refused_and_a_late_one_
     env.publish_request(&req).await;
     env.wait_state(id, "waiting").await;
     assert_deadline_refusal(&env.final_outcome(id).await, "review");
-    env.publish_decision("archive-certificate", &decision(id, "approve"))
-        .await;
+    env.publish_decision("archive-certificate", &decision(id, "approve")).await;
     let wait = async {
         loop {
             let d = env.store.decisions_for(id).await.expect("decisions");
@@ -162,18 +133,9 @@ async fn p35_staff_decision_not_given_by_the_deadline_is_refused_and_a_late_one_
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let d = tokio::time::timeout(EVENT_TIMEOUT, wait)
-        .await
-        .expect("decision recorded");
+    let d = tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("decision recorded");
     assert!(!d[0].1, "a late decision is not applied: {d:?}");
-    assert_eq!(
-        env.outcomes_of(id)
-            .await
-            .iter()
-            .filter(|o| o.status.is_final())
-            .count(),
-        1
-    );
+    assert_eq!(env.outcomes_of(id).await.iter().filter(|o| o.status.is_final()).count(), 1);
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -184,11 +146,7 @@ async fn p46_sweeper_refuses_a_request_waiting_in_the_queue_of_a_stopped_pool() 
     let mut regs = regulations();
     regs.override_step_deadline(PoolName::Registry, Span::milliseconds(500));
     // Only intake and the sweeper run: no registry worker exists.
-    let opts = Options {
-        pools: vec![(PoolName::Intake, 2)],
-        sweeper: true,
-        name: "intake only".into(),
-    };
+    let opts = Options { pools: vec![(PoolName::Intake, 2)], sweeper: true, name: "intake only".into() };
     let app = env.start(regs, opts).await;
     let req = s1_provider();
     env.publish_request(&req).await;
@@ -198,23 +156,12 @@ async fn p46_sweeper_refuses_a_request_waiting_in_the_queue_of_a_stopped_pool() 
     let late = env
         .start(
             regulations(),
-            Options {
-                pools: vec![(PoolName::Registry, 1)],
-                sweeper: false,
-                name: "late registry".into(),
-            },
+            Options { pools: vec![(PoolName::Registry, 1)], sweeper: false, name: "late registry".into() },
         )
         .await;
     env.wait_queue_empty("qyzmet.registry").await;
     late.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(
-        env.outcomes_of(id_of(&req))
-            .await
-            .iter()
-            .filter(|o| o.status.is_final())
-            .count(),
-        1
-    );
+    assert_eq!(env.outcomes_of(id_of(&req)).await.iter().filter(|o| o.status.is_final()).count(), 1);
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -257,27 +204,14 @@ impl Registry for Misbehaving {
         self.answer()
     }
     fn entity(&self, bin: &str) -> BoxFuture<'_, Result<Option<EntityRecord>, RegistryError>> {
-        let e = EntityRecord {
-            bin: bin.into(),
-            name: "registered".into(),
-        };
+        let e = EntityRecord { bin: bin.into(), name: "registered".into() };
         Box::pin(async move { Ok(Some(e)) })
     }
-    fn power_of_attorney(
-        &self,
-        _: &str,
-    ) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
+    fn power_of_attorney(&self, _: &str) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
         self.answer()
     }
-    fn attachment(
-        &self,
-        iin: &str,
-    ) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
-        let a = AttachmentRecord {
-            iin: iin.into(),
-            provider_bin: who::AKMOLA_PHC.into(),
-            since: None,
-        };
+    fn attachment(&self, iin: &str) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
+        let a = AttachmentRecord { iin: iin.into(), provider_bin: who::AKMOLA_PHC.into(), since: None };
         Box::pin(async move { Ok(Some(a)) })
     }
 }
@@ -289,17 +223,9 @@ async fn with_registry(
     let env = TestEnv::new().await;
     let mut regs = regulations();
     regs.override_step_deadline(PoolName::Registry, registry_deadline);
-    let reg = Arc::new(Misbehaving {
-        mode,
-        calls: Default::default(),
-    });
-    let deps = Deps {
-        registry: Some(reg.clone()),
-        ..Deps::default()
-    };
-    let app = startup::start(&env.settings, regs, Options::all(2), deps)
-        .await
-        .expect("starts");
+    let reg = Arc::new(Misbehaving { mode, calls: Default::default() });
+    let deps = Deps { registry: Some(reg.clone()), ..env.deps() };
+    let app = startup::start(&env.settings, regs, Options::all(2), deps).await.expect("starts");
     (env, app, reg)
 }
 
@@ -319,15 +245,9 @@ async fn transient_failures_are_retried_with_backoff_until_the_deadline_then_ref
     let req = s1_provider();
     env.publish_request(&req).await;
     assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
-    assert!(
-        reg.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2,
-        "retried"
-    );
+    assert!(reg.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2, "retried");
     let history = env.store.history_of(id_of(&req)).await.expect("history");
-    assert!(
-        history.iter().any(|h| h.event == "retry"),
-        "retries are in the audit trail: {history:#?}"
-    );
+    assert!(history.iter().any(|h| h.event == "retry"), "retries are in the audit trail: {history:#?}");
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -337,10 +257,7 @@ async fn transient_failures_that_clear_before_the_deadline_end_in_the_result() {
     let (env, app, _) = with_registry("flaky", Span::seconds(30)).await;
     let req = s1_provider();
     env.publish_request(&req).await;
-    assert_eq!(
-        env.final_outcome(id_of(&req)).await.status,
-        Status::Completed
-    );
+    assert_eq!(env.final_outcome(id_of(&req)).await.status, Status::Completed);
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -354,10 +271,7 @@ async fn a_panicking_step_is_handled_as_a_failure_and_the_worker_keeps_going() {
     // The same workers still serve requests that need no registry.
     let other = s1_portal();
     env.publish_request(&other).await;
-    assert_eq!(
-        env.final_outcome(id_of(&other)).await.status,
-        Status::Completed
-    );
+    assert_eq!(env.final_outcome(id_of(&other)).await.status, Status::Completed);
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }

@@ -19,11 +19,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
         .start(
             regulations(),
             Options {
-                pools: vec![
-                    (PoolName::Intake, 2),
-                    (PoolName::Registry, 2),
-                    (PoolName::Review, 2),
-                ],
+                pools: vec![(PoolName::Intake, 2), (PoolName::Registry, 2), (PoolName::Review, 2)],
                 sweeper: true,
                 name: "rest".into(),
             },
@@ -51,66 +47,38 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, queued)
-        .await
-        .expect("requests reach the result queue");
+    tokio::time::timeout(EVENT_TIMEOUT, queued).await.expect("requests reach the result queue");
     let doomed = env
-        .start(
-            regulations(),
-            Options {
-                pools: vec![(PoolName::Result, 5)],
-                sweeper: false,
-                name: "doomed".into(),
-            },
-        )
+        .start(regulations(), Options { pools: vec![(PoolName::Result, 5)], sweeper: false, name: "doomed".into() })
         .await;
     let taken = async {
         while env.queue_ready("qyzmet.result").await == 5 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, taken)
-        .await
-        .expect("the doomed worker takes deliveries");
+    tokio::time::timeout(EVENT_TIMEOUT, taken).await.expect("the doomed worker takes deliveries");
     doomed.abort().await;
     let survivor = env
-        .start(
-            regulations(),
-            Options {
-                pools: vec![(PoolName::Result, 2)],
-                sweeper: false,
-                name: "survivor".into(),
-            },
-        )
+        .start(regulations(), Options { pools: vec![(PoolName::Result, 2)], sweeper: false, name: "survivor".into() })
         .await;
     for r in &reqs {
         let o = env.final_outcome(id_of(r)).await;
         assert_eq!(o.status, Status::Completed);
     }
     let drained = async {
-        while env.queue_ready("qyzmet.result").await > 0
-            || env.store.outbox_backlog().await.unwrap_or(1) > 0
-        {
+        while env.queue_ready("qyzmet.result").await > 0 || env.store.outbox_backlog().await.unwrap_or(1) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, drained)
-        .await
-        .expect("everything drains");
+    tokio::time::timeout(EVENT_TIMEOUT, drained).await.expect("everything drains");
     for r in &reqs {
-        let finals = env
-            .outcomes_of(id_of(r))
-            .await
-            .into_iter()
-            .filter(|o| o.status.is_final())
-            .count();
+        let finals = env.outcomes_of(id_of(r)).await.into_iter().filter(|o| o.status.is_final()).count();
         assert_eq!(finals, 1, "exactly one final outcome for {}", id_of(r));
     }
-    let numbers: (i64,) =
-        sqlx::query_as("SELECT count(DISTINCT document->>'number') FROM outcomes")
-            .fetch_one(env.store.pool())
-            .await
-            .expect("count");
+    let numbers: (i64,) = sqlx::query_as("SELECT count(DISTINCT document->>'number') FROM outcomes")
+        .fetch_one(env.store.pool())
+        .await
+        .expect("count");
     assert_eq!(numbers.0, 5, "each document got its own number");
     survivor.shutdown(Duration::from_secs(5)).await;
     rest.shutdown(Duration::from_secs(5)).await;
@@ -138,10 +106,7 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
     // The registry pool runs as a separate `qyzmet worker registry` process.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
         .args(["worker", "registry", "--concurrency", "4"])
-        .env("QYZMET_AMQP_URL", &env.settings.amqp_url)
-        .env("QYZMET_DATABASE_URL", &env.settings.database_url)
-        .env("QYZMET_REGULATIONS_DIR", &env.settings.regulations_dir)
-        .env("QYZMET_LOG", "warn")
+        .envs(env.child_env())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn qyzmet worker registry");
@@ -165,12 +130,7 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
         loop {
             let mut done = 0;
             for r in &reqs {
-                if env
-                    .outcomes_of(id_of(r))
-                    .await
-                    .iter()
-                    .any(|o| o.step.as_deref() == Some("review"))
-                {
+                if env.outcomes_of(id_of(r)).await.iter().any(|o| o.step.as_deref() == Some("review")) {
                     done += 1;
                 }
             }
@@ -180,41 +140,26 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, some_done)
-        .await
-        .expect("the worker process makes progress");
+    tokio::time::timeout(EVENT_TIMEOUT, some_done).await.expect("the worker process makes progress");
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
     let replacement = env
         .start(
             regulations(),
-            Options {
-                pools: vec![(PoolName::Registry, 4)],
-                sweeper: false,
-                name: "replacement".into(),
-            },
+            Options { pools: vec![(PoolName::Registry, 4)], sweeper: false, name: "replacement".into() },
         )
         .await;
     for r in &reqs {
         assert_eq!(env.final_outcome(id_of(r)).await.status, Status::Completed);
     }
     let drained = async {
-        while env.queue_ready("qyzmet.registry").await > 0
-            || env.store.outbox_backlog().await.unwrap_or(1) > 0
-        {
+        while env.queue_ready("qyzmet.registry").await > 0 || env.store.outbox_backlog().await.unwrap_or(1) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, drained)
-        .await
-        .expect("everything drains");
+    tokio::time::timeout(EVENT_TIMEOUT, drained).await.expect("everything drains");
     for r in &reqs {
-        let finals = env
-            .outcomes_of(id_of(r))
-            .await
-            .into_iter()
-            .filter(|o| o.status.is_final())
-            .count();
+        let finals = env.outcomes_of(id_of(r)).await.into_iter().filter(|o| o.status.is_final()).count();
         assert_eq!(finals, 1, "exactly one final outcome for {}", id_of(r));
     }
     replacement.shutdown(Duration::from_secs(5)).await;

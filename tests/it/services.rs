@@ -8,15 +8,9 @@ use crate::common::*;
 
 fn assert_completed(o: &Outcome, kind: &str) {
     assert_eq!(o.status, Status::Completed, "{o:#?}");
-    let doc = o
-        .document
-        .as_ref()
-        .expect("a completed outcome carries its document");
+    let doc = o.document.as_ref().expect("a completed outcome carries its document");
     assert_eq!(doc["kind"], json!(kind), "{doc:#}");
-    assert!(
-        doc["number"].as_str().is_some_and(|n| !n.is_empty()),
-        "document number: {doc:#}"
-    );
+    assert!(doc["number"].as_str().is_some_and(|n| !n.is_empty()), "document number: {doc:#}");
     assert!(o.request_number.is_some(), "request number");
     assert!(o.deadline.is_some(), "service deadline (P-41)");
     assert!(o.reason.is_none());
@@ -29,10 +23,7 @@ fn assert_refused(o: &Outcome, code: Option<&str>, kind: &str, step: &str) {
     assert_eq!(r.kind, kind, "{r:#?}");
     assert_eq!(o.step.as_deref(), Some(step), "{o:#?}");
     for text in [&r.ru, &r.kk, &r.en] {
-        assert!(
-            !text.trim().is_empty(),
-            "texts in three languages (P-50): {r:#?}"
-        );
+        assert!(!text.trim().is_empty(), "texts in three languages (P-50): {r:#?}");
     }
     assert!(o.document.is_none());
 }
@@ -44,8 +35,7 @@ async fn drive(env: &TestEnv, req: &serde_json::Value, verdict: &str) -> Outcome
     let service = req["service"].as_str().unwrap_or_default().to_owned();
     if req["service"] == "medical-licence" && req["channel"] == "portal" {
         env.wait_step(id, "payment").await;
-        env.publish_payment(&payment(id, &format!("PSHEP-{id}")))
-            .await;
+        env.publish_payment(&payment(id, &format!("PSHEP-{id}"))).await;
     }
     if matches!(service.as_str(), "medical-licence" | "archive-certificate") {
         env.wait_step(id, "review").await;
@@ -59,124 +49,24 @@ async fn p36_p37_s1_s2_s3_every_region_and_channel_completes_with_its_document()
     let env = TestEnv::new().await;
     let app = env.start_all().await;
     let cases = [
-        (
-            "doctor-appointment",
-            "akmola",
-            "portal",
-            who::CITIZEN,
-            who::AKMOLA_PHC,
-            "appointment-certificate",
-        ),
-        (
-            "doctor-appointment",
-            "akmola",
-            "provider",
-            who::CITIZEN,
-            who::AKMOLA_PHC,
-            "appointment-journal-entry",
-        ),
-        (
-            "doctor-appointment",
-            "astana",
-            "portal",
-            who::CITIZEN_ASTANA,
-            who::ASTANA_PHC,
-            "appointment-certificate",
-        ),
-        (
-            "doctor-appointment",
-            "astana",
-            "provider",
-            who::CITIZEN_ASTANA,
-            who::ASTANA_PHC,
-            "appointment-journal-entry",
-        ),
-        (
-            "phc-attachment",
-            "akmola",
-            "portal",
-            who::UNATTACHED,
-            who::AKMOLA_PHC,
-            "attachment-certificate",
-        ),
-        (
-            "phc-attachment",
-            "akmola",
-            "provider",
-            who::UNATTACHED,
-            who::AKMOLA_PHC,
-            "attachment-coupon",
-        ),
-        (
-            "phc-attachment",
-            "aktobe",
-            "portal",
-            who::UNATTACHED,
-            who::AKMOLA_PHC,
-            "attachment-certificate",
-        ),
-        (
-            "phc-attachment",
-            "aktobe",
-            "provider",
-            who::UNATTACHED,
-            who::AKMOLA_PHC,
-            "attachment-coupon",
-        ),
-        (
-            "phc-attachment",
-            "astana",
-            "portal",
-            who::UNATTACHED,
-            who::ASTANA_PHC,
-            "attachment-certificate",
-        ),
-        (
-            "phc-attachment",
-            "astana",
-            "provider",
-            who::UNATTACHED,
-            who::ASTANA_PHC,
-            "attachment-coupon",
-        ),
-        (
-            "home-doctor-call",
-            "akmola",
-            "portal",
-            who::CITIZEN,
-            who::AKMOLA_PHC,
-            "home-call-certificate",
-        ),
-        (
-            "home-doctor-call",
-            "akmola",
-            "provider",
-            who::CITIZEN,
-            who::AKMOLA_PHC,
-            "home-call-journal-entry",
-        ),
-        (
-            "home-doctor-call",
-            "astana",
-            "portal",
-            who::CITIZEN_ASTANA,
-            who::ASTANA_PHC,
-            "home-call-certificate",
-        ),
-        (
-            "home-doctor-call",
-            "astana",
-            "provider",
-            who::CITIZEN_ASTANA,
-            who::ASTANA_PHC,
-            "home-call-journal-entry",
-        ),
+        ("doctor-appointment", "akmola", "portal", who::CITIZEN, who::AKMOLA_PHC, "appointment-certificate"),
+        ("doctor-appointment", "akmola", "provider", who::CITIZEN, who::AKMOLA_PHC, "appointment-journal-entry"),
+        ("doctor-appointment", "astana", "portal", who::CITIZEN_ASTANA, who::ASTANA_PHC, "appointment-certificate"),
+        ("doctor-appointment", "astana", "provider", who::CITIZEN_ASTANA, who::ASTANA_PHC, "appointment-journal-entry"),
+        ("phc-attachment", "akmola", "portal", who::UNATTACHED, who::AKMOLA_PHC, "attachment-certificate"),
+        ("phc-attachment", "akmola", "provider", who::UNATTACHED, who::AKMOLA_PHC, "attachment-coupon"),
+        ("phc-attachment", "aktobe", "portal", who::UNATTACHED, who::AKMOLA_PHC, "attachment-certificate"),
+        ("phc-attachment", "aktobe", "provider", who::UNATTACHED, who::AKMOLA_PHC, "attachment-coupon"),
+        ("phc-attachment", "astana", "portal", who::UNATTACHED, who::ASTANA_PHC, "attachment-certificate"),
+        ("phc-attachment", "astana", "provider", who::UNATTACHED, who::ASTANA_PHC, "attachment-coupon"),
+        ("home-doctor-call", "akmola", "portal", who::CITIZEN, who::AKMOLA_PHC, "home-call-certificate"),
+        ("home-doctor-call", "akmola", "provider", who::CITIZEN, who::AKMOLA_PHC, "home-call-journal-entry"),
+        ("home-doctor-call", "astana", "portal", who::CITIZEN_ASTANA, who::ASTANA_PHC, "home-call-certificate"),
+        ("home-doctor-call", "astana", "provider", who::CITIZEN_ASTANA, who::ASTANA_PHC, "home-call-journal-entry"),
     ];
     let reqs: Vec<_> = cases
         .iter()
-        .map(|(s, r, c, iin, p, _)| {
-            request(s, r, c, json!({ "iin": iin }), p, json!({ "note": "demo" }))
-        })
+        .map(|(s, r, c, iin, p, _)| request(s, r, c, json!({ "iin": iin }), p, json!({ "note": "demo" })))
         .collect();
     for r in &reqs {
         env.publish_request(r).await;
@@ -184,15 +74,7 @@ async fn p36_p37_s1_s2_s3_every_region_and_channel_completes_with_its_document()
     for (r, case) in reqs.iter().zip(cases.iter()) {
         let o = env.final_outcome(id_of(r)).await;
         assert_completed(&o, case.5);
-        assert_eq!(
-            env.outcomes_of(id_of(r))
-                .await
-                .iter()
-                .filter(|o| o.status.is_final())
-                .count(),
-            1,
-            "{case:?}"
-        );
+        assert_eq!(env.outcomes_of(id_of(r)).await.iter().filter(|o| o.status.is_final()).count(), 1, "{case:?}");
     }
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
@@ -202,11 +84,7 @@ async fn p36_p37_s1_s2_s3_every_region_and_channel_completes_with_its_document()
 async fn p33_p38_s4_licence_issue_reissue_duplicate_on_every_channel() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    for (channel, kind) in [
-        ("portal", "issue"),
-        ("provider", "reissue"),
-        ("centre", "duplicate"),
-    ] {
+    for (channel, kind) in [("portal", "issue"), ("provider", "reissue"), ("centre", "duplicate")] {
         let mut req = request(
             "medical-licence",
             "aktobe",
@@ -216,17 +94,11 @@ async fn p33_p38_s4_licence_issue_reissue_duplicate_on_every_channel() {
             json!({ "kind": kind, "activity": "первичная медико-санитарная помощь" }),
         );
         if channel == "centre" {
-            req["representative"] =
-                json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000417" });
+            req["representative"] = json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000417" });
         }
         let o = drive(&env, &req, "approve").await;
         assert_completed(&o, "medical-licence");
-        let number = o
-            .document
-            .as_ref()
-            .and_then(|d| d["number"].as_str())
-            .unwrap_or_default()
-            .to_owned();
+        let number = o.document.as_ref().and_then(|d| d["number"].as_str()).unwrap_or_default().to_owned();
         assert!(number.starts_with("LIC-"), "licence number {number}");
         // P-33: the service deadline follows the licence kind (15/10/2 working days).
         let registered = env
@@ -241,10 +113,7 @@ async fn p33_p38_s4_licence_issue_reissue_duplicate_on_every_channel() {
             "reissue" => 12..=18,
             _ => 1..=5,
         };
-        assert!(
-            expected.contains(&days),
-            "{kind}: deadline {days} days ahead"
-        );
+        assert!(expected.contains(&days), "{kind}: deadline {days} days ahead");
     }
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
@@ -313,30 +182,10 @@ async fn p30_p29_provider_rules_refuse_r3_r5_not_attached_and_unregistered_provi
     for r in [&a, &b, &c, &d] {
         env.publish_request(r).await;
     }
-    assert_refused(
-        &env.final_outcome(id_of(&a)).await,
-        Some("R3"),
-        "not_attached",
-        "review",
-    );
-    assert_refused(
-        &env.final_outcome(id_of(&b)).await,
-        Some("R5"),
-        "not_attached",
-        "review",
-    );
-    assert_refused(
-        &env.final_outcome(id_of(&c)).await,
-        Some("R3"),
-        "provider_refused",
-        "review",
-    );
-    assert_refused(
-        &env.final_outcome(id_of(&d)).await,
-        Some("R5"),
-        "provider_refused",
-        "review",
-    );
+    assert_refused(&env.final_outcome(id_of(&a)).await, Some("R3"), "not_attached", "review");
+    assert_refused(&env.final_outcome(id_of(&b)).await, Some("R5"), "not_attached", "review");
+    assert_refused(&env.final_outcome(id_of(&c)).await, Some("R3"), "provider_refused", "review");
+    assert_refused(&env.final_outcome(id_of(&d)).await, Some("R5"), "provider_refused", "review");
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -370,60 +219,21 @@ async fn p18_p20_p21_registry_refusals_r4_l6_l8() {
         who::AKTOBE_HEALTH,
         form.clone(),
     );
-    let mut l8_poa = request(
-        "medical-licence",
-        "aktobe",
-        "centre",
-        json!({ "bin": who::CLINIC }),
-        who::AKTOBE_HEALTH,
-        form.clone(),
-    );
-    l8_poa["representative"] =
-        json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000999" });
-    let mut l8_missing = request(
-        "medical-licence",
-        "aktobe",
-        "centre",
-        json!({ "bin": who::CLINIC }),
-        who::AKTOBE_HEALTH,
-        form,
-    );
-    l8_missing["representative"] =
-        json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-0000-000000" });
+    let mut l8_poa =
+        request("medical-licence", "aktobe", "centre", json!({ "bin": who::CLINIC }), who::AKTOBE_HEALTH, form.clone());
+    l8_poa["representative"] = json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000999" });
+    let mut l8_missing =
+        request("medical-licence", "aktobe", "centre", json!({ "bin": who::CLINIC }), who::AKTOBE_HEALTH, form);
+    l8_missing["representative"] = json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-0000-000000" });
     for r in [&r4, &l6, &l8, &l8_poa, &l8_missing] {
         env.publish_request(r).await;
     }
-    assert_refused(
-        &env.final_outcome(id_of(&r4)).await,
-        Some("R4"),
-        "not_in_registry",
-        "registry",
-    );
-    assert_refused(
-        &env.final_outcome(id_of(&l6)).await,
-        Some("L6"),
-        "not_in_registry",
-        "registry",
-    );
-    assert_refused(
-        &env.final_outcome(id_of(&l8)).await,
-        Some("L8"),
-        "not_in_registry",
-        "registry",
-    );
+    assert_refused(&env.final_outcome(id_of(&r4)).await, Some("R4"), "not_in_registry", "registry");
+    assert_refused(&env.final_outcome(id_of(&l6)).await, Some("L6"), "not_in_registry", "registry");
+    assert_refused(&env.final_outcome(id_of(&l8)).await, Some("L8"), "not_in_registry", "registry");
     // ENIS-2026-000999 is revoked; the other number does not exist.
-    assert_refused(
-        &env.final_outcome(id_of(&l8_poa)).await,
-        Some("L8"),
-        "power_of_attorney_not_found",
-        "registry",
-    );
-    assert_refused(
-        &env.final_outcome(id_of(&l8_missing)).await,
-        Some("L8"),
-        "power_of_attorney_not_found",
-        "registry",
-    );
+    assert_refused(&env.final_outcome(id_of(&l8_poa)).await, Some("L8"), "power_of_attorney_not_found", "registry");
+    assert_refused(&env.final_outcome(id_of(&l8_missing)).await, Some("L8"), "power_of_attorney_not_found", "registry");
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -433,16 +243,9 @@ async fn p32_p34_staff_refusals_use_each_channels_code_l4_l7_l9_a7() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
     let form = json!({ "kind": "issue", "activity": "стоматология" });
-    let mut centre = request(
-        "medical-licence",
-        "aktobe",
-        "centre",
-        json!({ "bin": who::CLINIC }),
-        who::AKTOBE_HEALTH,
-        form.clone(),
-    );
-    centre["representative"] =
-        json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000417" });
+    let mut centre =
+        request("medical-licence", "aktobe", "centre", json!({ "bin": who::CLINIC }), who::AKTOBE_HEALTH, form.clone());
+    centre["representative"] = json!({ "iin": who::REPRESENTATIVE, "power_of_attorney": "ENIS-2026-000417" });
     let cases = [
         (
             request(
@@ -483,11 +286,7 @@ async fn p32_p34_staff_refusals_use_each_channels_code_l4_l7_l9_a7() {
         let o = drive(&env, req, "refuse").await;
         assert_refused(&o, Some(code), "provider_refused", "review");
         let reason = o.reason.expect("reason");
-        assert!(
-            reason.ru.contains("квалификационным"),
-            "staff reason is carried: {}",
-            reason.ru
-        );
+        assert!(reason.ru.contains("квалификационным"), "staff reason is carried: {}", reason.ru);
     }
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
@@ -497,7 +296,8 @@ async fn p32_p34_staff_refusals_use_each_channels_code_l4_l7_l9_a7() {
 async fn p16_signature_not_confirmed_uses_each_regulations_code() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    let bad = json!({ "format": "jcs-x509", "algorithm": "GOST3410-2015", "certificate_chain": ["MIIB"], "value": "AAAA" });
+    let bad =
+        json!({ "format": "jcs-x509", "algorithm": "GOST3410-2015", "certificate_chain": ["MIIB"], "value": "AAAA" });
     let form = json!({ "kind": "issue", "activity": "стоматология" });
     let cases = [
         (
@@ -512,14 +312,7 @@ async fn p16_signature_not_confirmed_uses_each_regulations_code() {
             Some("R2"),
         ),
         (
-            request(
-                "medical-licence",
-                "aktobe",
-                "portal",
-                json!({ "bin": who::CLINIC }),
-                who::AKTOBE_HEALTH,
-                form,
-            ),
+            request("medical-licence", "aktobe", "portal", json!({ "bin": who::CLINIC }), who::AKTOBE_HEALTH, form),
             Some("L3"),
         ),
         (
@@ -573,10 +366,7 @@ async fn p16_signature_not_confirmed_uses_each_regulations_code() {
         env.publish_request(&req).await;
         let o = env.final_outcome(id_of(&req)).await;
         assert_refused(&o, code, "signature_not_confirmed", "intake");
-        assert!(
-            o.request_number.is_none(),
-            "a request with an unconfirmed signature is not registered (P-15)"
-        );
+        assert!(o.request_number.is_none(), "a request with an unconfirmed signature is not registered (P-15)");
     }
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
@@ -612,13 +402,10 @@ async fn p23_payment_notice_before_its_request_is_matched_and_counted_once() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, wait)
-        .await
-        .expect("notices recorded");
+    tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("notices recorded");
     env.publish_request(&req).await;
     env.wait_step(id, "review").await;
-    env.publish_decision("medical-licence", &decision(id, "approve"))
-        .await;
+    env.publish_decision("medical-licence", &decision(id, "approve")).await;
     assert_completed(&env.final_outcome(id).await, "medical-licence");
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
@@ -632,14 +419,8 @@ async fn p35_decisions_not_waiting_for_review_are_recorded_not_applied() {
     let ghost = decision(uuid::Uuid::new_v4(), "approve");
     env.publish_decision("medical-licence", &ghost).await;
     // A decision for an S1 request (reviewed by rules, never by staff).
-    let s1 = request(
-        "doctor-appointment",
-        "akmola",
-        "portal",
-        json!({ "iin": who::CITIZEN }),
-        who::AKMOLA_PHC,
-        json!({}),
-    );
+    let s1 =
+        request("doctor-appointment", "akmola", "portal", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}));
     env.publish_request(&s1).await;
     let done = env.final_outcome(id_of(&s1)).await;
     assert_eq!(done.status, Status::Completed);
@@ -647,46 +428,20 @@ async fn p35_decisions_not_waiting_for_review_are_recorded_not_applied() {
     env.publish_decision("doctor-appointment", &late).await;
     let wait = async {
         loop {
-            let a = env
-                .store
-                .decisions_for(id_of(&s1))
-                .await
-                .expect("decisions");
+            let a = env.store.decisions_for(id_of(&s1)).await.expect("decisions");
             if !a.is_empty() {
                 return a;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
-    let recorded = tokio::time::timeout(EVENT_TIMEOUT, wait)
-        .await
-        .expect("decision recorded");
+    let recorded = tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("decision recorded");
     assert_eq!(recorded.len(), 1);
     assert!(!recorded[0].1, "not applied");
-    assert!(
-        recorded[0]
-            .2
-            .as_deref()
-            .is_some_and(|r| r.starts_with("not_waiting_for_review")),
-        "{recorded:?}"
-    );
+    assert!(recorded[0].2.as_deref().is_some_and(|r| r.starts_with("not_waiting_for_review")), "{recorded:?}");
     // Still exactly one final outcome, the original one.
-    assert_eq!(
-        env.store
-            .outcome_of(id_of(&s1))
-            .await
-            .expect("outcome")
-            .expect("one")["status"],
-        json!("completed")
-    );
-    assert_eq!(
-        env.outcomes_of(id_of(&s1))
-            .await
-            .iter()
-            .filter(|o| o.status.is_final())
-            .count(),
-        1
-    );
+    assert_eq!(env.store.outcome_of(id_of(&s1)).await.expect("outcome").expect("one")["status"], json!("completed"));
+    assert_eq!(env.outcomes_of(id_of(&s1)).await.iter().filter(|o| o.status.is_final()).count(), 1);
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }

@@ -21,11 +21,11 @@ use uuid::Uuid;
 
 use qyzmet::broker::{Broker, Message, Publisher};
 use qyzmet::config::Settings;
-use qyzmet::contract::{
-    EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status,
-};
+use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status};
+use qyzmet::pki::PkiPaths;
 use qyzmet::registry::import_file;
 use qyzmet::regulations::Regulations;
+use qyzmet::signature::keys::SigningKey;
 use qyzmet::startup::{self, Deps, Options, Running};
 use qyzmet::store::Store;
 
@@ -40,6 +40,47 @@ struct Services {
 }
 
 static SERVICES: tokio::sync::OnceCell<Services> = tokio::sync::OnceCell::const_new();
+static PKI: std::sync::OnceLock<PkiPaths> = std::sync::OnceLock::new();
+
+/// The demo PKI, generated once per test process.
+pub fn pki() -> &'static PkiPaths {
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("qyzmet-test-pki-{}", Uuid::new_v4().simple()));
+        qyzmet::pki::generate(
+            &dir,
+            &qyzmet::pki::demo_holders(),
+            &qyzmet::pki::demo_provider_keys(),
+            chrono::Utc::now() + chrono::Duration::days(30),
+        )
+        .expect("demo PKI")
+    })
+}
+
+/// A holder's key from the test PKI.
+pub fn holder(name: &str) -> SigningKey {
+    pki().holder(name).unwrap_or_else(|e| panic!("holder {name}: {e}"))
+}
+
+/// Signs a JSON object with a holder's key (replacing any signature).
+pub fn sign_as(name: &str, v: &mut Value) {
+    holder(name).sign_in_place(v.as_object_mut().expect("object")).expect("sign");
+}
+
+/// Who signs a request under its channel's regulation: the applicant on the portal, provider
+/// staff at the provider, a centre operator at the centre.
+pub fn proper_signer(request: &Value) -> String {
+    let name = match request["channel"].as_str() {
+        Some("provider") => format!("staff-{}", request["provider"].as_str().unwrap_or_default()),
+        Some("centre") => format!("staff-{}", qyzmet::pki::DEMO_CENTRE_BIN),
+        _ => match (request["applicant"]["iin"].as_str(), request["applicant"]["bin"].as_str()) {
+            (_, Some(b)) => format!("bin-{b}"),
+            (Some(i), _) => format!("iin-{i}"),
+            _ => String::new(),
+        },
+    };
+    // Identifiers without a certificate (invalid ones) are refused before the signature check.
+    if pki().holders_dir.join(format!("{name}.key.pem")).exists() { name } else { "iin-850401300125".into() }
+}
 
 async fn services() -> &'static Services {
     SERVICES
@@ -82,24 +123,17 @@ async fn containers() -> Services {
         .with_tag("15")
         .start()
         .await
-        .unwrap_or_else(|e| {
-            panic!("no test services: {hint}. testcontainers could not start PostgreSQL: {e}")
-        });
+        .unwrap_or_else(|e| panic!("no test services: {hint}. testcontainers could not start PostgreSQL: {e}"));
     let rabbit = GenericImage::new("rabbitmq", "4.1-management")
         .with_exposed_port(5672.tcp())
         .with_exposed_port(15672.tcp())
         .with_wait_for(WaitFor::message_on_stdout("Server startup complete"))
         .start()
         .await
-        .unwrap_or_else(|e| {
-            panic!("no test services: {hint}. testcontainers could not start RabbitMQ: {e}")
-        });
+        .unwrap_or_else(|e| panic!("no test services: {hint}. testcontainers could not start RabbitMQ: {e}"));
     let pg_port = pg.get_host_port_ipv4(5432).await.expect("postgres port");
     let amqp_port = rabbit.get_host_port_ipv4(5672).await.expect("amqp port");
-    let mgmt_port = rabbit
-        .get_host_port_ipv4(15672)
-        .await
-        .expect("management port");
+    let mgmt_port = rabbit.get_host_port_ipv4(15672).await.expect("management port");
     // The containers live as long as the test process.
     Box::leak(Box::new(pg));
     Box::leak(Box::new(rabbit));
@@ -114,15 +148,9 @@ async fn containers() -> Services {
 /// hosts, reading queue depths) — enough for tests, without an HTTP dependency.
 pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let base = &services().await.mgmt_url;
-    let rest = base
-        .strip_prefix("http://")
-        .expect("management URL must be http://user:pass@host:port");
-    let (auth, host) = rest
-        .split_once('@')
-        .expect("management URL must carry user:pass@");
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("management API reachable");
+    let rest = base.strip_prefix("http://").expect("management URL must be http://user:pass@host:port");
+    let (auth, host) = rest.split_once('@').expect("management URL must carry user:pass@");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("management API reachable");
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\n\
@@ -134,20 +162,10 @@ pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16,
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
     let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -169,11 +187,7 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -203,6 +217,8 @@ pub struct TestEnv {
     publisher: Publisher,
     outcomes: Arc<Mutex<HashMap<Uuid, Vec<Outcome>>>>,
     arrived: Arc<Notify>,
+    /// Provider of each published request, to sign decisions as its staff.
+    providers: Mutex<HashMap<String, String>>,
     vhost: String,
     db_name: String,
 }
@@ -214,26 +230,13 @@ impl TestEnv {
         let tag = Uuid::new_v4().simple().to_string();
         let vhost = format!("qyzmet-test-{tag}");
         let (st, _) = management("PUT", &format!("/api/vhosts/{vhost}"), None).await;
-        assert!(
-            st == 201 || st == 204,
-            "cannot create vhost {vhost}: HTTP {st}"
-        );
+        assert!(st == 201 || st == 204, "cannot create vhost {vhost}: HTTP {st}");
         let perms = json!({ "configure": ".*", "write": ".*", "read": ".*" });
-        let (st, _) = management(
-            "PUT",
-            &format!("/api/permissions/{vhost}/guest"),
-            Some(&perms),
-        )
-        .await;
-        assert!(
-            st == 201 || st == 204,
-            "cannot grant permissions on {vhost}: HTTP {st}"
-        );
+        let (st, _) = management("PUT", &format!("/api/permissions/{vhost}/guest"), Some(&perms)).await;
+        assert!(st == 201 || st == 204, "cannot grant permissions on {vhost}: HTTP {st}");
 
         let db_name = format!("qyzmet_test_{tag}");
-        let admin = Store::connect(&s.db_admin_url, 1)
-            .await
-            .expect("admin connection to PostgreSQL");
+        let admin = Store::connect(&s.db_admin_url, 1).await.expect("admin connection to PostgreSQL");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(admin.pool())
             .await
@@ -245,40 +248,26 @@ impl TestEnv {
         };
         let amqp_url = format!("{}/{vhost}", s.amqp_base);
         let regs_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regulations");
-        let mut settings = Settings::for_urls(&amqp_url, &db_url, regs_dir);
+        let mut settings = Settings::for_urls(&amqp_url, &db_url, regs_dir).with_pki(pki());
         settings.sweep_interval_ms = 100;
         settings.db_pool_size = 8;
 
         let store = Store::connect(&db_url, 4).await.expect("test database");
         store.migrate().await.expect("migrations");
         let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/registries");
-        for f in [
-            "persons.jsonl",
-            "legal-entities.csv",
-            "powers-of-attorney.jsonl",
-            "attachments.csv",
-        ] {
-            let report = import_file(&store, &demo.join(f), None)
-                .await
-                .expect("import demo registry");
+        for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {
+            let report = import_file(&store, &demo.join(f), None).await.expect("import demo registry");
             assert!(report.rejected.is_empty(), "{f}: {:?}", report.rejected);
         }
 
-        let broker = Broker::connect(&amqp_url, "qyzmet test")
-            .await
-            .expect("broker");
+        let broker = Broker::connect(&amqp_url, "qyzmet test").await.expect("broker");
         let publisher = broker.publisher().await.expect("publisher");
-        let outcomes: Arc<Mutex<HashMap<Uuid, Vec<Outcome>>>> =
-            Arc::new(Mutex::new(HashMap::new()));
+        let outcomes: Arc<Mutex<HashMap<Uuid, Vec<Outcome>>>> = Arc::new(Mutex::new(HashMap::new()));
         let arrived = Arc::new(Notify::new());
         let ch = broker.channel().await.expect("channel");
-        ch.queue_declare(
-            "test.outcomes".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("outcome queue");
+        ch.queue_declare("test.outcomes".into(), QueueDeclareOptions::default(), FieldTable::default())
+            .await
+            .expect("outcome queue");
         ch.queue_bind(
             "test.outcomes".into(),
             EXCHANGE_OUTCOMES.into(),
@@ -289,12 +278,7 @@ impl TestEnv {
         .await
         .expect("bind outcome queue");
         let mut consumer = ch
-            .basic_consume(
-                "test.outcomes".into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume("test.outcomes".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .expect("consume outcomes");
         let (o, a) = (outcomes.clone(), arrived.clone());
@@ -315,6 +299,7 @@ impl TestEnv {
             publisher,
             outcomes,
             arrived,
+            providers: Mutex::new(HashMap::new()),
             vhost,
             db_name,
         }
@@ -322,9 +307,29 @@ impl TestEnv {
 
     /// Starts qyzmet in this process with the given regulations and options.
     pub async fn start(&self, regs: Regulations, opts: Options) -> Running {
-        startup::start(&self.settings, regs, opts, Deps::default())
-            .await
-            .expect("qyzmet starts")
+        startup::start(&self.settings, regs, opts, self.deps()).await.expect("qyzmet starts")
+    }
+
+    /// Environment for a `qyzmet` child process pointed at this test's services and PKI.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        let s = &self.settings;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        vec![
+            ("QYZMET_AMQP_URL", s.amqp_url.clone()),
+            ("QYZMET_DATABASE_URL", s.database_url.clone()),
+            ("QYZMET_REGULATIONS_DIR", s.regulations_dir.display().to_string()),
+            ("QYZMET_TRUST_BUNDLE", path(&s.trust_bundle)),
+            ("QYZMET_CRL_PATH", path(&s.crl_path)),
+            ("QYZMET_SIGNING_KEYS", path(&s.signing_keys)),
+            ("QYZMET_STAFF_ROLE_OIDS", s.staff_role_oids.join(",")),
+            ("QYZMET_CENTRE_BINS", s.centre_bins.join(",")),
+            ("QYZMET_LOG", "warn".into()),
+        ]
+    }
+
+    /// The real verifier and signer for this test's PKI.
+    pub fn deps(&self) -> Deps {
+        Deps::from_settings(&self.settings).expect("signature configuration")
     }
 
     /// Starts every pool with the repository's regulations.
@@ -346,33 +351,35 @@ impl TestEnv {
         self.publisher.publish_all(&[m]).await.expect("publish");
     }
 
-    /// Publishes a Request.
+    /// Publishes a Request, signed as its channel's regulation says unless it already carries
+    /// a `signature` member.
     pub async fn publish_request(&self, request: &Value) {
-        let key = request
-            .get("service")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_owned();
-        self.publish_raw(
-            EXCHANGE_REQUESTS,
-            &key,
-            serde_json::to_vec(request).expect("json"),
-        )
-        .await;
+        let mut request = request.clone();
+        if request.get("signature").is_none() {
+            sign_as(&proper_signer(&request), &mut request);
+        }
+        if let (Some(id), Some(p)) = (request["request_id"].as_str(), request["provider"].as_str()) {
+            self.providers.lock().await.insert(id.to_owned(), p.to_owned());
+        }
+        let key = request.get("service").and_then(Value::as_str).unwrap_or("unknown").to_owned();
+        self.publish_raw(EXCHANGE_REQUESTS, &key, serde_json::to_vec(&request).expect("json")).await;
     }
 
     /// Publishes a PaymentNotice.
     pub async fn publish_payment(&self, notice: &Value) {
-        self.publish_raw(
-            EXCHANGE_PAYMENTS,
-            "payment.confirmed",
-            serde_json::to_vec(notice).expect("json"),
-        )
-        .await;
+        self.publish_raw(EXCHANGE_PAYMENTS, "payment.confirmed", serde_json::to_vec(notice).expect("json")).await;
     }
 
-    /// Publishes a Decision.
+    /// Publishes a Decision, signed by staff of the request's provider unless it already carries
+    /// a `signature` member.
     pub async fn publish_decision(&self, service: &str, decision: &Value) {
+        let mut decision = decision.clone();
+        if decision.get("signature").is_none() {
+            let id = decision["request_id"].as_str().unwrap_or_default().to_owned();
+            let provider = self.providers.lock().await.get(&id).cloned().unwrap_or_else(|| who::AKTOBE_HEALTH.into());
+            sign_as(&format!("staff-{provider}"), &mut decision);
+        }
+        let decision = &decision;
         self.publish_raw(
             EXCHANGE_DECISIONS,
             &format!("decision.{service}"),
@@ -383,12 +390,7 @@ impl TestEnv {
 
     /// Every Outcome received so far for a request.
     pub async fn outcomes_of(&self, id: Uuid) -> Vec<Outcome> {
-        self.outcomes
-            .lock()
-            .await
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
+        self.outcomes.lock().await.get(&id).cloned().unwrap_or_default()
     }
 
     /// Waits until an Outcome matching `pred` arrives for the request.
@@ -406,11 +408,7 @@ impl TestEnv {
             Ok(o) => o,
             Err(_) => panic!(
                 "no {what} outcome for {id} within {EVENT_TIMEOUT:?}; received: {:#?}",
-                self.outcomes_of(id)
-                    .await
-                    .iter()
-                    .map(|o| (o.status, o.step.clone()))
-                    .collect::<Vec<_>>()
+                self.outcomes_of(id).await.iter().map(|o| (o.status, o.step.clone())).collect::<Vec<_>>()
             ),
         }
     }
@@ -423,8 +421,7 @@ impl TestEnv {
     /// Waits until the request's current step is `step` (an in_progress or registered status).
     pub async fn wait_step(&self, id: Uuid, step: &str) -> Outcome {
         self.wait_for(id, &format!("in_progress({step})"), |o| {
-            matches!(o.status, Status::InProgress | Status::Registered)
-                && o.step.as_deref() == Some(step)
+            matches!(o.status, Status::InProgress | Status::Registered) && o.step.as_deref() == Some(step)
         })
         .await
     }
@@ -442,9 +439,7 @@ impl TestEnv {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::time::timeout(EVENT_TIMEOUT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{id} never reached state {state}"));
+        tokio::time::timeout(EVENT_TIMEOUT, wait).await.unwrap_or_else(|_| panic!("{id} never reached state {state}"));
     }
 
     /// Messages ready in a queue, exactly (a passive declare; the management API's counters
@@ -454,10 +449,7 @@ impl TestEnv {
         let q = ch
             .queue_declare(
                 queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { passive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -473,21 +465,14 @@ impl TestEnv {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::time::timeout(EVENT_TIMEOUT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{queue} never drained"));
+        tokio::time::timeout(EVENT_TIMEOUT, wait).await.unwrap_or_else(|_| panic!("{queue} never drained"));
     }
 
     /// Fetches one message from a queue (for dead-letter checks), with its headers.
     pub async fn get_one(&self, queue: &str) -> Option<(Vec<u8>, HashMap<String, String>)> {
         let ch = self.broker.channel().await.expect("channel");
-        let got = ch
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .expect("basic.get")?;
+        let got =
+            ch.basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic.get")?;
         let headers = got
             .delivery
             .properties
@@ -519,9 +504,7 @@ impl TestEnv {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::time::timeout(EVENT_TIMEOUT, wait)
-            .await
-            .expect("a dead-lettered message")
+        tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("a dead-lettered message")
     }
 
     /// Drops the virtual host and the database.
@@ -530,12 +513,9 @@ impl TestEnv {
         self.store.close().await;
         let _ = management("DELETE", &format!("/api/vhosts/{}", self.vhost), None).await;
         if let Ok(admin) = Store::connect(&services().await.db_admin_url, 1).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(admin.pool())
-            .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
+                .execute(admin.pool())
+                .await;
             admin.close().await;
         }
     }
@@ -571,20 +551,8 @@ pub mod who {
     pub const UNREGISTERED_PROVIDER: &str = "090840000556";
 }
 
-/// A well-formed signature member (the structural verifier accepts it).
-pub fn signature() -> Value {
-    json!({ "format": "jcs-x509", "algorithm": "ES256", "certificate_chain": ["MIIBszCCAVmgAwIBAgIU"], "value": "MEUCIQDx" })
-}
-
 /// A Request with sensible defaults for the service.
-pub fn request(
-    service: &str,
-    region: &str,
-    channel: &str,
-    applicant: Value,
-    provider: &str,
-    form: Value,
-) -> Value {
+pub fn request(service: &str, region: &str, channel: &str, applicant: Value, provider: &str, form: Value) -> Value {
     json!({
         "request_id": Uuid::new_v4().to_string(),
         "service": service,
@@ -594,17 +562,13 @@ pub fn request(
         "applicant": applicant,
         "provider": provider,
         "form": form,
-        "attachments": [],
-        "signature": signature()
+        "attachments": []
     })
 }
 
 /// The request id of a sample.
 pub fn id_of(v: &Value) -> Uuid {
-    v.get("request_id")
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .expect("request_id")
+    v.get("request_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()).expect("request_id")
 }
 
 /// A PaymentNotice for a request.
@@ -616,7 +580,7 @@ pub fn payment(request_id: Uuid, payment_id: &str) -> Value {
 /// A staff Decision.
 pub fn decision(request_id: Uuid, verdict: &str) -> Value {
     let mut d = json!({ "decision_id": Uuid::new_v4().to_string(), "request_id": request_id.to_string(), "decision": verdict,
-            "decided_at": qyzmet::contract::now_local().to_rfc3339(), "signature": signature() });
+            "decided_at": qyzmet::contract::now_local().to_rfc3339() });
     if verdict == "refuse" {
         d["reason"] = json!({ "ru": "Не соответствует квалификационным требованиям", "kk": "Біліктілік талаптарына сәйкес келмейді" });
     }

@@ -1,0 +1,170 @@
+//! Operator-facing reports: `qyzmet status` (the P-41 status screen) and
+//! `qyzmet regulations check`.
+
+use std::fmt::Write as _;
+
+use uuid::Uuid;
+
+use crate::broker::pool_name;
+use crate::contract::to_local;
+use crate::regulations::{DeadlineSpec, Regulations};
+use crate::store::Store;
+
+/// The status screen of P-41: masked identifier, number, service, status, service deadline and
+/// the step history.
+pub async fn status_report(store: &Store, id: Uuid) -> anyhow::Result<String> {
+    let Some(row) = store.get_request(id).await? else {
+        anyhow::bail!("no request {id}");
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "request      {}", row.request_id);
+    let _ = writeln!(out, "number       {}", row.request_number.as_deref().unwrap_or("(not registered)"));
+    let _ = writeln!(out, "applicant    {}", row.applicant_masked);
+    let _ = writeln!(out, "service      {} / {} / {}", row.service, row.region, row.channel);
+    let _ = writeln!(
+        out,
+        "status       {}{}",
+        row.state,
+        row.step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "deadline     {}",
+        row.service_deadline.map(|d| to_local(d).to_rfc3339()).unwrap_or_else(|| "-".into())
+    );
+    if let Some(outcome) = store.outcome_of(id).await? {
+        if let Some(reason) = outcome.get("reason").filter(|r| !r.is_null()) {
+            let _ = writeln!(
+                out,
+                "refusal      {} {} — {}",
+                reason.get("code").and_then(|c| c.as_str()).unwrap_or("-"),
+                reason.get("kind").and_then(|c| c.as_str()).unwrap_or("-"),
+                reason.get("ru").and_then(|c| c.as_str()).unwrap_or("-")
+            );
+        }
+        if let Some(doc) = outcome.get("document").filter(|d| !d.is_null()) {
+            let _ = writeln!(
+                out,
+                "document     {} {}",
+                doc.get("kind").and_then(|c| c.as_str()).unwrap_or("-"),
+                doc.get("number").and_then(|c| c.as_str()).unwrap_or("-")
+            );
+        }
+    }
+    let _ = writeln!(out, "history:");
+    for h in store.history_of(id).await? {
+        let _ = writeln!(
+            out,
+            "  {}  {:<9} {:<17} deadline {}{}",
+            to_local(h.at).format("%Y-%m-%d %H:%M:%S%.3f"),
+            h.step,
+            h.event,
+            h.deadline.map(|d| to_local(d).format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into()),
+            h.detail.map(|d| format!("  {d}")).unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
+
+/// One line per route with its steps and deadlines.
+pub fn regulations_summary(regs: &Regulations) -> String {
+    let mut out = String::new();
+    for s in regs.services() {
+        let f = &s.file;
+        let _ = writeln!(
+            out,
+            "{} {} ({}): {} refusals, {} documents",
+            f.code,
+            f.service,
+            s.path.display(),
+            f.refusals.len(),
+            f.documents.len()
+        );
+        for v in &f.variants {
+            for c in &v.channels {
+                let steps: Vec<String> = c
+                    .steps
+                    .iter()
+                    .map(|st| {
+                        let d = match &st.deadline {
+                            DeadlineSpec::Fixed(t) => t.clone(),
+                            DeadlineSpec::ByField { by, values } => format!(
+                                "{by}: {}",
+                                values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                            ),
+                        };
+                        format!("{} [{d}]", pool_name(st.pool))
+                    })
+                    .collect();
+                let _ = writeln!(out, "  {:<7} {:<9} {}", v.region.as_str(), c.channel.as_str(), steps.join(" → "));
+            }
+        }
+    }
+    out
+}
+
+/// `qyzmet verify FILE`: checks a signed document, Request or Decision offline and explains.
+pub fn verify_file(settings: &crate::config::Settings, file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    use crate::contract::SignatureBlock;
+    use crate::ident::Identifier;
+    use crate::regulations::IdKind;
+    use crate::signature::x509::X509Verifier;
+    use crate::signature::{ExpectedSigner, Verifier};
+
+    let trust = settings.trust_bundle.as_deref().context("give --trust-bundle (or QYZMET_TRUST_BUNDLE)")?;
+    let verifier = X509Verifier::new(trust, settings.crl_path.clone(), settings.staff_role_oids.clone())?;
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).context("the file is not JSON")?;
+    // An Outcome carries the document; verify the document itself.
+    let value = match value.get("document") {
+        Some(doc) if doc.is_object() => doc.clone(),
+        _ => value,
+    };
+    let obj = value.as_object().context("the file is not a JSON object")?;
+    let sig: SignatureBlock = serde_json::from_value(obj.get("signature").cloned().unwrap_or_default())
+        .context("no readable `signature` member")?;
+    let time = |key: &str| {
+        obj.get(key)
+            .and_then(|v| v.as_str())
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let (what, role, subjects, kinds, signed_at): (&str, &str, Vec<Identifier>, Vec<IdKind>, _) =
+        if obj.contains_key("number") && obj.contains_key("content") {
+            let provider = value["content"]["provider"].as_str().unwrap_or_default().to_owned();
+            ("result document", "provider", vec![Identifier::Bin(provider)], vec![IdKind::Bin], time("issued_at"))
+        } else if obj.contains_key("decision_id") {
+            ("decision", "any", Vec::new(), vec![IdKind::Iin, IdKind::Bin], time("decided_at"))
+        } else {
+            let applicant = match (value["applicant"]["iin"].as_str(), value["applicant"]["bin"].as_str()) {
+                (Some(i), _) => vec![Identifier::Iin(i.to_owned())],
+                (_, Some(b)) => vec![Identifier::Bin(b.to_owned())],
+                _ => Vec::new(),
+            };
+            ("request", "applicant", applicant, vec![IdKind::Iin, IdKind::Bin], time("submitted_at"))
+        };
+    let expected = ExpectedSigner {
+        role: "applicant",
+        identifiers: &kinds,
+        subjects: subjects.clone(),
+        signed_at: signed_at.unwrap_or_else(chrono::Utc::now),
+    };
+    let result = verifier.verify(obj, &sig, &expected);
+    let result = match result {
+        // Without a named signer (a decision read offline), every check but the identifier applies.
+        Err(crate::signature::SignatureFailure::IdentifierMismatch) if subjects.is_empty() => Ok(()),
+        other => other,
+    };
+    match result {
+        Ok(()) => {
+            println!("valid: {what} signed with {} by a certificate that chains to the trust bundle", sig.algorithm);
+            if role != "any" {
+                println!("the certificate names the expected {role}");
+            }
+            Ok(())
+        }
+        Err(f) => anyhow::bail!("NOT valid ({what}): {f}: {}", f.explain()),
+    }
+}

@@ -1,0 +1,327 @@
+//! The `jcs-x509` verifier (P-12…P-17): certificate chain to a configured trusted root
+//! (intermediates from the message), validity at submission and at receipt, revocation against
+//! CRLs that are reloaded when their files change (failing closed on a missing or stale CRL),
+//! key usage, the identifier match of P-13 (IIN from the subject `serialNumber` as `IIN…`, BIN
+//! from `OU` as `BIN…`) and, for staff, an accepted role OID of the national CA.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
+};
+use serde_json::{Map, Value};
+use webpki::{
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyPurposeIdIter, OwnedCertRevocationList,
+    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+use x509_parser::oid_registry::{OID_X509_ORGANIZATIONAL_UNIT, OID_X509_SERIALNUMBER};
+
+use super::{ExpectedSigner, SignatureFailure, Verifier, b64decode, ecdsa_fixed_to_der, signed_bytes};
+use crate::contract::SignatureBlock;
+use crate::ident::Identifier;
+use crate::regulations::IdKind;
+
+/// Why the verifier cannot be configured.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+const CHAIN_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+    webpki::ring::ECDSA_P256_SHA384,
+    webpki::ring::ECDSA_P384_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+];
+
+/// Reads every certificate of a PEM file.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(format!("{}: not a PEM certificate file: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+/// CRLs from a file or a directory, reloaded when the files change (checked at most every
+/// `recheck`), so workers pick up a new CRL without restarting.
+pub struct CrlStore {
+    path: Option<PathBuf>,
+    recheck: Duration,
+    state: Mutex<(Instant, Vec<(PathBuf, SystemTime, u64)>)>,
+    crls: RwLock<Arc<Vec<CertRevocationList<'static>>>>,
+}
+
+impl CrlStore {
+    /// Loads the CRLs at `path` (a `.pem`/`.crl`/`.der` file or a directory of them).
+    pub fn open(path: Option<PathBuf>, recheck: Duration) -> Result<CrlStore, ConfigError> {
+        let store = CrlStore {
+            path,
+            recheck,
+            state: Mutex::new((Instant::now(), Vec::new())),
+            crls: RwLock::new(Arc::new(Vec::new())),
+        };
+        let files = store.files();
+        let crls = load_crls(&files).map_err(ConfigError)?;
+        if let Ok(mut s) = store.state.lock() {
+            *s = (Instant::now(), files);
+        }
+        if let Ok(mut c) = store.crls.write() {
+            *c = Arc::new(crls);
+        }
+        Ok(store)
+    }
+
+    fn files(&self) -> Vec<(PathBuf, SystemTime, u64)> {
+        let Some(path) = &self.path else { return Vec::new() };
+        let mut paths = Vec::new();
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "pem" || x == "crl" || x == "der") {
+                        paths.push(p);
+                    }
+                }
+            }
+        } else {
+            paths.push(path.clone());
+        }
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+            })
+            .collect()
+    }
+
+    /// The current CRLs, reloaded first if the files changed.
+    pub fn current(&self) -> Arc<Vec<CertRevocationList<'static>>> {
+        let reload = match self.state.lock() {
+            Ok(mut s) if s.0.elapsed() >= self.recheck => {
+                s.0 = Instant::now();
+                let files = self.files();
+                if files != s.1 {
+                    s.1 = files.clone();
+                    Some(files)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(files) = reload {
+            match load_crls(&files) {
+                Ok(crls) => {
+                    tracing::info!(count = crls.len(), "CRLs reloaded");
+                    if let Ok(mut c) = self.crls.write() {
+                        *c = Arc::new(crls);
+                    }
+                }
+                // Keep the previous CRLs: a half-written file must not open the gate.
+                Err(e) => tracing::warn!(error = %e, "CRL reload failed; keeping the previous CRLs"),
+            }
+        }
+        self.crls.read().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+fn load_crls(files: &[(PathBuf, SystemTime, u64)]) -> Result<Vec<CertRevocationList<'static>>, String> {
+    let mut out = Vec::new();
+    for (path, _, _) in files {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .map(|r| r.map(|d| d.as_ref().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        } else {
+            vec![bytes]
+        };
+        for der in ders {
+            let crl =
+                OwnedCertRevocationList::from_der(&der).map_err(|e| format!("{}: not a CRL: {e:?}", path.display()))?;
+            out.push(crl.into());
+        }
+    }
+    Ok(out)
+}
+
+/// Accepts any extended key usage: signing certificates of the national CA carry role OIDs,
+/// which are checked separately.
+struct AnyEku;
+
+impl webpki::ExtendedKeyUsageValidator for AnyEku {
+    fn validate(&self, _iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        Ok(())
+    }
+}
+
+/// The real verifier.
+pub struct X509Verifier {
+    anchors: Vec<TrustAnchor<'static>>,
+    crls: CrlStore,
+    /// Accepted staff role OIDs; a trailing `.*` accepts the subtree.
+    staff_roles: Vec<String>,
+}
+
+impl X509Verifier {
+    /// From a PEM bundle of trusted roots, a CRL path and the accepted staff role OIDs.
+    pub fn new(
+        trust_bundle: &Path,
+        crls: Option<PathBuf>,
+        staff_roles: Vec<String>,
+    ) -> Result<X509Verifier, ConfigError> {
+        let roots = read_certificates(trust_bundle)?;
+        let anchors = roots
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError(format!("{}: unusable root certificate: {e:?}", trust_bundle.display())))?;
+        let crls = CrlStore::open(crls, Duration::from_secs(2))?;
+        Ok(X509Verifier { anchors, crls, staff_roles })
+    }
+
+    fn chain_at(
+        &self,
+        ee: &EndEntityCert<'_>,
+        intermediates: &[CertificateDer<'_>],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), SignatureFailure> {
+        let crls = self.crls.current();
+        let refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+        let Ok(builder) = RevocationOptionsBuilder::new(&refs) else {
+            return Err(SignatureFailure::CrlMissing);
+        };
+        let revocation = builder
+            .with_depth(RevocationCheckDepth::Chain)
+            .with_status_policy(UnknownStatusPolicy::Deny)
+            .with_expiration_policy(ExpirationPolicy::Enforce)
+            .build();
+        let secs = u64::try_from(at.timestamp()).unwrap_or(0);
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        ee.verify_for_usage(CHAIN_ALGS, &self.anchors, intermediates, time, AnyEku, Some(revocation), None)
+            .map(|_| ())
+            .map_err(map_chain_error)
+    }
+
+    fn has_staff_role(&self, cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+        let mut oids: Vec<String> = Vec::new();
+        if let Ok(Some(eku)) = cert.extended_key_usage() {
+            oids.extend(eku.value.other.iter().map(|o| o.to_id_string()));
+        }
+        for ext in cert.iter_extensions() {
+            if let x509_parser::extensions::ParsedExtension::CertificatePolicies(policies) = ext.parsed_extension() {
+                oids.extend(policies.iter().map(|p| p.policy_id.to_id_string()));
+            }
+        }
+        oids.iter().any(|oid| {
+            self.staff_roles.iter().any(|accepted| match accepted.strip_suffix(".*") {
+                Some(prefix) => oid.starts_with(&format!("{prefix}.")),
+                None => oid == accepted,
+            })
+        })
+    }
+}
+
+fn map_chain_error(e: webpki::Error) -> SignatureFailure {
+    use webpki::Error as E;
+    match e {
+        E::CertExpired { .. } => SignatureFailure::Expired,
+        E::CertNotValidYet { .. } => SignatureFailure::NotYetValid,
+        E::CertRevoked => SignatureFailure::Revoked,
+        E::UnknownIssuer => SignatureFailure::UnknownIssuer,
+        E::UnknownRevocationStatus => SignatureFailure::CrlMissing,
+        E::CrlExpired { .. } => SignatureFailure::CrlExpired,
+        E::BadDer | E::BadDerTime | E::TrailingData(_) | E::UnsupportedCertVersion => SignatureFailure::Malformed,
+        _ => SignatureFailure::BadChain,
+    }
+}
+
+/// Identifiers a certificate names: IIN from `serialNumber=IIN…`, BIN from `OU=BIN…`.
+pub fn certificate_identifiers(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> (Option<String>, Option<String>) {
+    let subject = cert.subject();
+    let pick = |attr: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>, prefix: &str| {
+        attr.and_then(|a| a.as_str().ok())
+            .and_then(|s| s.strip_prefix(prefix))
+            .filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+    };
+    let iin = subject.iter_by_oid(&OID_X509_SERIALNUMBER).find_map(|a| pick(Some(a), "IIN"));
+    let bin = subject.iter_by_oid(&OID_X509_ORGANIZATIONAL_UNIT).find_map(|a| pick(Some(a), "BIN"));
+    (iin, bin)
+}
+
+impl Verifier for X509Verifier {
+    fn verify(
+        &self,
+        message: &Map<String, Value>,
+        signature: &SignatureBlock,
+        expected: &ExpectedSigner<'_>,
+    ) -> Result<(), SignatureFailure> {
+        if signature.format != super::FORMAT {
+            return Err(SignatureFailure::Malformed);
+        }
+        let alg: &dyn SignatureVerificationAlgorithm = match signature.algorithm.as_str() {
+            "ES256" => webpki::ring::ECDSA_P256_SHA256,
+            "RS256" => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+            _ => return Err(SignatureFailure::UnsupportedAlgorithm),
+        };
+        let chain = signature
+            .certificate_chain
+            .iter()
+            .map(|c| b64decode(c).map(CertificateDer::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (leaf, intermediates) = chain.split_first().ok_or(SignatureFailure::Malformed)?;
+        let ee = EndEntityCert::try_from(leaf).map_err(|_| SignatureFailure::Malformed)?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| SignatureFailure::Malformed)?;
+
+        // The certificate must be valid when the message was signed and when it is received.
+        self.chain_at(&ee, intermediates, expected.signed_at)?;
+        self.chain_at(&ee, intermediates, chrono::Utc::now())?;
+
+        if let Ok(Some(ku)) = parsed.key_usage()
+            && !(ku.value.digital_signature() || ku.value.non_repudiation())
+        {
+            return Err(SignatureFailure::KeyUsage);
+        }
+
+        let raw = b64decode(&signature.value)?;
+        let value = match (signature.algorithm.as_str(), ecdsa_fixed_to_der(&raw)) {
+            ("ES256", Some(der)) => der,
+            _ => raw,
+        };
+        let bytes = signed_bytes(message)?;
+        ee.verify_signature(alg, &bytes, &value).map_err(|_| SignatureFailure::BadSignature)?;
+
+        let (iin, bin) = certificate_identifiers(&parsed);
+        let matches = expected.subjects.iter().any(|subject| match subject {
+            Identifier::Iin(want) => {
+                expected.identifiers.contains(&IdKind::Iin) && iin.as_deref() == Some(want.as_str())
+            }
+            Identifier::Bin(want) => {
+                expected.identifiers.contains(&IdKind::Bin) && bin.as_deref() == Some(want.as_str())
+            }
+        });
+        if !matches {
+            return Err(SignatureFailure::IdentifierMismatch);
+        }
+        if expected.role != "applicant" && !self.staff_roles.is_empty() && !self.has_staff_role(&parsed) {
+            return Err(SignatureFailure::RoleNotAllowed);
+        }
+        Ok(())
+    }
+}

@@ -51,12 +51,15 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
     Ok(certs)
 }
 
+/// A CRL file as last seen: path, modification time, size.
+type FileStamp = (PathBuf, SystemTime, u64);
+
 /// CRLs from a file or a directory, reloaded when the files change (checked at most every
 /// `recheck`), so workers pick up a new CRL without restarting.
 pub struct CrlStore {
     path: Option<PathBuf>,
     recheck: Duration,
-    state: Mutex<(Instant, Vec<(PathBuf, SystemTime, u64)>)>,
+    state: Mutex<(Instant, Vec<FileStamp>)>,
     crls: RwLock<Arc<Vec<CertRevocationList<'static>>>>,
 }
 
@@ -80,7 +83,7 @@ impl CrlStore {
         Ok(store)
     }
 
-    fn files(&self) -> Vec<(PathBuf, SystemTime, u64)> {
+    fn files(&self) -> Vec<FileStamp> {
         let Some(path) = &self.path else { return Vec::new() };
         let mut paths = Vec::new();
         if path.is_dir() {
@@ -136,7 +139,7 @@ impl CrlStore {
     }
 }
 
-fn load_crls(files: &[(PathBuf, SystemTime, u64)]) -> Result<Vec<CertRevocationList<'static>>, String> {
+fn load_crls(files: &[FileStamp]) -> Result<Vec<CertRevocationList<'static>>, String> {
     let mut out = Vec::new();
     for (path, _, _) in files {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

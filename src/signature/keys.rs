@@ -162,3 +162,64 @@ impl Signer for Keyring {
         key.signature_for(document)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::Verifier as _;
+
+    #[test]
+    fn world_readable_keys_are_refused_at_start_up() {
+        let dir = std::env::temp_dir().join(format!("qyzmet-keys-{}", uuid::Uuid::new_v4().simple()));
+        let paths = crate::pki::generate(
+            &dir,
+            &[],
+            &crate::pki::demo_provider_keys()[..1],
+            chrono::Utc::now() + chrono::Duration::days(1),
+        )
+        .expect("pki");
+        assert_eq!(Keyring::load(&paths.keys_dir).expect("0600 keys load").len(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = paths.keys_dir.join("051140000113.key.pem");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let err = Keyring::load(&paths.keys_dir).err().expect("refused");
+            assert!(err.to_string().contains("readable by every user"), "{err}");
+        }
+    }
+
+    #[test]
+    fn documents_signed_here_verify_offline() {
+        let dir = std::env::temp_dir().join(format!("qyzmet-sign-{}", uuid::Uuid::new_v4().simple()));
+        let paths = crate::pki::generate(
+            &dir,
+            &[],
+            &crate::pki::demo_provider_keys(),
+            chrono::Utc::now() + chrono::Duration::days(1),
+        )
+        .expect("pki");
+        let ring = Keyring::load(&paths.keys_dir).expect("keys");
+        let verifier =
+            crate::signature::x509::X509Verifier::new(&paths.trust_bundle, Some(paths.crl_dir.clone()), vec![])
+                .expect("verifier");
+        for (provider, alg) in [("051140000113", "ES256"), ("030940000443", "RS256"), ("999999999999", "ES256")] {
+            let mut doc: Map<String, Value> = serde_json::from_value(
+                json!({ "kind": "x", "number": "LIC-2026-000001", "content": { "provider": provider } }),
+            )
+            .expect("doc");
+            let sig = ring.sign(provider, &doc).expect("signed");
+            assert_eq!(sig["algorithm"], alg, "{provider}");
+            doc.insert("signature".into(), sig.clone());
+            let block: crate::contract::SignatureBlock = serde_json::from_value(sig).expect("block");
+            let signer_bin = if provider == "999999999999" { "090840000556" } else { provider };
+            let expected = crate::signature::ExpectedSigner {
+                role: "provider",
+                identifiers: &[crate::regulations::IdKind::Bin],
+                subjects: vec![crate::ident::Identifier::Bin(signer_bin.into())],
+                signed_at: chrono::Utc::now(),
+            };
+            assert_eq!(verifier.verify(&doc, &block, &expected), Ok(()), "{provider}");
+        }
+    }
+}

@@ -328,3 +328,193 @@ impl Verifier for X509Verifier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use chrono::{Duration as Span, Utc};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::pki::{self, PkiPaths};
+
+    fn pki() -> &'static PkiPaths {
+        static PKI: OnceLock<PkiPaths> = OnceLock::new();
+        PKI.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("qyzmet-unit-pki-{}", uuid::Uuid::new_v4().simple()));
+            pki::generate(&dir, &pki::demo_holders(), &pki::demo_provider_keys(), Utc::now() + Span::days(30))
+                .expect("pki")
+        })
+    }
+
+    fn verifier() -> X509Verifier {
+        let p = pki();
+        X509Verifier::new(&p.trust_bundle, Some(p.crl_dir.clone()), vec![pki::DEMO_STAFF_ROLES.into()])
+            .expect("verifier")
+    }
+
+    const CITIZEN: &str = "850401300125";
+
+    fn message() -> Value {
+        json!({ "request_id": "5f0c6a0e-3c1e-4a51-9b8e-1d2f0c9e7a11", "applicant": { "iin": CITIZEN },
+                "form": { "kind": "issue" }, "submitted_at": "2026-11-23T10:15:00+05:00" })
+    }
+
+    fn signed_by(holder: &str) -> Value {
+        let mut v = message();
+        pki().holder(holder).expect("holder").sign_in_place(v.as_object_mut().expect("object")).expect("sign");
+        v
+    }
+
+    fn check_as(v: &Value, role: &str, subject: Identifier, kinds: &[IdKind]) -> Result<(), SignatureFailure> {
+        let sig: SignatureBlock =
+            serde_json::from_value(v["signature"].clone()).map_err(|_| SignatureFailure::Malformed)?;
+        let expected = ExpectedSigner { role, identifiers: kinds, subjects: vec![subject], signed_at: Utc::now() };
+        verifier().verify(v.as_object().expect("object"), &sig, &expected)
+    }
+
+    fn check(v: &Value) -> Result<(), SignatureFailure> {
+        check_as(v, "applicant", Identifier::Iin(CITIZEN.into()), &[IdKind::Iin, IdKind::Bin])
+    }
+
+    #[test]
+    fn p12_a_properly_signed_message_verifies() {
+        assert_eq!(check(&signed_by("iin-850401300125")), Ok(()));
+    }
+
+    #[test]
+    fn p12_rs256_signatures_verify() {
+        let mut v = message();
+        pki()
+            .holder("staff-030940000443")
+            .expect("rsa holder")
+            .sign_in_place(v.as_object_mut().expect("obj"))
+            .expect("sign");
+        assert_eq!(v["signature"]["algorithm"], "RS256");
+        assert_eq!(check_as(&v, "provider_staff", Identifier::Bin("030940000443".into()), &[IdKind::Bin]), Ok(()));
+    }
+
+    #[test]
+    fn p12_expired_not_yet_valid_revoked_and_untrusted_certificates_fail_with_their_reason() {
+        assert_eq!(check(&signed_by("expired-850401300125")), Err(SignatureFailure::Expired));
+        assert_eq!(check(&signed_by("notyet-850401300125")), Err(SignatureFailure::NotYetValid));
+        assert_eq!(check(&signed_by("revoked-850401300125")), Err(SignatureFailure::Revoked));
+        assert_eq!(check(&signed_by("rogue-850401300125")), Err(SignatureFailure::UnknownIssuer));
+        assert_eq!(check(&signed_by("nosig-850401300125")), Err(SignatureFailure::KeyUsage));
+    }
+
+    #[test]
+    fn a_tampered_payload_is_a_bad_signature() {
+        let mut v = signed_by("iin-850401300125");
+        v["form"]["kind"] = json!("duplicate");
+        assert_eq!(check(&v), Err(SignatureFailure::BadSignature));
+    }
+
+    #[test]
+    fn a_swapped_certificate_is_a_bad_signature() {
+        let mut v = signed_by("iin-850401300125");
+        let other = signed_by("iin-921212500674");
+        v["signature"]["certificate_chain"] = other["signature"]["certificate_chain"].clone();
+        assert_eq!(check(&v), Err(SignatureFailure::BadSignature));
+    }
+
+    #[test]
+    fn p13_a_body_re_signed_with_another_persons_key_is_an_identifier_mismatch() {
+        assert_eq!(check(&signed_by("iin-921212500674")), Err(SignatureFailure::IdentifierMismatch));
+    }
+
+    #[test]
+    fn p13_iin_only_variants_do_not_accept_a_bin_signer() {
+        let v = signed_by("bin-120540000785");
+        let as_bin = |kinds: &[IdKind]| check_as(&v, "applicant", Identifier::Bin("120540000785".into()), kinds);
+        assert_eq!(as_bin(&[IdKind::Iin, IdKind::Bin]), Ok(()));
+        assert_eq!(as_bin(&[IdKind::Iin]), Err(SignatureFailure::IdentifierMismatch));
+    }
+
+    #[test]
+    fn staff_must_carry_an_accepted_role_so_a_citizen_cannot_decide() {
+        let staff = signed_by("staff-011040000330");
+        let impostor = signed_by("impostor-011040000330");
+        let as_staff =
+            |v: &Value| check_as(v, "provider_staff", Identifier::Bin("011040000330".into()), &[IdKind::Bin]);
+        assert_eq!(as_staff(&staff), Ok(()));
+        assert_eq!(as_staff(&impostor), Err(SignatureFailure::RoleNotAllowed));
+    }
+
+    #[test]
+    fn gost_and_unknown_formats_are_refused_and_garbage_is_malformed() {
+        let mut v = signed_by("iin-850401300125");
+        v["signature"]["algorithm"] = json!("GOST34.10-2015");
+        assert_eq!(check(&v), Err(SignatureFailure::UnsupportedAlgorithm));
+        let mut v = signed_by("iin-850401300125");
+        v["signature"]["certificate_chain"] = json!(["not base64 at all!"]);
+        assert_eq!(check(&v), Err(SignatureFailure::Malformed));
+        let mut v = signed_by("iin-850401300125");
+        v["signature"]["certificate_chain"] = json!(["AAAA"]);
+        assert_eq!(check(&v), Err(SignatureFailure::Malformed));
+    }
+
+    #[test]
+    fn a_chain_without_its_intermediate_does_not_reach_the_root() {
+        let mut v = signed_by("iin-850401300125");
+        let leaf = v["signature"]["certificate_chain"][0].clone();
+        v["signature"]["certificate_chain"] = json!([leaf]);
+        assert_eq!(check(&v), Err(SignatureFailure::UnknownIssuer));
+    }
+
+    #[test]
+    fn missing_and_stale_crls_fail_closed() {
+        let p = pki();
+        let copy = std::env::temp_dir().join(format!("qyzmet-crl-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&copy).expect("dir");
+        // Only the root's CRL: the intermediate's is missing.
+        std::fs::copy(p.crl_dir.join("root.crl.pem"), copy.join("root.crl.pem")).expect("copy");
+        let only_root = X509Verifier::new(&p.trust_bundle, Some(copy.clone()), vec![]).expect("verifier");
+        let v = signed_by("iin-850401300125");
+        let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
+        let expected = ExpectedSigner {
+            role: "applicant",
+            identifiers: &[IdKind::Iin],
+            subjects: vec![Identifier::Iin(CITIZEN.into())],
+            signed_at: Utc::now(),
+        };
+        assert_eq!(only_root.verify(v.as_object().expect("o"), &sig, &expected), Err(SignatureFailure::CrlMissing));
+        let none = X509Verifier::new(&p.trust_bundle, None, vec![]).expect("verifier");
+        assert_eq!(none.verify(v.as_object().expect("o"), &sig, &expected), Err(SignatureFailure::CrlMissing));
+        // A CRL past its nextUpdate.
+        let stale_dir = std::env::temp_dir().join(format!("qyzmet-stale-{}", uuid::Uuid::new_v4().simple()));
+        let stale = pki::generate(&stale_dir, &pki::demo_holders()[..1], &[], Utc::now() + Span::days(1)).expect("pki");
+        pki::reissue_intermediate_crl(&stale_dir, &[], Utc::now() - Span::hours(1)).expect("stale CRL");
+        let stale_verifier =
+            X509Verifier::new(&stale.trust_bundle, Some(stale.crl_dir.clone()), vec![]).expect("verifier");
+        let mut v = message();
+        stale.holder("iin-850401300125").expect("holder").sign_in_place(v.as_object_mut().expect("o")).expect("sign");
+        let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
+        assert_eq!(
+            stale_verifier.verify(v.as_object().expect("o"), &sig, &expected),
+            Err(SignatureFailure::CrlExpired)
+        );
+    }
+
+    #[test]
+    fn a_new_crl_is_picked_up_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("qyzmet-reload-{}", uuid::Uuid::new_v4().simple()));
+        let p = pki::generate(&dir, &pki::demo_holders()[..1], &[], Utc::now() + Span::days(1)).expect("pki");
+        let mut v = message();
+        p.holder("iin-850401300125").expect("holder").sign_in_place(v.as_object_mut().expect("o")).expect("sign");
+        let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
+        let expected = ExpectedSigner {
+            role: "applicant",
+            identifiers: &[IdKind::Iin],
+            subjects: vec![Identifier::Iin(CITIZEN.into())],
+            signed_at: Utc::now(),
+        };
+        let mut verifier = X509Verifier::new(&p.trust_bundle, Some(p.crl_dir.clone()), vec![]).expect("verifier");
+        verifier.crls.recheck = Duration::ZERO;
+        assert_eq!(verifier.verify(v.as_object().expect("o"), &sig, &expected), Ok(()));
+        // The first holder got serial 1001; revoke it in a new CRL.
+        pki::reissue_intermediate_crl(&dir, &[1001], Utc::now() + Span::days(1)).expect("new CRL");
+        assert_eq!(verifier.verify(v.as_object().expect("o"), &sig, &expected), Err(SignatureFailure::Revoked));
+    }
+}

@@ -49,7 +49,7 @@ async fn requests_breaking_a_rule_are_refused_invalid_request_naming_the_field()
     bad_digit["applicant"] = json!({ "iin": "850401300124" });
     let mut unknown_service = base();
     unknown_service["service"] = json!("fishing-licence");
-    let mut no_signature = base();
+    let no_signature = base();
     // Akmola S1 serves individuals only (P-13): a BIN applicant is invalid there.
     let mut bin_applicant = base();
     bin_applicant["applicant"] = json!({ "bin": who::CLINIC });

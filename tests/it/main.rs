@@ -6,3 +6,4 @@ mod deadlines;
 mod intake;
 mod resilience;
 mod services;
+mod signatures;

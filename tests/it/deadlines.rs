@@ -124,16 +124,7 @@ async fn p35_staff_decision_not_given_by_the_deadline_is_refused_and_a_late_one_
     env.wait_state(id, "waiting").await;
     assert_deadline_refusal(&env.final_outcome(id).await, "review");
     env.publish_decision("archive-certificate", &decision(id, "approve")).await;
-    let wait = async {
-        loop {
-            let d = env.store.decisions_for(id).await.expect("decisions");
-            if !d.is_empty() {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let d = tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("decision recorded");
+    let d = env.wait_decisions(id).await;
     assert!(!d[0].1, "a late decision is not applied: {d:?}");
     assert_eq!(env.outcomes_of(id).await.iter().filter(|o| o.status.is_final()).count(), 1);
     app.shutdown(Duration::from_secs(5)).await;

@@ -426,16 +426,7 @@ async fn p35_decisions_not_waiting_for_review_are_recorded_not_applied() {
     assert_eq!(done.status, Status::Completed);
     let late = decision(id_of(&s1), "refuse");
     env.publish_decision("doctor-appointment", &late).await;
-    let wait = async {
-        loop {
-            let a = env.store.decisions_for(id_of(&s1)).await.expect("decisions");
-            if !a.is_empty() {
-                return a;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
-    let recorded = tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("decision recorded");
+    let recorded = env.wait_decisions(id_of(&s1)).await;
     assert_eq!(recorded.len(), 1);
     assert!(!recorded[0].1, "not applied");
     assert!(recorded[0].2.as_deref().is_some_and(|r| r.starts_with("not_waiting_for_review")), "{recorded:?}");

@@ -105,16 +105,7 @@ async fn p35_a_decision_signed_with_a_citizens_certificate_approves_nothing() {
     let mut fake = decision(id, "approve");
     sign_as("impostor-011040000330", &mut fake);
     env.publish_decision("medical-licence", &fake).await;
-    let wait = async {
-        loop {
-            let d = env.store.decisions_for(id).await.expect("decisions");
-            if !d.is_empty() {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let recorded = tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("recorded");
+    let recorded = env.wait_decisions(id).await;
     assert!(!recorded[0].1, "not applied");
     assert_eq!(recorded[0].2.as_deref(), Some("signature_not_confirmed: role_not_allowed"));
     assert!(env.outcomes_of(id).await.iter().all(|o| !o.status.is_final()));

@@ -442,6 +442,20 @@ impl TestEnv {
         tokio::time::timeout(EVENT_TIMEOUT, wait).await.unwrap_or_else(|_| panic!("{id} never reached state {state}"));
     }
 
+    /// Waits until a Decision for the request is recorded; returns (decision_id, applied, rejection).
+    pub async fn wait_decisions(&self, id: Uuid) -> Vec<(String, bool, Option<String>)> {
+        let wait = async {
+            loop {
+                let d = self.store.decisions_for(id).await.expect("decisions");
+                if !d.is_empty() {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("a decision is recorded")
+    }
+
     /// Messages ready in a queue, exactly (a passive declare; the management API's counters
     /// lag by seconds).
     pub async fn queue_ready(&self, queue: &str) -> u32 {

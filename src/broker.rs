@@ -47,6 +47,18 @@ pub fn pool_name(pool: PoolName) -> &'static str {
     }
 }
 
+/// Parses a pool name (`intake`, `registry`, `payment`, `review`, `result`).
+pub fn parse_pool(s: &str) -> anyhow::Result<PoolName> {
+    Ok(match s {
+        "intake" => PoolName::Intake,
+        "registry" => PoolName::Registry,
+        "payment" => PoolName::Payment,
+        "review" => PoolName::Review,
+        "result" => PoolName::Result,
+        other => anyhow::bail!("unknown pool {other:?}: use intake, registry, payment, review or result"),
+    })
+}
+
 /// Errors talking to the broker. All are transient from the pipeline's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -78,20 +78,27 @@ struct Scenario {
     provider: String,
 }
 
-const CITIZEN: &str = "850401300125";
-const CITIZEN_ASTANA: &str = "771102450346";
-const UNATTACHED: &str = "921212500674";
-const UNKNOWN_PERSON: &str = "900615400236";
-const REPRESENTATIVE: &str = "800808300565";
-const CLINIC: &str = "120540000785";
-const UNKNOWN_ENTITY: &str = "150340000892";
-const AKMOLA_PHC: &str = "051140000113";
-const ASTANA_PHC: &str = "061240000228";
-const AKTOBE_HEALTH: &str = "011040000330";
-const ASTANA_ARCHIVES: &str = "030940000443";
-const UNREGISTERED: &str = "090840000556";
+pub(crate) const CITIZEN: &str = "850401300125";
+pub(crate) const CITIZEN_ASTANA: &str = "771102450346";
+pub(crate) const UNATTACHED: &str = "921212500674";
+pub(crate) const UNKNOWN_PERSON: &str = "900615400236";
+pub(crate) const REPRESENTATIVE: &str = "800808300565";
+pub(crate) const CLINIC: &str = "120540000785";
+pub(crate) const UNKNOWN_ENTITY: &str = "150340000892";
+pub(crate) const AKMOLA_PHC: &str = "051140000113";
+pub(crate) const ASTANA_PHC: &str = "061240000228";
+pub(crate) const AKTOBE_HEALTH: &str = "011040000330";
+pub(crate) const ASTANA_ARCHIVES: &str = "030940000443";
+pub(crate) const UNREGISTERED: &str = "090840000556";
 
-fn req(service: &str, region: &str, channel: &str, applicant: (&str, &str), provider: &str, form: Value) -> Value {
+pub(crate) fn req(
+    service: &str,
+    region: &str,
+    channel: &str,
+    applicant: (&str, &str),
+    provider: &str,
+    form: Value,
+) -> Value {
     json!({
         "request_id": Uuid::new_v4().to_string(),
         "service": service, "region": region, "channel": channel,
@@ -434,7 +441,7 @@ fn specs() -> Vec<Spec> {
 }
 
 /// Who signs a request under the regulation of its channel.
-fn proper_signer(request: &Value) -> String {
+pub(crate) fn proper_signer(request: &Value) -> String {
     let applicant = &request["applicant"];
     match request["channel"].as_str() {
         Some("provider") => format!("staff-{}", request["provider"].as_str().unwrap_or_default()),
@@ -447,13 +454,19 @@ fn proper_signer(request: &Value) -> String {
     }
 }
 
-struct Keys {
+/// Demo signing keys, loaded on first use.
+pub(crate) struct Keys {
     pki: PkiPaths,
     cache: HashMap<String, SigningKey>,
 }
 
 impl Keys {
-    fn sign(&mut self, holder: &str, v: &mut Value) -> anyhow::Result<()> {
+    /// Over a generated demo PKI.
+    pub(crate) fn new(pki: PkiPaths) -> Keys {
+        Keys { pki, cache: HashMap::new() }
+    }
+
+    pub(crate) fn sign(&mut self, holder: &str, v: &mut Value) -> anyhow::Result<()> {
         // An invalid identifier has no certificate: sign as the other citizen of the registry.
         let holder =
             if self.pki.holders_dir.join(format!("{holder}.key.pem")).exists() { holder } else { "iin-771102450346" };
@@ -505,7 +518,7 @@ fn scenarios(keys: &mut Keys) -> anyhow::Result<Vec<Scenario>> {
     Ok(out)
 }
 
-async fn publish(p: &Publisher, exchange: &str, key: &str, id: String, body: Vec<u8>) -> anyhow::Result<()> {
+pub(crate) async fn publish(p: &Publisher, exchange: &str, key: &str, id: String, body: Vec<u8>) -> anyhow::Result<()> {
     let m = Message {
         exchange: exchange.into(),
         routing_key: key.into(),
@@ -518,13 +531,13 @@ async fn publish(p: &Publisher, exchange: &str, key: &str, id: String, body: Vec
     p.publish_all(&[m]).await.context("publish")
 }
 
-fn payment_notice(id: Uuid) -> Vec<u8> {
+pub(crate) fn payment_notice(id: Uuid) -> Vec<u8> {
     let v = json!({ "payment_id": format!("PSHEP-{}", &id.simple().to_string()[..10]), "request_id": id.to_string(),
         "amount": "20000.00", "currency": "KZT", "paid_at": now_local().to_rfc3339(), "payer": { "bin": CLINIC } });
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-fn staff_decision(keys: &mut Keys, holder: &str, id: Uuid, approve: bool) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn staff_decision(keys: &mut Keys, holder: &str, id: Uuid, approve: bool) -> anyhow::Result<Vec<u8>> {
     let mut v = json!({ "decision_id": Uuid::new_v4().to_string(), "request_id": id.to_string(),
         "decision": if approve { "approve" } else { "refuse" }, "decided_at": now_local().to_rfc3339() });
     if !approve {
@@ -594,7 +607,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
         ch.basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     let dead_before = count_dead(&broker).await;
 
-    let mut keys = Keys { pki: pki.clone(), cache: HashMap::new() };
+    let mut keys = Keys::new(pki.clone());
     let mut scenarios = scenarios(&mut keys)?;
     println!(
         "\n4. publishing {} signed messages to {EXCHANGE_REQUESTS} (every service, region and channel, and ones that must be refused)",
@@ -748,7 +761,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
     Ok(())
 }
 
-async fn count_dead(broker: &Broker) -> u32 {
+pub(crate) async fn count_dead(broker: &Broker) -> u32 {
     let Ok(ch) = broker.channel().await else { return 0 };
     let n = ch
         .queue_declare(

@@ -14,6 +14,7 @@
 //! - [`registry`]: the state registries behind one interface.
 //! - [`config`], [`telemetry`], [`startup`]: how a process is configured and started.
 
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod contract;

@@ -12,7 +12,7 @@ use qyzmet::broker::{Broker, Message};
 use qyzmet::config::Settings;
 use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
 use qyzmet::registry::{RegistryKind, import_file};
-use qyzmet::regulations::{PoolName, Regulations};
+use qyzmet::regulations::Regulations;
 use qyzmet::startup::{self, Deps, Options};
 use qyzmet::store::Store;
 
@@ -97,6 +97,14 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Benchmark: throughput, latency, scaling and backlog drain of the pipeline against a bare
+    /// publish-consume-write ceiling measured in the same run.
+    Bench {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        args: qyzmet::bench::BenchArgs,
+    },
     /// The demonstration PKI.
     Pki {
         #[command(subcommand)]
@@ -139,17 +147,6 @@ enum RegulationsCommand {
     },
 }
 
-fn parse_pool(s: &str) -> anyhow::Result<PoolName> {
-    Ok(match s {
-        "intake" => PoolName::Intake,
-        "registry" => PoolName::Registry,
-        "payment" => PoolName::Payment,
-        "review" => PoolName::Review,
-        "result" => PoolName::Result,
-        other => bail!("unknown pool {other:?}: use intake, registry, payment, review or result"),
-    })
-}
-
 fn load_regulations(dir: &std::path::Path) -> anyhow::Result<Regulations> {
     Regulations::load(dir).map_err(|e| anyhow::anyhow!("regulation data is not valid: {e}"))
 }
@@ -175,7 +172,8 @@ async fn wait_for_signal() {
 }
 
 async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
-    let regs = load_regulations(&settings.regulations_dir)?;
+    let mut regs = load_regulations(&settings.regulations_dir)?;
+    settings.apply_overrides(&mut regs)?;
     let deps = Deps::from_settings(&settings)?;
     let running = startup::start(&settings, regs, opts, deps).await?;
     tracing::info!("running; SIGTERM or Ctrl-C stops after in-flight work");
@@ -194,7 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(settings, Options::all(concurrency)).await
         }
         Command::Worker { pool, settings, concurrency } => {
-            let pool = parse_pool(&pool)?;
+            let pool = qyzmet::broker::parse_pool(&pool)?;
             let opts =
                 Options { pools: vec![(pool, concurrency)], sweeper: true, name: format!("qyzmet worker {pool:?}") };
             serve(settings, opts).await
@@ -270,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { settings, demo_dir, pki_dir } => qyzmet::demo::run(&settings, &demo_dir, &pki_dir).await,
+        Command::Bench { settings, args } => qyzmet::bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
         Command::Pki { command: PkiCommand::Demo { dir } } => {
             let paths = qyzmet::pki::generate(

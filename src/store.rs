@@ -260,13 +260,6 @@ impl Store {
 
     // ---- requests -------------------------------------------------------------------------
 
-    /// Whether a request id has been seen (the inbox check for republished Requests).
-    pub async fn request_exists(&self, id: Uuid) -> Result<bool, StoreError> {
-        let row: Option<(i32,)> =
-            sqlx::query_as("SELECT 1 FROM requests WHERE request_id = $1").bind(id).fetch_optional(&self.pool).await?;
-        Ok(row.is_some())
-    }
-
     /// Inserts a request unless its id exists; returns its number (or `Some(None)` for an
     /// unnumbered one), `None` when it was a duplicate.
     pub async fn insert_request(
@@ -447,6 +440,39 @@ impl Store {
         .bind(event)
         .bind(deadline)
         .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends two rows to the audit trail in one statement: a step passed (or registered) and
+    /// the next step queued — the commonest transition, so one round trip instead of two.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn history_transition(
+        tx: &mut PgConnection,
+        id: Uuid,
+        (from_index, from_step, from_event, from_deadline, from_detail): (
+            i32,
+            &str,
+            &str,
+            Option<DateTime<Utc>>,
+            Option<&Value>,
+        ),
+        (to_index, to_step, to_deadline): (i32, &str, DateTime<Utc>),
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6), ($1, $7, $8, 'queued', $9, NULL)",
+        )
+        .bind(id)
+        .bind(from_index)
+        .bind(from_step)
+        .bind(from_event)
+        .bind(from_deadline)
+        .bind(from_detail)
+        .bind(to_index)
+        .bind(to_step)
+        .bind(to_deadline)
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -779,6 +805,30 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        Ok(())
+    }
+
+    // ---- benchmark ceiling ----------------------------------------------------------------
+
+    /// Creates the table the benchmark's bare ceiling writes to (one durable row per hop).
+    pub async fn bench_prepare(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bench_hops (id bigserial PRIMARY KEY, message uuid NOT NULL, hop integer NOT NULL, \
+             at timestamptz NOT NULL DEFAULT now())",
+        )
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("TRUNCATE bench_hops").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The ceiling's one write per hop.
+    pub async fn bench_write(&self, message: Uuid, hop: i32) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO bench_hops (message, hop) VALUES ($1, $2)")
+            .bind(message)
+            .bind(hop)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

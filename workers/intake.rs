@@ -124,6 +124,10 @@ impl Handler for IntakeHandler {
     }
 }
 
+fn republished(env: &Envelope) {
+    tracing::info!(request_id = %env.request_id, "request republished; already received, nothing to do");
+}
+
 fn text_of(env: &Envelope, key: &str) -> String {
     env.body.get(key).and_then(Value::as_str).unwrap_or("").chars().take(64).collect()
 }
@@ -147,10 +151,8 @@ fn region_abbrev(region: &str) -> &'static str {
 }
 
 async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreError> {
-    if ctx.store.request_exists(env.request_id).await? {
-        tracing::info!(request_id = %env.request_id, "request republished; already registered, nothing to do");
-        return Ok(());
-    }
+    // A republished request_id is found by the insert below (the primary key is the inbox);
+    // nothing is written or published for it.
     let received = Utc::now();
     let examined = examine(&ctx.regs, &*ctx.verifier, &ctx.centre_bins, env, received);
     let body = Value::Object(env.body.clone());
@@ -195,6 +197,7 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreEr
                 received_at: received,
             };
             if Store::insert_request(&mut tx, &new).await?.is_none() {
+                republished(env);
                 return Ok(());
             }
             tracing::info!(request_id = %env.request_id, kind = %reason.kind, code = ?reason.code, applicant = %applicant, "refused at intake");
@@ -275,11 +278,17 @@ async fn register(
         received_at: received,
     };
     let Some(number) = Store::insert_request(tx, &new).await? else {
+        republished(env);
         return Ok(None);
     };
     let detail = json!({ "request_number": number, "service_deadline": crate::contract::to_local(plan.service) });
-    Store::history(tx, env.request_id, 0, "intake", "registered", Some(plan.steps[0].1), Some(&detail)).await?;
-    Store::history(tx, env.request_id, 1, first_name, "queued", Some(first_deadline), None).await?;
+    Store::history_transition(
+        tx,
+        env.request_id,
+        (0, "intake", "registered", Some(plan.steps[0].1), Some(&detail)),
+        (1, first_name, first_deadline),
+    )
+    .await?;
     tracing::info!(request_id = %env.request_id, number = ?number, service = %request.service, region = %request.region,
         channel = %request.channel, applicant = %applicant, "registered");
     let head = Head {

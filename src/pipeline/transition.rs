@@ -204,8 +204,13 @@ pub async fn advance(
     let facts = merge_facts(&row.facts, add_facts);
     let next_name = pool_name(next.pool);
     Store::set_queued(tx, row.request_id, next_index, next_name, deadline, &facts).await?;
-    Store::history(tx, row.request_id, row.step_index, current, "passed", row.step_deadline, detail.as_ref()).await?;
-    Store::history(tx, row.request_id, next_index, next_name, "queued", Some(deadline), None).await?;
+    Store::history_transition(
+        tx,
+        row.request_id,
+        (row.step_index, current, "passed", row.step_deadline, detail.as_ref()),
+        (next_index, next_name, deadline),
+    )
+    .await?;
     let head = Head::from(row);
     let (_, status) = outcome_message(
         &head,

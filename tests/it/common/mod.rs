@@ -312,19 +312,9 @@ impl TestEnv {
 
     /// Environment for a `qyzmet` child process pointed at this test's services and PKI.
     pub fn child_env(&self) -> Vec<(&'static str, String)> {
-        let s = &self.settings;
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        vec![
-            ("QYZMET_AMQP_URL", s.amqp_url.clone()),
-            ("QYZMET_DATABASE_URL", s.database_url.clone()),
-            ("QYZMET_REGULATIONS_DIR", s.regulations_dir.display().to_string()),
-            ("QYZMET_TRUST_BUNDLE", path(&s.trust_bundle)),
-            ("QYZMET_CRL_PATH", path(&s.crl_path)),
-            ("QYZMET_SIGNING_KEYS", path(&s.signing_keys)),
-            ("QYZMET_STAFF_ROLE_OIDS", s.staff_role_oids.join(",")),
-            ("QYZMET_CENTRE_BINS", s.centre_bins.join(",")),
-            ("QYZMET_LOG", "warn".into()),
-        ]
+        let mut env = self.settings.to_env();
+        env.push(("QYZMET_LOG", "warn".into()));
+        env
     }
 
     /// The real verifier and signer for this test's PKI.

@@ -1,0 +1,968 @@
+//! `qyzmet bench`: how fast and how far the pipeline goes, against its own ceiling.
+//!
+//! The bench publishes signed requests (a realistic mix of services, regions and channels,
+//! including ones that end in refusals; or one service), closed-loop with a bounded window or at
+//! a fixed offered rate, answers payments and staff reviews as the gateway and staff would, and
+//! waits until every request has its final outcome — a missing one is reported as lost (and the
+//! command fails), never as a smaller number. The pools run as separate `qyzmet worker`
+//! processes (1, 2, 4… per pool), whose resident memory is sampled.
+//!
+//! The **ceiling** is measured in the same run on the same broker and database: the same number
+//! of hops done by bare publish-confirm-consume-ack with one PostgreSQL write per hop and no
+//! business logic. The report prints pipeline ÷ ceiling, so a figure means something on any
+//! machine.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::broker::{
+    Broker, Message, Publisher, QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, pool_name, task_queue,
+};
+use crate::config::Settings;
+use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome};
+use crate::demo::{self, Keys};
+use crate::registry::import_file;
+use crate::startup::ALL_POOLS;
+use crate::store::Store;
+
+/// Options of `qyzmet bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Requests per measured run.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Offered rate in requests per second; without it the load is closed-loop (`--window`).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Requests in flight in closed-loop mode.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Worker processes per pool to measure, e.g. `1,2,4`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub processes: Vec<usize>,
+    /// In-flight messages per queue in each worker process.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Only this service (`doctor-appointment`, …; default: the realistic mix).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Skip the ceiling baseline.
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// Backlog mode: publish this many requests with the pools stopped, then start them
+    /// (one process per pool) and measure the drain rate and worker memory over time.
+    #[arg(long)]
+    pub backlog: Option<usize>,
+    /// Give up waiting for outcomes after this many seconds (the missing ones count as lost).
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Demo registries.
+    #[arg(long, default_value = "demo")]
+    pub demo_dir: PathBuf,
+    /// Where the bench's demo PKI is generated.
+    #[arg(long, default_value = ".qyzmet/bench-pki")]
+    pub pki_dir: PathBuf,
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub n: usize,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+fn latency(mut ms: Vec<f64>) -> Latency {
+    if ms.is_empty() {
+        return Latency::default();
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    Latency { n: ms.len(), p50: at(0.50), p95: at(0.95), p99: at(0.99), max: ms[ms.len() - 1] }
+}
+
+/// One measured run of the pipeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Worker processes per pool.
+    pub processes: usize,
+    /// Requests published.
+    pub requests: usize,
+    /// Final outcomes received.
+    pub finished: usize,
+    /// Requests without a final outcome when the bench gave up.
+    pub lost: usize,
+    /// Requests that got more than one final outcome.
+    pub answered_twice: usize,
+    /// Wall time from first publish to last final outcome, seconds.
+    pub seconds: f64,
+    /// Final outcomes per second.
+    pub throughput: f64,
+    /// Publish to final outcome.
+    pub end_to_end_ms: Latency,
+    /// Per step (time from the status that queued it to the next status).
+    pub step_ms: BTreeMap<String, Latency>,
+    /// Final outcomes by status/kind.
+    pub outcomes: BTreeMap<String, usize>,
+    /// Peak resident memory of each worker process, MiB, by pool.
+    pub peak_rss_mib: BTreeMap<String, f64>,
+    /// Throughput ÷ ceiling throughput, when measured.
+    pub ratio_to_ceiling: Option<f64>,
+}
+
+/// The bare ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// Hops per message.
+    pub hops: usize,
+    /// Messages.
+    pub messages: usize,
+    /// Messages per second through all hops.
+    pub throughput: f64,
+    /// First publish to last hop.
+    pub end_to_end_ms: Latency,
+}
+
+/// Backlog drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Backlog {
+    /// Requests in the backlog.
+    pub requests: usize,
+    /// Publish rate while the pools were stopped.
+    pub publish_rate: f64,
+    /// Final outcomes per second while draining.
+    pub drain_rate: f64,
+    /// Lost requests.
+    pub lost: usize,
+    /// Worker RSS samples (MiB, the largest process) every few seconds.
+    pub rss_mib_over_time: Vec<f64>,
+    /// Outcomes by kind.
+    pub outcomes: BTreeMap<String, usize>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Machine description.
+    pub machine: String,
+    /// What was offered.
+    pub load: String,
+    /// The ceiling.
+    pub ceiling: Option<Ceiling>,
+    /// The runs.
+    pub runs: Vec<Run>,
+    /// The backlog drain.
+    pub backlog: Option<Backlog>,
+}
+
+// ---- load ----------------------------------------------------------------------------------
+
+/// One kind of request in the mix, with its weight.
+struct Template {
+    weight: usize,
+    service: &'static str,
+    region: &'static str,
+    channel: &'static str,
+    applicant: (&'static str, &'static str),
+    provider: &'static str,
+    form: fn() -> Value,
+}
+
+fn mix(service: Option<&str>) -> Vec<Template> {
+    use demo::{
+        AKMOLA_PHC, AKTOBE_HEALTH, ASTANA_ARCHIVES, ASTANA_PHC, CITIZEN, CITIZEN_ASTANA, CLINIC, UNATTACHED,
+        UNKNOWN_PERSON,
+    };
+    let t = |weight, service, region, channel, applicant, provider, form| Template {
+        weight,
+        service,
+        region,
+        channel,
+        applicant,
+        provider,
+        form,
+    };
+    let none: fn() -> Value = || json!({});
+    let licence: fn() -> Value = || json!({ "kind": "issue", "activity": "стоматология" });
+    let all = vec![
+        t(14, "doctor-appointment", "akmola", "portal", ("iin", CITIZEN), AKMOLA_PHC, none),
+        t(8, "doctor-appointment", "akmola", "provider", ("iin", CITIZEN), AKMOLA_PHC, none),
+        t(10, "doctor-appointment", "astana", "portal", ("iin", CITIZEN_ASTANA), ASTANA_PHC, none),
+        t(2, "doctor-appointment", "akmola", "portal", ("iin", UNATTACHED), AKMOLA_PHC, none),
+        t(2, "doctor-appointment", "akmola", "provider", ("iin", UNKNOWN_PERSON), AKMOLA_PHC, none),
+        t(10, "phc-attachment", "akmola", "portal", ("iin", UNATTACHED), AKMOLA_PHC, none),
+        t(8, "phc-attachment", "aktobe", "provider", ("iin", UNATTACHED), AKMOLA_PHC, none),
+        t(8, "phc-attachment", "astana", "portal", ("iin", UNATTACHED), ASTANA_PHC, none),
+        t(12, "home-doctor-call", "akmola", "portal", ("iin", CITIZEN), AKMOLA_PHC, none),
+        t(8, "home-doctor-call", "astana", "provider", ("iin", CITIZEN_ASTANA), ASTANA_PHC, none),
+        t(2, "home-doctor-call", "akmola", "provider", ("iin", UNATTACHED), AKMOLA_PHC, none),
+        t(4, "medical-licence", "aktobe", "portal", ("bin", CLINIC), AKTOBE_HEALTH, licence),
+        t(2, "medical-licence", "aktobe", "provider", ("bin", CLINIC), AKTOBE_HEALTH, licence),
+        t(4, "archive-certificate", "astana", "portal", ("iin", CITIZEN_ASTANA), ASTANA_ARCHIVES, none),
+    ];
+    all.into_iter().filter(|t| service.is_none_or(|s| s == t.service)).collect()
+}
+
+/// Builds and signs the i-th request of the mix.
+fn make_request(keys: &mut Keys, mix: &[Template], i: usize) -> anyhow::Result<(Uuid, String, Vec<u8>)> {
+    let total: usize = mix.iter().map(|t| t.weight).sum();
+    let mut k = (i * 7919) % total.max(1);
+    let t = mix
+        .iter()
+        .find(|t| {
+            if k < t.weight {
+                true
+            } else {
+                k -= t.weight;
+                false
+            }
+        })
+        .context("empty mix")?;
+    let mut v = demo::req(t.service, t.region, t.channel, t.applicant, t.provider, (t.form)());
+    keys.sign(&demo::proper_signer(&v), &mut v)?;
+    let id = v["request_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).context("id")?;
+    Ok((id, t.service.to_owned(), serde_json::to_vec(&v)?))
+}
+
+// ---- worker processes ----------------------------------------------------------------------
+
+struct Workers {
+    children: Vec<(String, tokio::process::Child)>,
+    peak_kib: Arc<Mutex<HashMap<u32, (String, u64)>>>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+impl Workers {
+    async fn start(
+        settings: &Settings,
+        per_pool: usize,
+        concurrency: usize,
+        broker: &Broker,
+    ) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut children = Vec::new();
+        for pool in ALL_POOLS {
+            for _ in 0..per_pool {
+                let child = tokio::process::Command::new(&exe)
+                    .args(["worker", pool_name(pool), "--concurrency", &concurrency.to_string()])
+                    .envs(settings.to_env())
+                    .env("QYZMET_LOG", "warn")
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("spawn qyzmet worker")?;
+                children.push((pool_name(pool).to_owned(), child));
+            }
+        }
+        // Wait until every pool's queues have their consumers.
+        let queues: Vec<String> = vec![
+            QUEUE_INTAKE.into(),
+            task_queue(crate::regulations::PoolName::Registry),
+            task_queue(crate::regulations::PoolName::Payment),
+            QUEUE_PAYMENT_NOTICES.into(),
+            task_queue(crate::regulations::PoolName::Review),
+            QUEUE_DECISIONS.into(),
+            task_queue(crate::regulations::PoolName::Result),
+        ];
+        let ready = async {
+            loop {
+                let mut all = true;
+                for q in &queues {
+                    if consumers(broker, q).await < per_pool as u32 {
+                        all = false;
+                    }
+                }
+                if all {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .context("worker processes did not start consuming")?;
+        let peak_kib: Arc<Mutex<HashMap<u32, (String, u64)>>> = Arc::new(Mutex::new(HashMap::new()));
+        let pids: Vec<(u32, String)> = children.iter().filter_map(|(p, c)| c.id().map(|id| (id, p.clone()))).collect();
+        let peaks = peak_kib.clone();
+        let sampler = tokio::spawn(async move {
+            loop {
+                for (pid, pool) in &pids {
+                    if let Some(kib) = rss_kib(*pid) {
+                        let mut g = peaks.lock().await;
+                        let e = g.entry(*pid).or_insert((pool.clone(), 0));
+                        e.1 = e.1.max(kib);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Ok(Workers { children, peak_kib, sampler })
+    }
+
+    async fn largest_rss_mib(&self) -> f64 {
+        self.children.iter().filter_map(|(_, c)| c.id().and_then(rss_kib)).max().unwrap_or(0) as f64 / 1024.0
+    }
+
+    async fn stop(mut self) -> BTreeMap<String, f64> {
+        self.sampler.abort();
+        for (_, c) in &self.children {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+        }
+        for (_, c) in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(40), c.wait()).await.is_err() {
+                let _ = c.start_kill();
+            }
+        }
+        let mut by_pool = BTreeMap::new();
+        for (pool, kib) in self.peak_kib.lock().await.values() {
+            let e = by_pool.entry(pool.clone()).or_insert(0.0f64);
+            *e = e.max(*kib as f64 / 1024.0);
+        }
+        by_pool
+    }
+}
+
+async fn consumers(broker: &Broker, queue: &str) -> u32 {
+    let Ok(ch) = broker.channel().await else { return 0 };
+    let n = ch
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .map(|q| q.consumer_count())
+        .unwrap_or(0);
+    let _ = ch.close(200, "ok".into()).await;
+    n
+}
+
+// ---- observing outcomes ----------------------------------------------------------------------
+
+#[derive(Default)]
+struct Track {
+    published: Option<Instant>,
+    events: Vec<(String, Instant)>,
+    finals: usize,
+    final_at: Option<Instant>,
+    outcome: String,
+    service: String,
+}
+
+#[derive(Default)]
+struct Board {
+    tracks: HashMap<Uuid, Track>,
+    finished: usize,
+    refused: usize,
+}
+
+async fn outcome_listener(
+    broker: Arc<Broker>,
+    board: Arc<Mutex<Board>>,
+    keys: Arc<Mutex<Keys>>,
+    publisher: Arc<Publisher>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let ch = broker.channel().await?;
+    ch.basic_qos(2000, BasicQosOptions::default()).await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        EXCHANGE_OUTCOMES.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut consumer =
+        ch.basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    Ok(tokio::spawn(async move {
+        let _keep = ch;
+        while let Some(Ok(d)) = consumer.next().await {
+            let now = Instant::now();
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            let Ok(o) = serde_json::from_slice::<Outcome>(&d.data) else { continue };
+            let step = o.step.clone().unwrap_or_default();
+            let (act, service) = {
+                let mut b = board.lock().await;
+                let Some(t) = b.tracks.get_mut(&o.request_id) else { continue };
+                if o.status.is_final() {
+                    t.finals += 1;
+                    if t.finals == 1 {
+                        t.final_at = Some(now);
+                        t.outcome = match &o.reason {
+                            Some(r) => format!("refused {}", r.code.clone().unwrap_or_else(|| r.kind.clone())),
+                            None => "completed".into(),
+                        };
+                        t.events.push((step.clone(), now));
+                        let refused = o.reason.is_some();
+                        b.finished += 1;
+                        if refused {
+                            b.refused += 1;
+                        }
+                    }
+                    continue;
+                }
+                t.events.push((step.clone(), now));
+                (step, t.service.clone())
+            };
+            // Answer as the payment gateway and as staff.
+            let id = o.request_id;
+            let msg = match act.as_str() {
+                "payment" => Some((EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), demo::payment_notice(id))),
+                "review" if matches!(service.as_str(), "medical-licence" | "archive-certificate") => {
+                    let provider =
+                        if service == "medical-licence" { demo::AKTOBE_HEALTH } else { demo::ASTANA_ARCHIVES };
+                    let mut k = keys.lock().await;
+                    demo::staff_decision(&mut k, &format!("staff-{provider}"), id, true)
+                        .ok()
+                        .map(|b| (EXCHANGE_DECISIONS, format!("decision.{service}"), b))
+                }
+                _ => None,
+            };
+            if let Some((exchange, key, body)) = msg {
+                let m = Message {
+                    exchange: exchange.into(),
+                    routing_key: key,
+                    message_id: format!("bench-{act}-{id}"),
+                    body,
+                    traceparent: None,
+                    headers: Vec::new(),
+                    must_route: true,
+                };
+                let p = publisher.clone();
+                tokio::spawn(async move {
+                    let _ = p.publish_all(&[m]).await;
+                });
+            }
+        }
+    }))
+}
+
+fn progress(label: &str, published: usize, total: usize, finished: usize, refused: usize, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let rate = finished as f64 / secs;
+    let eta = if rate > 0.0 { (total.saturating_sub(finished)) as f64 / rate } else { f64::NAN };
+    let width = 30;
+    let filled = (finished * width / total.max(1)).min(width);
+    let line = format!(
+        "{label} [{}{}] published {published}/{total} · completed {} · refused {refused} · {rate:.0}/s · ETA {eta:.0}s",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        finished - refused
+    );
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line}   ");
+    } else {
+        eprintln!("{line}");
+    }
+    let _ = std::io::stderr().flush();
+}
+
+/// Publishes `n` requests (closed-loop or at a rate) and waits for their outcomes.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    label: &str,
+    args: &BenchArgs,
+    n: usize,
+    keys: &Arc<Mutex<Keys>>,
+    publisher: &Publisher,
+    board: &Arc<Mutex<Board>>,
+    closed_loop: bool,
+) -> anyhow::Result<(Instant, Vec<Uuid>)> {
+    let mix = mix(args.service.as_deref());
+    anyhow::ensure!(!mix.is_empty(), "no service in the mix matches {:?}", args.service);
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    let mut last_progress = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch = if let (false, Some(rate)) = (closed_loop, args.rate) {
+            let due = (started.elapsed().as_secs_f64() * rate) as usize;
+            if due <= i {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                0
+            } else {
+                (due - i).min(50)
+            }
+        } else if closed_loop {
+            let in_flight = i - board.lock().await.finished;
+            if in_flight >= args.window {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                0
+            } else {
+                (args.window - in_flight).min(50)
+            }
+        } else {
+            50
+        };
+        let batch = batch.min(n - i);
+        if batch > 0 {
+            let mut messages = Vec::with_capacity(batch);
+            {
+                let mut k = keys.lock().await;
+                let mut b = board.lock().await;
+                for j in 0..batch {
+                    let (id, service, body) = make_request(&mut k, &mix, i + j)?;
+                    b.tracks.insert(
+                        id,
+                        Track { published: Some(Instant::now()), service: service.clone(), ..Track::default() },
+                    );
+                    ids.push(id);
+                    messages.push(Message {
+                        exchange: EXCHANGE_REQUESTS.into(),
+                        routing_key: service,
+                        message_id: id.to_string(),
+                        body,
+                        traceparent: None,
+                        headers: Vec::new(),
+                        must_route: true,
+                    });
+                }
+            }
+            publisher.publish_all(&messages).await?;
+            i += batch;
+        }
+        if last_progress.elapsed() > Duration::from_millis(500) {
+            let b = board.lock().await;
+            progress(label, i, n, b.finished, b.refused, started);
+            last_progress = Instant::now();
+        }
+    }
+    Ok((started, ids))
+}
+
+async fn wait_all(label: &str, n: usize, started: Instant, board: &Arc<Mutex<Board>>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (finished, refused) = {
+            let b = board.lock().await;
+            (b.finished, b.refused)
+        };
+        progress(label, n, n, finished, refused, started);
+        if finished >= n || Instant::now() > deadline {
+            if std::io::stderr().is_terminal() {
+                eprintln!();
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, peak: BTreeMap<String, f64>) -> Run {
+    let mut e2e = Vec::new();
+    let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut lost = 0;
+    let mut twice = 0;
+    let mut last = started;
+    for t in board.tracks.values() {
+        let Some(published) = t.published else { continue };
+        match t.final_at {
+            Some(f) => {
+                e2e.push((f - published).as_secs_f64() * 1000.0);
+                last = last.max(f);
+                *outcomes.entry(t.outcome.clone()).or_default() += 1;
+            }
+            None => lost += 1,
+        }
+        if t.finals > 1 {
+            twice += 1;
+        }
+        // The step named by each status was queued at that status; it ended at the next one.
+        let mut current = ("intake".to_owned(), published);
+        for (step, at) in &t.events {
+            steps.entry(current.0.clone()).or_default().push((*at - current.1).as_secs_f64() * 1000.0);
+            current = (step.clone(), *at);
+        }
+    }
+    let seconds = (last - started).as_secs_f64().max(0.001);
+    Run {
+        processes,
+        requests: n,
+        finished: board.finished,
+        lost,
+        answered_twice: twice,
+        seconds,
+        throughput: board.finished as f64 / seconds,
+        end_to_end_ms: latency(e2e),
+        step_ms: steps.into_iter().map(|(k, v)| (k, latency(v))).collect(),
+        outcomes,
+        peak_rss_mib: peak,
+        ratio_to_ceiling: None,
+    }
+}
+
+// ---- the ceiling -----------------------------------------------------------------------------
+
+const CEILING_HOPS: usize = 5;
+
+async fn ceiling(args: &BenchArgs, broker: &Arc<Broker>, store: &Store, n: usize) -> anyhow::Result<Ceiling> {
+    store.bench_prepare().await?;
+    let ch = broker.channel().await?;
+    let queue = |h: usize| format!("qyzmet.bench.hop{h}");
+    for h in 0..=CEILING_HOPS {
+        ch.queue_declare(
+            queue(h).as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_purge(queue(h).as_str().into(), QueuePurgeOptions::default()).await?;
+    }
+    let (stop_tx, stop) = crate::shutdown::channel();
+    let mut tasks = Vec::new();
+    for h in 0..CEILING_HOPS {
+        let (broker, store, from, to, stop) = (broker.clone(), store.clone(), queue(h), queue(h + 1), stop.clone());
+        let concurrency = args.concurrency;
+        tasks.push(tokio::spawn(async move {
+            let publisher = Arc::new(broker.publisher().await?);
+            let ch = broker.channel().await?;
+            ch.basic_qos(concurrency as u16, BasicQosOptions::default()).await?;
+            let consumer = ch
+                .basic_consume(from.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await?;
+            consumer
+                .take_until(stop.wait_owned())
+                .for_each_concurrent(concurrency, |d| {
+                    let (publisher, store, to) = (publisher.clone(), store.clone(), to.clone());
+                    async move {
+                        let Ok(d) = d else { return };
+                        let id = Uuid::from_slice(&d.data[..16.min(d.data.len())]).unwrap_or_default();
+                        let _ = store.bench_write(id, h as i32).await;
+                        let m = Message {
+                            exchange: String::new(),
+                            routing_key: to,
+                            message_id: id.to_string(),
+                            body: d.data.clone(),
+                            traceparent: None,
+                            headers: Vec::new(),
+                            must_route: true,
+                        };
+                        let _ = publisher.publish_all(&[m]).await;
+                        let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    }
+                })
+                .await;
+            anyhow::Ok(())
+        }));
+    }
+    // The last queue is drained by the driver, which measures.
+    let done_ch = broker.channel().await?;
+    let mut done = done_ch
+        .basic_consume(
+            queue(CEILING_HOPS).as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher = broker.publisher().await?;
+    let mut sent: HashMap<Uuid, Instant> = HashMap::new();
+    let mut lat = Vec::with_capacity(n);
+    let started = Instant::now();
+    let (mut published, mut finished) = (0usize, 0usize);
+    let body_pad = vec![b' '; 1500];
+    while finished < n {
+        let room = args.window.saturating_sub(published - finished).min(n - published);
+        if room > 0 {
+            let mut batch = Vec::with_capacity(room);
+            for _ in 0..room {
+                let id = Uuid::new_v4();
+                sent.insert(id, Instant::now());
+                let mut body = id.as_bytes().to_vec();
+                body.extend_from_slice(&body_pad);
+                batch.push(Message {
+                    exchange: String::new(),
+                    routing_key: queue(0),
+                    message_id: id.to_string(),
+                    body,
+                    traceparent: None,
+                    headers: Vec::new(),
+                    must_route: true,
+                });
+            }
+            publisher.publish_all(&batch).await?;
+            published += room;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), done.next()).await {
+            Ok(Some(Ok(d))) => {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                let id = Uuid::from_slice(&d.data[..16]).unwrap_or_default();
+                if let Some(t) = sent.remove(&id) {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    finished += 1;
+                }
+            }
+            _ => anyhow::bail!("the ceiling stalled after {finished} of {n} messages"),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop_tx.fire();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = done_ch.close(200, "ok".into()).await;
+    Ok(Ceiling { hops: CEILING_HOPS, messages: n, throughput: n as f64 / seconds, end_to_end_ms: latency(lat) })
+}
+
+// ---- the command -----------------------------------------------------------------------------
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem} memory")
+}
+
+async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
+    let ch = broker.channel().await?;
+    let queues = [
+        QUEUE_INTAKE.to_owned(),
+        QUEUE_PAYMENT_NOTICES.to_owned(),
+        QUEUE_DECISIONS.to_owned(),
+        task_queue(crate::regulations::PoolName::Registry),
+        task_queue(crate::regulations::PoolName::Payment),
+        task_queue(crate::regulations::PoolName::Review),
+        task_queue(crate::regulations::PoolName::Result),
+    ];
+    for q in queues {
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()).await?;
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(())
+}
+
+/// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
+pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let pki = crate::pki::generate(
+        &args.pki_dir,
+        &crate::pki::demo_holders(),
+        &crate::pki::demo_provider_keys(),
+        chrono::Utc::now() + chrono::Duration::days(30),
+    )
+    .map_err(|e| anyhow::anyhow!("bench PKI: {e}"))?;
+    let settings = settings.clone().with_pki(&pki);
+    let store = Store::connect(&settings.database_url, 8).await.context("cannot connect to PostgreSQL")?;
+    store.migrate().await?;
+    for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {
+        import_file(&store, &args.demo_dir.join("registries").join(f), None).await?;
+    }
+    let broker = Broker::connect(&settings.amqp_url, "qyzmet bench").await?;
+    purge_pipeline_queues(&broker).await?;
+    let publisher = Arc::new(broker.publisher().await?);
+    let keys = Arc::new(Mutex::new(Keys::new(pki.clone())));
+    let load = match args.rate {
+        Some(r) => format!("{r} requests/s offered"),
+        None => format!("closed loop, {} in flight", args.window),
+    };
+    let mix_name = args.service.clone().unwrap_or_else(|| "realistic mix of S1–S5 incl. refusals".into());
+    let mut report = Report {
+        machine: machine(),
+        load: format!("{} requests per run, {mix_name}, {load}", args.requests),
+        ceiling: None,
+        runs: Vec::new(),
+        backlog: None,
+    };
+
+    if let Some(n) = args.backlog {
+        report.backlog = Some(backlog(&settings, args, n, &broker, &publisher, &keys).await?);
+    } else {
+        if !args.no_ceiling {
+            eprintln!(
+                "measuring the ceiling: {CEILING_HOPS} hops of publish-confirm-consume-ack with one PostgreSQL write each…"
+            );
+            report.ceiling = Some(ceiling(args, &broker, &store, args.requests).await?);
+        }
+        for &k in &args.processes {
+            let board = Arc::new(Mutex::new(Board::default()));
+            let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
+            let workers = Workers::start(&settings, k, args.concurrency, &broker).await?;
+            let label = format!("{k} process(es)/pool");
+            let (started, _) =
+                drive(&label, args, args.requests, &keys, &publisher, &board, args.rate.is_none()).await?;
+            wait_all(&label, args.requests, started, &board, Duration::from_secs(args.timeout_secs)).await;
+            let peak = workers.stop().await;
+            listener.abort();
+            let mut run = summarise(k, args.requests, started, &*board.lock().await, peak).await;
+            run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
+            report.runs.push(run);
+            purge_pipeline_queues(&broker).await?;
+        }
+    }
+    broker.close().await;
+    store.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    let lost: usize = report.runs.iter().map(|r| r.lost).sum::<usize>() + report.backlog.as_ref().map_or(0, |b| b.lost);
+    let twice: usize = report.runs.iter().map(|r| r.answered_twice).sum();
+    anyhow::ensure!(lost == 0 && twice == 0, "{lost} request(s) lost, {twice} answered twice");
+    Ok(())
+}
+
+async fn backlog(
+    settings: &Settings,
+    args: &BenchArgs,
+    n: usize,
+    broker: &Arc<Broker>,
+    publisher: &Arc<Publisher>,
+    keys: &Arc<Mutex<Keys>>,
+) -> anyhow::Result<Backlog> {
+    let board = Arc::new(Mutex::new(Board::default()));
+    let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
+    eprintln!("backlog: publishing {n} requests with the pools stopped…");
+    let (published_at, _) = drive("backlog publish", args, n, keys, publisher, &board, false).await?;
+    let publish_rate = n as f64 / published_at.elapsed().as_secs_f64().max(0.001);
+    eprintln!("backlog: starting one process per pool and draining…");
+    let workers = Workers::start(settings, 1, args.concurrency, broker).await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut rss = Vec::new();
+    let mut last_sample = Instant::now() - Duration::from_secs(10);
+    loop {
+        let (finished, refused) = {
+            let b = board.lock().await;
+            (b.finished, b.refused)
+        };
+        if last_sample.elapsed() >= Duration::from_secs(5) {
+            rss.push(workers.largest_rss_mib().await);
+            last_sample = Instant::now();
+        }
+        progress("backlog drain", n, n, finished, refused, started);
+        if finished >= n || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let drain_secs = started.elapsed().as_secs_f64();
+    let _ = workers.stop().await;
+    listener.abort();
+    let b = board.lock().await;
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for t in b.tracks.values().filter(|t| t.final_at.is_some()) {
+        *outcomes.entry(t.outcome.clone()).or_default() += 1;
+    }
+    let seen: HashSet<&Uuid> = b.tracks.iter().filter(|(_, t)| t.final_at.is_some()).map(|(id, _)| id).collect();
+    Ok(Backlog {
+        requests: n,
+        publish_rate,
+        drain_rate: b.finished as f64 / drain_secs.max(0.001),
+        lost: n - seen.len(),
+        rss_mib_over_time: rss,
+        outcomes,
+    })
+}
+
+fn print_report(r: &Report) {
+    println!("\nqyzmet bench — {}\nmachine: {}\n", r.load, r.machine);
+    if let Some(c) = &r.ceiling {
+        println!(
+            "ceiling ({} hops, publish-confirm-consume-ack + 1 PostgreSQL write per hop): {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms",
+            c.hops, c.throughput, c.end_to_end_ms.p50, c.end_to_end_ms.p99
+        );
+    }
+    if !r.runs.is_empty() {
+        println!(
+            "\n{:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>12}",
+            "proc/pool", "req/s", "÷ceiling", "p50 ms", "p95 ms", "p99 ms", "max ms", "lost", "twice", "peak RSS MiB"
+        );
+        for run in &r.runs {
+            let rss = run.peak_rss_mib.values().copied().fold(0.0, f64::max);
+            println!(
+                "{:>9} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>12.1}",
+                run.processes,
+                run.throughput,
+                run.ratio_to_ceiling.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
+                run.end_to_end_ms.p50,
+                run.end_to_end_ms.p95,
+                run.end_to_end_ms.p99,
+                run.end_to_end_ms.max,
+                run.lost,
+                run.answered_twice,
+                rss
+            );
+        }
+        if let (Some(a), Some(b)) = (r.runs.first(), r.runs.get(1)) {
+            println!(
+                "\nscaling {} → {} processes per pool: ×{:.2}",
+                a.processes,
+                b.processes,
+                b.throughput / a.throughput.max(0.001)
+            );
+        }
+        for run in &r.runs {
+            println!("\nper-step latency with {} process(es)/pool (ms, p50 / p95 / p99):", run.processes);
+            for (step, l) in &run.step_ms {
+                println!("  {step:<9} {:>8.1} {:>8.1} {:>8.1}   ({} samples)", l.p50, l.p95, l.p99, l.n);
+            }
+            println!(
+                "  outcomes: {}",
+                run.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+            );
+            println!(
+                "  peak RSS by pool (MiB): {}",
+                run.peak_rss_mib.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    if let Some(b) = &r.backlog {
+        println!(
+            "\nbacklog of {}: published at {:.0}/s with the pools stopped; drained at {:.1}/s; lost {}",
+            b.requests, b.publish_rate, b.drain_rate, b.lost
+        );
+        println!("worker RSS over the drain (MiB, largest process, every 5 s): {:?}", b.rss_mib_over_time);
+        println!("outcomes: {}", b.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+    }
+}

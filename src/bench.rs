@@ -116,8 +116,11 @@ pub struct Run {
     pub finished: usize,
     /// Requests without a final outcome when the bench gave up.
     pub lost: usize,
-    /// Requests that got more than one final outcome.
+    /// Requests that got two different final outcomes (must be 0).
     pub answered_twice: usize,
+    /// Extra deliveries of the same final Outcome (same `message_id`; at-least-once publication
+    /// after a process could not record that it had published).
+    pub duplicate_deliveries: usize,
     /// Wall time from first publish to last final outcome, seconds.
     pub seconds: f64,
     /// Final outcomes per second.
@@ -156,8 +159,10 @@ pub struct Backlog {
     pub publish_rate: f64,
     /// Final outcomes per second while draining.
     pub drain_rate: f64,
-    /// Lost requests.
-    pub lost: usize,
+    /// Requests without a final outcome when the bench stopped waiting (`--timeout-secs`).
+    pub unfinished: usize,
+    /// Seconds spent draining.
+    pub drain_seconds: f64,
     /// Worker RSS samples (MiB, the largest process) every few seconds.
     pub rss_mib_over_time: Vec<f64>,
     /// Outcomes by kind.
@@ -279,6 +284,8 @@ impl Workers {
                 let child = tokio::process::Command::new(&exe)
                     .args(["worker", pool_name(pool), "--concurrency", &concurrency.to_string()])
                     .envs(settings.to_env())
+                    // Keep every process's connections within PostgreSQL's max_connections.
+                    .env("QYZMET_DB_POOL_SIZE", (150 / (5 * per_pool)).clamp(4, 16).to_string())
                     .env("QYZMET_LOG", "warn")
                     .kill_on_drop(true)
                     .spawn()
@@ -374,6 +381,8 @@ struct Track {
     published: Option<Instant>,
     events: Vec<(String, Instant)>,
     finals: usize,
+    /// A later final outcome that differs from the first (a real second answer).
+    contradicted: bool,
     final_at: Option<Instant>,
     outcome: String,
     service: String,
@@ -423,12 +432,16 @@ async fn outcome_listener(
                 let Some(t) = b.tracks.get_mut(&o.request_id) else { continue };
                 if o.status.is_final() {
                     t.finals += 1;
+                    let outcome = match &o.reason {
+                        Some(r) => format!("refused {}", r.code.clone().unwrap_or_else(|| r.kind.clone())),
+                        None => "completed".into(),
+                    };
+                    if t.finals > 1 && outcome != t.outcome {
+                        t.contradicted = true;
+                    }
                     if t.finals == 1 {
                         t.final_at = Some(now);
-                        t.outcome = match &o.reason {
-                            Some(r) => format!("refused {}", r.code.clone().unwrap_or_else(|| r.kind.clone())),
-                            None => "completed".into(),
-                        };
+                        t.outcome = outcome;
                         t.events.push((step.clone(), now));
                         let refused = o.reason.is_some();
                         b.finished += 1;
@@ -591,6 +604,7 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut lost = 0;
     let mut twice = 0;
+    let mut duplicates = 0;
     let mut last = started;
     for t in board.tracks.values() {
         let Some(published) = t.published else { continue };
@@ -602,9 +616,10 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
             }
             None => lost += 1,
         }
-        if t.finals > 1 {
+        if t.contradicted {
             twice += 1;
         }
+        duplicates += t.finals.saturating_sub(1);
         // The step named by each status was queued at that status; it ended at the next one.
         let mut current = ("intake".to_owned(), published);
         for (step, at) in &t.events {
@@ -619,6 +634,7 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
         finished: board.finished,
         lost,
         answered_twice: twice,
+        duplicate_deliveries: duplicates,
         seconds,
         throughput: board.finished as f64 / seconds,
         end_to_end_ms: latency(e2e),
@@ -803,13 +819,11 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         None => format!("closed loop, {} in flight", args.window),
     };
     let mix_name = args.service.clone().unwrap_or_else(|| "realistic mix of S1–S5 incl. refusals".into());
-    let mut report = Report {
-        machine: machine(),
-        load: format!("{} requests per run, {mix_name}, {load}", args.requests),
-        ceiling: None,
-        runs: Vec::new(),
-        backlog: None,
+    let load = match args.backlog {
+        Some(n) => format!("backlog of {n} requests, {mix_name}"),
+        None => format!("{} requests per run, {mix_name}, {load}", args.requests),
     };
+    let mut report = Report { machine: machine(), load, ceiling: None, runs: Vec::new(), backlog: None };
 
     if let Some(n) = args.backlog {
         report.backlog = Some(backlog(&settings, args, n, &broker, &publisher, &keys).await?);
@@ -843,9 +857,13 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         print_report(&report);
     }
-    let lost: usize = report.runs.iter().map(|r| r.lost).sum::<usize>() + report.backlog.as_ref().map_or(0, |b| b.lost);
+    let lost: usize =
+        report.runs.iter().map(|r| r.lost).sum::<usize>() + report.backlog.as_ref().map_or(0, |b| b.unfinished);
     let twice: usize = report.runs.iter().map(|r| r.answered_twice).sum();
-    anyhow::ensure!(lost == 0 && twice == 0, "{lost} request(s) lost, {twice} answered twice");
+    anyhow::ensure!(
+        lost == 0 && twice == 0,
+        "{lost} request(s) without a final outcome (lost, or still queued when the bench stopped waiting), {twice} answered twice"
+    );
     Ok(())
 }
 
@@ -899,7 +917,8 @@ async fn backlog(
         requests: n,
         publish_rate,
         drain_rate: b.finished as f64 / drain_secs.max(0.001),
-        lost: n - seen.len(),
+        unfinished: n - seen.len(),
+        drain_seconds: drain_secs,
         rss_mib_over_time: rss,
         outcomes,
     })
@@ -915,13 +934,23 @@ fn print_report(r: &Report) {
     }
     if !r.runs.is_empty() {
         println!(
-            "\n{:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>12}",
-            "proc/pool", "req/s", "÷ceiling", "p50 ms", "p95 ms", "p99 ms", "max ms", "lost", "twice", "peak RSS MiB"
+            "\n{:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>12}",
+            "proc/pool",
+            "req/s",
+            "÷ceiling",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "lost",
+            "twice",
+            "dup",
+            "peak RSS MiB"
         );
         for run in &r.runs {
             let rss = run.peak_rss_mib.values().copied().fold(0.0, f64::max);
             println!(
-                "{:>9} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>12.1}",
+                "{:>9} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>12.1}",
                 run.processes,
                 run.throughput,
                 run.ratio_to_ceiling.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
@@ -931,6 +960,7 @@ fn print_report(r: &Report) {
                 run.end_to_end_ms.max,
                 run.lost,
                 run.answered_twice,
+                run.duplicate_deliveries,
                 rss
             );
         }
@@ -959,8 +989,8 @@ fn print_report(r: &Report) {
     }
     if let Some(b) = &r.backlog {
         println!(
-            "\nbacklog of {}: published at {:.0}/s with the pools stopped; drained at {:.1}/s; lost {}",
-            b.requests, b.publish_rate, b.drain_rate, b.lost
+            "\nbacklog of {}: published at {:.0}/s with the pools stopped; drained at {:.1}/s for {:.0} s; {} without a final outcome when the bench stopped waiting",
+            b.requests, b.publish_rate, b.drain_rate, b.drain_seconds, b.unfinished
         );
         println!("worker RSS over the drain (MiB, largest process, every 5 s): {:?}", b.rss_mib_over_time);
         println!("outcomes: {}", b.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));

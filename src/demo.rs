@@ -440,8 +440,9 @@ fn specs() -> Vec<Spec> {
     ]
 }
 
-/// Who signs a request under the regulation of its channel.
-pub(crate) fn proper_signer(request: &Value) -> String {
+/// The demo PKI holder who signs a request under the regulation of its channel: the applicant
+/// on the portal, provider staff at the provider, a centre operator at the centre.
+pub fn proper_signer(request: &Value) -> String {
     let applicant = &request["applicant"];
     match request["channel"].as_str() {
         Some("provider") => format!("staff-{}", request["provider"].as_str().unwrap_or_default()),

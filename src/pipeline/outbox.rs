@@ -17,7 +17,7 @@ use crate::store::Store;
 use super::transition::Pending;
 
 /// Rows unpublished for longer than this are the relay's.
-pub const RELAY_AGE: Duration = Duration::from_secs(5);
+pub const RELAY_AGE: Duration = Duration::from_secs(30);
 
 /// Publishes outbox messages.
 #[derive(Clone)]

@@ -66,18 +66,9 @@ pub fn sign_as(name: &str, v: &mut Value) {
     holder(name).sign_in_place(v.as_object_mut().expect("object")).expect("sign");
 }
 
-/// Who signs a request under its channel's regulation: the applicant on the portal, provider
-/// staff at the provider, a centre operator at the centre.
+/// Who signs a request under its channel's regulation (see `qyzmet::demo::proper_signer`).
 pub fn proper_signer(request: &Value) -> String {
-    let name = match request["channel"].as_str() {
-        Some("provider") => format!("staff-{}", request["provider"].as_str().unwrap_or_default()),
-        Some("centre") => format!("staff-{}", qyzmet::pki::DEMO_CENTRE_BIN),
-        _ => match (request["applicant"]["iin"].as_str(), request["applicant"]["bin"].as_str()) {
-            (_, Some(b)) => format!("bin-{b}"),
-            (Some(i), _) => format!("iin-{i}"),
-            _ => String::new(),
-        },
-    };
+    let name = qyzmet::demo::proper_signer(request);
     // Identifiers without a certificate (invalid ones) are refused before the signature check.
     if pki().holders_dir.join(format!("{name}.key.pem")).exists() { name } else { "iin-850401300125".into() }
 }

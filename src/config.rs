@@ -31,6 +31,11 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
 
+    /// Seconds after which the outbox relay re-publishes messages a process committed but did not
+    /// confirm as published (after a crash).
+    #[arg(long, env = "QYZMET_OUTBOX_RELAY_SECS", default_value_t = 30)]
+    pub outbox_relay_secs: u64,
+
     /// PEM file of the trusted root certificates; signer chains must lead to one of them.
     #[arg(long, env = "QYZMET_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
@@ -70,6 +75,7 @@ impl Settings {
             max_message_bytes: 262_144,
             db_pool_size: 16,
             sweep_interval_ms: 500,
+            outbox_relay_secs: 30,
             trust_bundle: None,
             crl_path: None,
             signing_keys: None,
@@ -103,6 +109,7 @@ impl Settings {
             ("QYZMET_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
             ("QYZMET_DB_POOL_SIZE", self.db_pool_size.to_string()),
             ("QYZMET_SWEEP_INTERVAL_MS", self.sweep_interval_ms.to_string()),
+            ("QYZMET_OUTBOX_RELAY_SECS", self.outbox_relay_secs.to_string()),
             ("QYZMET_TRUST_BUNDLE", path(&self.trust_bundle)),
             ("QYZMET_CRL_PATH", path(&self.crl_path)),
             ("QYZMET_SIGNING_KEYS", path(&self.signing_keys)),

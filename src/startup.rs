@@ -95,7 +95,8 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         .await
         .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
     let publisher = Arc::new(broker.publisher().await.context("cannot open a publisher channel")?);
-    let (outbox, marker) = Outbox::new(store.clone(), publisher);
+    let (outbox, marker) =
+        Outbox::new(store.clone(), publisher, Duration::from_secs(settings.outbox_relay_secs.max(1)));
     let registry = deps.registry.unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
     let ctx = Arc::new(Ctx {
         store,

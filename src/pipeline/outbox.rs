@@ -16,12 +16,13 @@ use crate::store::Store;
 
 use super::transition::Pending;
 
-/// Rows unpublished for longer than this are the relay's.
-pub const RELAY_AGE: Duration = Duration::from_secs(30);
-
 /// Publishes outbox messages.
 #[derive(Clone)]
 pub struct Outbox {
+    /// Rows unpublished for longer than this are the relay's. Long enough that a row already
+    /// published by its own handler is marked first (else it would go out twice), short
+    /// enough that a crash delays messages only briefly.
+    relay_age: Duration,
     store: Store,
     publisher: Arc<Publisher>,
     published: mpsc::UnboundedSender<Vec<i64>>,
@@ -29,10 +30,10 @@ pub struct Outbox {
 
 impl Outbox {
     /// Starts the background marker; it stops when every `Outbox` clone is dropped.
-    pub fn new(store: Store, publisher: Arc<Publisher>) -> (Outbox, tokio::task::JoinHandle<()>) {
+    pub fn new(store: Store, publisher: Arc<Publisher>, relay_age: Duration) -> (Outbox, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let marker = tokio::spawn(mark_published(store.clone(), rx));
-        (Outbox { store, publisher, published: tx }, marker)
+        (Outbox { relay_age, store, publisher, published: tx }, marker)
     }
 
     /// The publisher, for dead-lettering.
@@ -55,11 +56,11 @@ impl Outbox {
         }
     }
 
-    /// One relay pass: publishes rows left unpublished longer than [`RELAY_AGE`]. Returns how
+    /// One relay pass: publishes rows left unpublished longer than the relay age. Returns how
     /// many were published.
     pub async fn relay_once(&self, limit: i64) -> Result<usize, String> {
         let mut tx = self.store.begin().await.map_err(|e| e.to_string())?;
-        let rows = Store::outbox_lock_stale(&mut tx, RELAY_AGE, limit).await.map_err(|e| e.to_string())?;
+        let rows = Store::outbox_lock_stale(&mut tx, self.relay_age, limit).await.map_err(|e| e.to_string())?;
         if rows.is_empty() {
             return Ok(0);
         }

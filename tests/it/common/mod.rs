@@ -241,6 +241,7 @@ impl TestEnv {
         let regs_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regulations");
         let mut settings = Settings::for_urls(&amqp_url, &db_url, regs_dir).with_pki(pki());
         settings.sweep_interval_ms = 100;
+        settings.outbox_relay_secs = 3;
         settings.db_pool_size = 8;
 
         let store = Store::connect(&db_url, 4).await.expect("test database");
@@ -275,8 +276,13 @@ impl TestEnv {
         let (o, a) = (outcomes.clone(), arrived.clone());
         tokio::spawn(async move {
             let _keep = ch;
+            let mut seen = std::collections::HashSet::new();
             while let Some(Ok(d)) = consumer.next().await {
-                if let Ok(out) = serde_json::from_slice::<Outcome>(&d.data) {
+                // As the contract asks of consumers: a message_id seen before is a redelivery.
+                let id = d.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+                if seen.insert(id)
+                    && let Ok(out) = serde_json::from_slice::<Outcome>(&d.data)
+                {
                     o.lock().await.entry(out.request_id).or_default().push(out);
                     a.notify_waiters();
                 }

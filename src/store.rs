@@ -326,29 +326,6 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a request to a queued step.
-    pub async fn set_queued(
-        tx: &mut PgConnection,
-        id: Uuid,
-        step_index: i32,
-        step: &str,
-        step_deadline: DateTime<Utc>,
-        facts: &Value,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
-                 attempts = 0, next_attempt_at = NULL, updated_at = now() WHERE request_id = $1",
-        )
-        .bind(id)
-        .bind(step_index)
-        .bind(step)
-        .bind(step_deadline)
-        .bind(facts)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
     /// Puts a request whose retry is due back in the queued state (same step).
     pub async fn set_requeued(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
         sqlx::query(
@@ -358,6 +335,56 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         Ok(())
+    }
+
+    /// The commonest transition in one statement: queue the request at its next step, append
+    /// "step passed" and "next step queued" to the audit trail, and write the outbox messages.
+    /// Returns the outbox ids. (One round trip instead of three on every hop.)
+    #[allow(clippy::too_many_arguments)]
+    pub async fn advance(
+        tx: &mut PgConnection,
+        id: Uuid,
+        (from_index, from_step, from_deadline, from_detail): (i32, &str, Option<DateTime<Utc>>, Option<&Value>),
+        (to_index, to_step, to_deadline): (i32, &str, DateTime<Utc>),
+        facts: &Value,
+        messages: &[Message],
+    ) -> Result<Vec<i64>, StoreError> {
+        let exchanges: Vec<&str> = messages.iter().map(|m| m.exchange.as_str()).collect();
+        let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
+        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+        let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_slice()).collect();
+        let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "WITH upd AS ( \
+                 UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
+                     attempts = 0, next_attempt_at = NULL, updated_at = now() \
+                 WHERE request_id = $1 RETURNING request_id), \
+             hist AS ( \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+                 SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd, \
+                     (VALUES ($6::integer, $7::text, 'passed', $8::timestamptz, $9::jsonb), \
+                             ($2, $3, 'queued', $4, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
+             INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
+             SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::bytea[], $14::text[]) \
+             RETURNING id",
+        )
+        .bind(id)
+        .bind(to_index)
+        .bind(to_step)
+        .bind(to_deadline)
+        .bind(facts)
+        .bind(from_index)
+        .bind(from_step)
+        .bind(from_deadline)
+        .bind(from_detail)
+        .bind(exchanges)
+        .bind(keys)
+        .bind(ids)
+        .bind(bodies)
+        .bind(traces)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Marks a request as waiting for an external event (payment, staff decision).

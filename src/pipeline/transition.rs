@@ -203,14 +203,6 @@ pub async fn advance(
     let deadline = step_deadline(row, next_index).unwrap_or(now);
     let facts = merge_facts(&row.facts, add_facts);
     let next_name = pool_name(next.pool);
-    Store::set_queued(tx, row.request_id, next_index, next_name, deadline, &facts).await?;
-    Store::history_transition(
-        tx,
-        row.request_id,
-        (row.step_index, current, "passed", row.step_deadline, detail.as_ref()),
-        (next_index, next_name, deadline),
-    )
-    .await?;
     let head = Head::from(row);
     let (_, status) = outcome_message(
         &head,
@@ -222,7 +214,17 @@ pub async fn advance(
         format!("{}:{next_index}:in_progress", row.request_id),
     );
     let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
-    stage(tx, vec![status, task]).await
+    let messages = vec![status, task];
+    let ids = Store::advance(
+        tx,
+        row.request_id,
+        (row.step_index, current, row.step_deadline, detail.as_ref()),
+        (next_index, next_name, deadline),
+        &facts,
+        &messages,
+    )
+    .await?;
+    Ok(Pending { ids, messages })
 }
 
 /// Ends a request with a refusal. Returns `None` if it already had its final outcome.

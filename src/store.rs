@@ -316,6 +316,14 @@ impl Store {
             .await
     }
 
+    /// Locks a request and returns where it stands: (state, step index, attempts).
+    pub async fn lock_position(tx: &mut PgConnection, id: Uuid) -> Result<Option<(String, i32, i32)>, StoreError> {
+        sqlx::query_as("SELECT state, step_index, attempts FROM requests WHERE request_id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+    }
+
     /// Serialises everything that concerns one request id, including messages that arrive
     /// before the request row exists (a payment before its request).
     pub async fn lock_request_id(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {

@@ -63,6 +63,16 @@ fn is_current(row: &RequestRow, task: &Task) -> bool {
     row.state == "queued" && row.step_index == task.step_index
 }
 
+/// Locks the request and confirms it is still where `row` saw it — queued at the same step
+/// with the same attempt count — so nothing moved between the unlocked read and now. (A narrow
+/// read: the wide row was read once already.)
+async fn claim(tx: &mut sqlx::PgConnection, row: &RequestRow) -> Result<bool, StoreError> {
+    let now = Store::lock_position(tx, row.request_id).await?;
+    Ok(now.is_some_and(|(state, index, attempts)| {
+        state == row.state && index == row.step_index && attempts == row.attempts
+    }))
+}
+
 /// Back-off before attempt `n` (1-based) of a step.
 pub fn retry_delay(attempt: u32) -> Duration {
     backon::ExponentialBuilder::default()
@@ -100,14 +110,14 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(request_id = %row.request_id, error = %e, "cannot run step");
-            return schedule_retry(ctx, &row, task, step_name, &e).await;
+            return schedule_retry(ctx, &row, step_name, &e).await;
         }
     };
     if now >= deadline {
-        return refuse_overdue(ctx, task, "the step deadline passed while the request waited in the queue").await;
+        return refuse_overdue(ctx, &row, "the step deadline passed while the request waited in the queue").await;
     }
     let Some(step) = route.step(row.step_index as usize) else {
-        return schedule_retry(ctx, &row, task, step_name, "route has no such step").await;
+        return schedule_retry(ctx, &row, step_name, "route has no such step").await;
     };
     let input = StepInput { request: &request, route, step, facts: &row.facts, row: &row, now };
     let budget = (deadline - now).to_std().unwrap_or(Duration::ZERO);
@@ -115,14 +125,14 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
     let outcome = tokio::time::timeout(budget, AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind()).await;
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     match outcome {
-        Ok(Ok(Ok(result))) => apply(ctx, task, step_name, result).await,
-        Ok(Ok(Err(StepError::Transient(e)))) => schedule_retry(ctx, &row, task, step_name, &e).await,
+        Ok(Ok(Ok(result))) => apply(ctx, &row, step_name, result).await,
+        Ok(Ok(Err(StepError::Transient(e)))) => schedule_retry(ctx, &row, step_name, &e).await,
         Ok(Err(panic)) => {
             let what = panic_text(&panic);
             tracing::error!(request_id = %row.request_id, pool = step_name, panic = %what, "step panicked; handled as a failure");
-            schedule_retry(ctx, &row, task, step_name, &format!("step panicked: {what}")).await
+            schedule_retry(ctx, &row, step_name, &format!("step panicked: {what}")).await
         }
-        Err(_) => refuse_overdue(ctx, task, "the step did not finish before its deadline and was cancelled").await,
+        Err(_) => refuse_overdue(ctx, &row, "the step did not finish before its deadline and was cancelled").await,
     }
 }
 
@@ -145,35 +155,32 @@ fn run_step<'a>(
 }
 
 /// Applies a step's answer under the row lock.
-async fn apply(ctx: &Ctx, task: Task, step_name: &str, outcome: StepOutcome) -> Result<(), StoreError> {
+async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcome) -> Result<(), StoreError> {
     let mut tx = ctx.store.begin().await?;
     if step_name == "payment" {
-        Store::lock_request_id(&mut tx, task.request_id).await?;
+        Store::lock_request_id(&mut tx, row.request_id).await?;
     }
-    let Some(row) = Store::lock_request(&mut tx, task.request_id).await? else {
-        return Ok(());
-    };
-    if !is_current(&row, &task) {
+    if !claim(&mut tx, row).await? {
         return Ok(());
     }
-    let (_, route) = match load(ctx, &row) {
+    let (_, route) = match load(ctx, row) {
         Ok(x) => x,
         Err(e) => return Err(StoreError::Protocol(e)),
     };
     let pending = match outcome {
-        StepOutcome::Pass { facts } => Some(transition::advance(&mut tx, &row, &route, facts, None).await?),
+        StepOutcome::Pass { facts } => Some(transition::advance(&mut tx, row, &route, facts, None).await?),
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(&route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
-            transition::refuse(&mut tx, &Head::from(&row), row.step_index, step_name, reason, detail).await?
+            transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
             // A payment committed after the step looked is visible now (the advisory lock
             // orders this against the notice handler).
             if step_name == "payment" && !Store::payments_for(&mut tx, row.request_id).await?.is_empty() {
-                Some(transition::advance(&mut tx, &row, &route, Some(json!({ "paid": true })), None).await?)
+                Some(transition::advance(&mut tx, row, &route, Some(json!({ "paid": true })), None).await?)
             } else {
-                transition::wait(&mut tx, &row, step_name, None).await?;
+                transition::wait(&mut tx, row, step_name, None).await?;
                 None
             }
         }
@@ -190,7 +197,7 @@ async fn apply(ctx: &Ctx, task: Task, step_name: &str, outcome: StepOutcome) -> 
             let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
             let signature = ctx.signer.sign(provider, &doc).map_err(StoreError::Protocol)?;
             doc.insert("signature".into(), signature);
-            transition::complete(&mut tx, &row, doc).await?
+            transition::complete(&mut tx, row, doc).await?
         }
     };
     tx.commit().await?;
@@ -200,42 +207,30 @@ async fn apply(ctx: &Ctx, task: Task, step_name: &str, outcome: StepOutcome) -> 
     Ok(())
 }
 
-async fn schedule_retry(
-    ctx: &Ctx,
-    row: &RequestRow,
-    task: Task,
-    step_name: &str,
-    error: &str,
-) -> Result<(), StoreError> {
+async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &str) -> Result<(), StoreError> {
     let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
     let delay = retry_delay(attempt);
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
     if row.step_deadline.is_some_and(|d| next >= d) {
         let why = format!("transient failures until the deadline: {error}");
-        return refuse_overdue(ctx, task, &why).await;
+        return refuse_overdue(ctx, row, &why).await;
     }
     let mut tx = ctx.store.begin().await?;
-    let Some(row) = Store::lock_request(&mut tx, task.request_id).await? else {
-        return Ok(());
-    };
-    if !is_current(&row, &task) {
+    if !claim(&mut tx, row).await? {
         return Ok(());
     }
     tracing::warn!(request_id = %row.request_id, pool = step_name, attempt, ?delay, %error, "step failed; retry scheduled");
-    transition::retry(&mut tx, &row, step_name, next, error).await?;
+    transition::retry(&mut tx, row, step_name, next, error).await?;
     tx.commit().await
 }
 
 /// Refuses `deadline_exceeded` if the request is still at this task's step.
-async fn refuse_overdue(ctx: &Ctx, task: Task, why: &str) -> Result<(), StoreError> {
+async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), StoreError> {
     let mut tx = ctx.store.begin().await?;
-    let Some(row) = Store::lock_request(&mut tx, task.request_id).await? else {
-        return Ok(());
-    };
-    if !is_current(&row, &task) {
+    if !claim(&mut tx, row).await? {
         return Ok(());
     }
-    let pending = refuse_for_deadline(ctx, &mut tx, &row, why).await?;
+    let pending = refuse_for_deadline(ctx, &mut tx, row, why).await?;
     tx.commit().await?;
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;

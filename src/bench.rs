@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -33,7 +31,7 @@ use crate::broker::{
     Broker, Message, Publisher, QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, pool_name, task_queue,
 };
 use crate::config::Settings;
-use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome};
+use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome};
 use crate::demo::{self, Keys};
 use crate::registry::import_file;
 use crate::startup::ALL_POOLS;
@@ -364,14 +362,7 @@ impl Workers {
 }
 
 async fn consumers(broker: &Broker, queue: &str) -> u32 {
-    let Ok(ch) = broker.channel().await else { return 0 };
-    let n = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .map(|q| q.consumer_count())
-        .unwrap_or(0);
-    let _ = ch.close(200, "ok".into()).await;
-    n
+    crate::broker::queue_counts(broker, queue).await.1
 }
 
 // ---- observing outcomes ----------------------------------------------------------------------
@@ -401,25 +392,7 @@ async fn outcome_listener(
     keys: Arc<Mutex<Keys>>,
     publisher: Arc<Publisher>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let ch = broker.channel().await?;
-    ch.basic_qos(2000, BasicQosOptions::default()).await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        EXCHANGE_OUTCOMES.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer =
-        ch.basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let (ch, mut consumer) = crate::broker::subscribe_outcomes(&broker, 2000).await?;
     Ok(tokio::spawn(async move {
         let _keep = ch;
         while let Some(Ok(d)) = consumer.next().await {

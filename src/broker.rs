@@ -203,6 +203,46 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Ready and consumer counts of a queue, exactly (a passive declare); `(0, 0)` if it is missing
+/// or the broker cannot be reached.
+pub async fn queue_counts(broker: &Broker, queue: &str) -> (u32, u32) {
+    let Ok(ch) = broker.channel().await else { return (0, 0) };
+    let counts = ch
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .map(|q| (q.message_count(), q.consumer_count()))
+        .unwrap_or((0, 0));
+    let _ = ch.close(200, "ok".into()).await;
+    counts
+}
+
+/// A private, exclusive queue bound to every Outcome on `qyzmet.outcomes`, and its consumer
+/// (for the demo, the benchmark and anyone watching outcomes). Keep the channel alive while
+/// consuming.
+pub async fn subscribe_outcomes(broker: &Broker, prefetch: u16) -> Result<(Channel, lapin::Consumer), BrokerError> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let ch = broker.channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        EXCHANGE_OUTCOMES.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let consumer =
+        ch.basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    Ok((ch, consumer))
+}
+
 /// A message to publish.
 #[derive(Debug, Clone)]
 pub struct Message {

@@ -8,16 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::broker::{Broker, Message, Publisher};
 use crate::config::Settings;
-use crate::contract::{
-    EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status, now_local,
-};
+use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status, now_local};
 use crate::pki::PkiPaths;
 use crate::registry::import_file;
 use crate::regulations::{PoolName, Regulations};
@@ -588,24 +585,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
 
     let broker = Broker::connect(&settings.amqp_url, "qyzmet demo").await?;
     let publisher = broker.publisher().await?;
-    let ch = broker.channel().await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        EXCHANGE_OUTCOMES.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer =
-        ch.basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let (ch, mut consumer) = crate::broker::subscribe_outcomes(&broker, 200).await?;
     let dead_before = count_dead(&broker).await;
 
     let mut keys = Keys::new(pki.clone());
@@ -763,18 +743,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
 }
 
 pub(crate) async fn count_dead(broker: &Broker) -> u32 {
-    let Ok(ch) = broker.channel().await else { return 0 };
-    let n = ch
-        .queue_declare(
-            crate::broker::QUEUE_DEAD.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0);
-    let _ = ch.close(200, "ok".into()).await;
-    n
+    crate::broker::queue_counts(broker, crate::broker::QUEUE_DEAD).await.0
 }
 
 /// A URL with its password hidden.

@@ -108,6 +108,27 @@ pub struct NewRequest<'a> {
     pub received_at: DateTime<Utc>,
 }
 
+/// Messages as the column arrays `unnest` turns into outbox rows.
+struct OutboxColumns<'a> {
+    exchanges: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    bodies: Vec<&'a [u8]>,
+    traces: Vec<Option<&'a str>>,
+}
+
+impl<'a> OutboxColumns<'a> {
+    fn of(messages: &'a [Message]) -> Self {
+        OutboxColumns {
+            exchanges: messages.iter().map(|m| m.exchange.as_str()).collect(),
+            keys: messages.iter().map(|m| m.routing_key.as_str()).collect(),
+            ids: messages.iter().map(|m| m.message_id.as_str()).collect(),
+            bodies: messages.iter().map(|m| m.body.as_slice()).collect(),
+            traces: messages.iter().map(|m| m.traceparent.as_deref()).collect(),
+        }
+    }
+}
+
 /// A final outcome row.
 #[derive(Debug)]
 pub struct FinalOutcome<'a> {
@@ -357,11 +378,7 @@ impl Store {
         facts: &Value,
         messages: &[Message],
     ) -> Result<Vec<i64>, StoreError> {
-        let exchanges: Vec<&str> = messages.iter().map(|m| m.exchange.as_str()).collect();
-        let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
-        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
-        let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_slice()).collect();
-        let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
+        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
         let rows: Vec<(i64,)> = sqlx::query_as(
             "WITH upd AS ( \
                  UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
@@ -571,11 +588,7 @@ impl Store {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let exchanges: Vec<&str> = messages.iter().map(|m| m.exchange.as_str()).collect();
-        let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
-        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
-        let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_slice()).collect();
-        let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
+        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
         let rows: Vec<(i64,)> = sqlx::query_as(
             "INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \

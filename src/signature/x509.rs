@@ -374,6 +374,16 @@ mod tests {
         verifier().verify(v.as_object().expect("object"), &sig, &expected)
     }
 
+    /// The citizen, as an IIN-only variant expects, signing now.
+    fn citizen_signed_now() -> ExpectedSigner<'static> {
+        ExpectedSigner {
+            role: "applicant",
+            identifiers: &[IdKind::Iin],
+            subjects: vec![Identifier::Iin(CITIZEN.into())],
+            signed_at: Utc::now(),
+        }
+    }
+
     fn check(v: &Value) -> Result<(), SignatureFailure> {
         check_as(v, "applicant", Identifier::Iin(CITIZEN.into()), &[IdKind::Iin, IdKind::Bin])
     }
@@ -473,12 +483,7 @@ mod tests {
         let only_root = X509Verifier::new(&p.trust_bundle, Some(copy.clone()), vec![]).expect("verifier");
         let v = signed_by("iin-850401300125");
         let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
-        let expected = ExpectedSigner {
-            role: "applicant",
-            identifiers: &[IdKind::Iin],
-            subjects: vec![Identifier::Iin(CITIZEN.into())],
-            signed_at: Utc::now(),
-        };
+        let expected = citizen_signed_now();
         assert_eq!(only_root.verify(v.as_object().expect("o"), &sig, &expected), Err(SignatureFailure::CrlMissing));
         let none = X509Verifier::new(&p.trust_bundle, None, vec![]).expect("verifier");
         assert_eq!(none.verify(v.as_object().expect("o"), &sig, &expected), Err(SignatureFailure::CrlMissing));
@@ -504,12 +509,7 @@ mod tests {
         let mut v = message();
         p.holder("iin-850401300125").expect("holder").sign_in_place(v.as_object_mut().expect("o")).expect("sign");
         let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
-        let expected = ExpectedSigner {
-            role: "applicant",
-            identifiers: &[IdKind::Iin],
-            subjects: vec![Identifier::Iin(CITIZEN.into())],
-            signed_at: Utc::now(),
-        };
+        let expected = citizen_signed_now();
         let mut verifier = X509Verifier::new(&p.trust_bundle, Some(p.crl_dir.clone()), vec![]).expect("verifier");
         verifier.crls.recheck = Duration::ZERO;
         assert_eq!(verifier.verify(v.as_object().expect("o"), &sig, &expected), Ok(()));

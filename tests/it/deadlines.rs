@@ -70,14 +70,7 @@ async fn p24_no_payment_by_the_payment_deadline_is_refused_l2() {
     let mut regs = regulations();
     regs.override_step_deadline(PoolName::Payment, Span::milliseconds(1500));
     let app = env.start(regs, Options::all(2)).await;
-    let req = request(
-        "medical-licence",
-        "aktobe",
-        "portal",
-        json!({ "bin": who::CLINIC }),
-        who::AKTOBE_HEALTH,
-        json!({ "kind": "issue", "activity": "x" }),
-    );
+    let req = licence_request("portal", "issue");
     env.publish_request(&req).await;
     env.wait_state(id_of(&req), "waiting").await;
     let o = env.final_outcome(id_of(&req)).await;

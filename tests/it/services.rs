@@ -376,14 +376,7 @@ async fn p16_signature_not_confirmed_uses_each_regulations_code() {
 async fn p23_payment_notice_before_its_request_is_matched_and_counted_once() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    let req = request(
-        "medical-licence",
-        "aktobe",
-        "portal",
-        json!({ "bin": who::CLINIC }),
-        who::AKTOBE_HEALTH,
-        json!({ "kind": "duplicate", "activity": "стоматология" }),
-    );
+    let req = licence_request("portal", "duplicate");
     let id = id_of(&req);
     let notice = payment(id, "PSHEP-000981");
     env.publish_payment(&notice).await;

@@ -91,14 +91,7 @@ async fn p16_each_signature_failure_is_refused_r2_with_its_reason_stored() {
 async fn p35_a_decision_signed_with_a_citizens_certificate_approves_nothing() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    let req = request(
-        "medical-licence",
-        "aktobe",
-        "provider",
-        json!({ "bin": who::CLINIC }),
-        who::AKTOBE_HEALTH,
-        json!({ "kind": "reissue", "activity": "стоматология" }),
-    );
+    let req = licence_request("provider", "reissue");
     let id = id_of(&req);
     env.publish_request(&req).await;
     env.wait_step(id, "review").await;

@@ -567,6 +567,18 @@ pub fn request(service: &str, region: &str, channel: &str, applicant: Value, pro
     })
 }
 
+/// A medical-licence request (S4, Aktobe) of the demo clinic.
+pub fn licence_request(channel: &str, kind: &str) -> Value {
+    request(
+        "medical-licence",
+        "aktobe",
+        channel,
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        json!({ "kind": kind, "activity": "стоматология" }),
+    )
+}
+
 /// The request id of a sample.
 pub fn id_of(v: &Value) -> Uuid {
     v.get("request_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()).expect("request_id")

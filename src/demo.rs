@@ -653,9 +653,19 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
 
     println!("\n6. final outcomes\n");
     println!(
-        "{:<3} {:<45} {:<24} {:<9} {:<9} {:<40} {:<17} check",
+        "{:<3} {:<45} {:<24} {:<9} {:<9} {:<50} {:<17} check",
         "#", "scenario", "request number", "status", "step", "reason or document", "service deadline"
     );
+    // The specific reason a signature was not confirmed is not in the Outcome (applicants get the
+    // regulation's text); operators find it in the audit trail, as `qyzmet status` shows.
+    let mut signature_reasons: HashMap<Uuid, String> = HashMap::new();
+    for o in finals.values().filter(|o| o.reason.as_ref().is_some_and(|r| r.kind == "signature_not_confirmed")) {
+        let history = store.history_of(o.request_id).await.unwrap_or_default();
+        if let Some(why) = history.iter().find_map(|h| h.detail.as_ref()?.get("signature")?.as_str().map(str::to_owned))
+        {
+            signature_reasons.insert(o.request_id, why);
+        }
+    }
     let mut ok = 0;
     for (i, s) in scenarios.iter().enumerate() {
         let (number, status, step, what, deadline, got) = match s.id.and_then(|id| finals.get(&id)) {
@@ -664,7 +674,10 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
                 if o.status == Status::Completed { "completed" } else { "refused" },
                 o.step.clone().unwrap_or_else(|| "-".into()),
                 match (&o.reason, &o.document) {
-                    (Some(r), _) => format!("{} {}", r.code.as_deref().unwrap_or("-"), r.kind),
+                    (Some(r), _) => match signature_reasons.get(&o.request_id) {
+                        Some(why) => format!("{} {} ({why})", r.code.as_deref().unwrap_or("-"), r.kind),
+                        None => format!("{} {}", r.code.as_deref().unwrap_or("-"), r.kind),
+                    },
                     (Option::None, Some(d)) => format!(
                         "{} {} {}",
                         d["kind"].as_str().unwrap_or("?"),

@@ -653,7 +653,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
 
     println!("\n6. final outcomes\n");
     println!(
-        "{:<3} {:<45} {:<24} {:<9} {:<9} {:<50} {:<17} check",
+        "{:<3} {:<45} {:<24} {:<9} {:<9} {:<52} {:<17} check",
         "#", "scenario", "request number", "status", "step", "reason or document", "service deadline"
     );
     // The specific reason a signature was not confirmed is not in the Outcome (applicants get the

@@ -709,7 +709,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
             format!("UNEXPECTED (expected {})", s.expect)
         };
         println!(
-            "{:<3} {:<45} {:<24} {:<9} {:<9} {:<40} {:<17} {check}",
+            "{:<3} {:<45} {:<24} {:<9} {:<9} {:<52} {:<17} {check}",
             i + 1,
             s.label,
             number,

@@ -62,6 +62,21 @@ pub fn parse_pool(s: &str) -> anyhow::Result<PoolName> {
 /// Errors talking to the broker. All are transient from the pipeline's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// A queue exists with other arguments than qyzmet declares — typically a classic queue
+    /// left by an earlier version (README «Moving to quorum queues»).
+    #[error(
+        "queue {queue} exists with other arguments than qyzmet declares (a classic queue from an earlier \
+         version?); see README «Moving to quorum queues»: {source}"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        source: lapin::Error,
+    },
+    /// The broker did not confirm a publish in time (it may be blocked by a resource alarm).
+    #[error("no publisher confirm within {0:?} (is the broker blocked by a resource alarm?)")]
+    ConfirmTimeout(Duration),
     /// The AMQP client failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
@@ -91,6 +106,9 @@ pub struct Broker {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a publisher waits for confirms unless configured otherwise.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Broker {
     /// Connects and declares the topology.
@@ -133,11 +151,18 @@ impl Broker {
         }
     }
 
-    /// A channel in confirm mode for publishing.
+    /// A channel in confirm mode for publishing, waiting at most [`DEFAULT_CONFIRM_TIMEOUT`]
+    /// for a confirm.
     pub async fn publisher(self: &Arc<Self>) -> Result<Publisher, BrokerError> {
+        self.publisher_with(DEFAULT_CONFIRM_TIMEOUT).await
+    }
+
+    /// A channel in confirm mode for publishing, waiting at most `confirm_timeout` for the
+    /// confirms of a batch.
+    pub async fn publisher_with(self: &Arc<Self>, confirm_timeout: Duration) -> Result<Publisher, BrokerError> {
         let ch = self.channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { broker: self.clone(), channel: Mutex::new(Some(ch)) })
+        Ok(Publisher { broker: self.clone(), channel: Mutex::new(Some(ch)), confirm_timeout })
     }
 
     /// Closes the connection (in-flight unacked deliveries go back to their queues).
@@ -156,10 +181,35 @@ fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
 }
 
-fn dead_letter_args() -> FieldTable {
+/// The broker-side bound on deliveries of one message to the pipeline's queues: past it the
+/// broker dead-letters the message itself. It is a backstop: consumers dead-letter a message
+/// earlier, at `QYZMET_MAX_DELIVERIES`, with qyzmet's reason headers. Fixed, because a queue's
+/// arguments cannot change once it is declared.
+pub const QUEUE_DELIVERY_LIMIT: u32 = 20;
+
+/// Arguments of every durable queue: quorum (replicated on a cluster; RabbitMQ 3.10 and 4.x),
+/// with a delivery limit and, for the pipeline's queues, at-least-once dead-lettering to
+/// `qyzmet.dead` (which needs `reject-publish` overflow).
+fn quorum_args(dead_letter: bool) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(EXCHANGE_DEAD.into()));
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if dead_letter {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(QUEUE_DELIVERY_LIMIT as i32));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(EXCHANGE_DEAD.into()));
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    }
     args
+}
+
+async fn declare_queue(ch: &Channel, queue: &str, dead_letter: bool) -> Result<(), BrokerError> {
+    ch.queue_declare(queue.into(), durable_queue(), quorum_args(dead_letter)).await.map(|_| ()).map_err(|source| {
+        if source.to_string().contains("PRECONDITION_FAILED") {
+            BrokerError::QueueMismatch { queue: queue.to_owned(), source }
+        } else {
+            BrokerError::Amqp(source)
+        }
+    })
 }
 
 /// Declares exchanges, queues and bindings (idempotent; the same on RabbitMQ 3.10 and 4.x).
@@ -169,7 +219,7 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
     }
     ch.exchange_declare(EXCHANGE_WORK.into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default()).await?;
     ch.exchange_declare(EXCHANGE_DEAD.into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default()).await?;
-    ch.queue_declare(QUEUE_DEAD.into(), durable_queue(), FieldTable::default()).await?;
+    declare_queue(ch, QUEUE_DEAD, false).await?;
     ch.queue_bind(
         QUEUE_DEAD.into(),
         EXCHANGE_DEAD.into(),
@@ -184,13 +234,13 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
         (QUEUE_DECISIONS, EXCHANGE_DECISIONS, "#"),
     ];
     for (queue, exchange, key) in inputs {
-        ch.queue_declare(queue.into(), durable_queue(), dead_letter_args()).await?;
+        declare_queue(ch, queue, true).await?;
         ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
             .await?;
     }
     for pool in [PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result] {
         let queue = task_queue(pool);
-        ch.queue_declare(queue.as_str().into(), durable_queue(), dead_letter_args()).await?;
+        declare_queue(ch, &queue, true).await?;
         ch.queue_bind(
             queue.as_str().into(),
             EXCHANGE_WORK.into(),
@@ -267,6 +317,9 @@ pub struct Message {
 pub struct Publisher {
     broker: Arc<Broker>,
     channel: Mutex<Option<Channel>>,
+    /// A batch whose confirms take longer fails (and stays in the outbox for the relay): a
+    /// blocked broker must not hold a handler, the sweeper or the relay forever.
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -290,6 +343,7 @@ impl Publisher {
             return Ok(());
         }
         let ch = self.channel().await?;
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
             let mut headers = FieldTable::default();
@@ -306,30 +360,37 @@ impl Publisher {
                 .with_message_id(m.message_id.as_str().into())
                 .with_app_id("qyzmet".into())
                 .with_headers(headers);
-            let confirm = match ch
-                .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                    &m.body,
-                    props,
-                )
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
+            let publish = ch.basic_publish(
+                m.exchange.as_str().into(),
+                m.routing_key.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &m.body,
+                props,
+            );
+            let confirm = match tokio::time::timeout_at(deadline, publish).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
                     self.forget_channel().await;
                     return Err(e.into());
+                }
+                Err(_) => {
+                    self.forget_channel().await;
+                    return Err(BrokerError::ConfirmTimeout(self.confirm_timeout));
                 }
             };
             confirms.push((m, confirm));
         }
         for (m, confirm) in confirms {
-            let confirmation = match confirm.await {
-                Ok(c) => c,
-                Err(e) => {
+            let confirmation = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
                     self.forget_channel().await;
                     return Err(e.into());
+                }
+                Err(_) => {
+                    // Late confirms would arrive on a channel nobody waits on: start afresh.
+                    self.forget_channel().await;
+                    return Err(BrokerError::ConfirmTimeout(self.confirm_timeout));
                 }
             };
             match confirmation {

@@ -36,6 +36,30 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_OUTBOX_RELAY_SECS", default_value_t = 30)]
     pub outbox_relay_secs: u64,
 
+    /// A delivery handed out this many times without being settled is dead-lettered before it
+    /// is handled (`delivery_limit`): its consumer crashed or was killed on it each time. At most
+    /// 19; the queues' own `x-delivery-limit` (20) is the broker-side backstop.
+    #[arg(long, env = "QYZMET_MAX_DELIVERIES", default_value_t = 10)]
+    pub max_deliveries: u32,
+
+    /// Seconds a delivery whose handling fails transiently (database unreachable) is retried in
+    /// the process before it goes back to its queue (counting as one more delivery).
+    #[arg(long, env = "QYZMET_RETRY_BUDGET_SECS", default_value_t = 300)]
+    pub retry_budget_secs: u64,
+
+    /// Milliseconds a publish waits for the broker's confirms; then it fails and the outbox
+    /// relay publishes later (a broker under a resource alarm blocks publishers).
+    #[arg(long, env = "QYZMET_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
+    pub confirm_timeout_ms: u64,
+
+    /// PostgreSQL `statement_timeout` for qyzmet's connections, in milliseconds.
+    #[arg(long, env = "QYZMET_DB_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub db_statement_timeout_ms: u64,
+
+    /// PostgreSQL `idle_in_transaction_session_timeout` for qyzmet's connections, in milliseconds.
+    #[arg(long, env = "QYZMET_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    pub db_idle_in_transaction_timeout_ms: u64,
+
     /// PEM file of the trusted root certificates; signer chains must lead to one of them.
     #[arg(long, env = "QYZMET_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
@@ -76,6 +100,11 @@ impl Settings {
             db_pool_size: 16,
             sweep_interval_ms: 500,
             outbox_relay_secs: 30,
+            max_deliveries: 10,
+            retry_budget_secs: 300,
+            confirm_timeout_ms: 10_000,
+            db_statement_timeout_ms: 30_000,
+            db_idle_in_transaction_timeout_ms: 60_000,
             trust_bundle: None,
             crl_path: None,
             signing_keys: None,
@@ -110,6 +139,11 @@ impl Settings {
             ("QYZMET_DB_POOL_SIZE", self.db_pool_size.to_string()),
             ("QYZMET_SWEEP_INTERVAL_MS", self.sweep_interval_ms.to_string()),
             ("QYZMET_OUTBOX_RELAY_SECS", self.outbox_relay_secs.to_string()),
+            ("QYZMET_MAX_DELIVERIES", self.max_deliveries.to_string()),
+            ("QYZMET_RETRY_BUDGET_SECS", self.retry_budget_secs.to_string()),
+            ("QYZMET_CONFIRM_TIMEOUT_MS", self.confirm_timeout_ms.to_string()),
+            ("QYZMET_DB_STATEMENT_TIMEOUT_MS", self.db_statement_timeout_ms.to_string()),
+            ("QYZMET_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", self.db_idle_in_transaction_timeout_ms.to_string()),
             ("QYZMET_TRUST_BUNDLE", path(&self.trust_bundle)),
             ("QYZMET_CRL_PATH", path(&self.crl_path)),
             ("QYZMET_SIGNING_KEYS", path(&self.signing_keys)),
@@ -127,6 +161,20 @@ impl Settings {
         self.staff_role_oids = vec![crate::pki::DEMO_STAFF_ROLES.into()];
         self.centre_bins = vec![crate::pki::DEMO_CENTRE_BIN.into()];
         self
+    }
+
+    /// How this process uses PostgreSQL.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            idle_in_transaction_timeout: Duration::from_millis(self.db_idle_in_transaction_timeout_ms),
+            ..crate::store::StoreOptions::with_pool_size(self.db_pool_size)
+        }
+    }
+
+    /// The consumer-side delivery limit, kept below the queues' own backstop.
+    pub fn max_deliveries(&self) -> u32 {
+        self.max_deliveries.clamp(1, crate::broker::QUEUE_DELIVERY_LIMIT - 1)
     }
 
     /// Sweep interval as a duration.

@@ -278,6 +278,105 @@ pub enum RequestProblem {
 
 const MAX_TEXT: usize = 4096;
 const MAX_ATTACHMENTS: usize = 100;
+/// Identifiers chosen by other systems (`payment_id`, `decision_id`, a power-of-attorney
+/// number) are primary keys and index entries: PostgreSQL refuses an index row over ~2.7 kB, so
+/// they are bounded well below that.
+const MAX_ID: usize = 128;
+/// Nesting deeper than this anywhere in a message is refused (the contract's own messages are
+/// at most four levels deep; a service form has no reason to go further).
+pub const MAX_DEPTH: usize = 16;
+/// Largest amount `payments.amount` (`numeric(14,2)`) holds: twelve integer digits.
+const MAX_AMOUNT_DIGITS: usize = 12;
+
+/// Checks that PostgreSQL can store every part of a message as it is: no NUL character
+/// (U+0000) in any string or member name (`jsonb` and `text` refuse it), and no nesting deeper
+/// than [`MAX_DEPTH`]. The first problem is returned with its field path, so the sender learns
+/// which field to fix instead of the request being retried against the database forever.
+pub fn check_storable(body: &Map<String, Value>) -> Result<(), FieldError> {
+    fn walk(v: &Value, path: &mut String, depth: usize) -> Result<(), FieldError> {
+        if depth > MAX_DEPTH {
+            return Err(FieldError::new(path.as_str(), format!("is nested deeper than {MAX_DEPTH} levels")));
+        }
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                Err(FieldError::new(path.as_str(), "contains a NUL character (U+0000), which cannot be stored"))
+            }
+            Value::Array(items) => {
+                let len = path.len();
+                for (i, item) in items.iter().enumerate() {
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(members) => {
+                let len = path.len();
+                for (key, item) in members {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    if key.contains('\0') {
+                        path.push_str(&key.replace('\0', "\\u0000"));
+                        return Err(FieldError::new(
+                            path.as_str(),
+                            "member name contains a NUL character (U+0000), which cannot be stored",
+                        ));
+                    }
+                    path.push_str(key);
+                    walk(item, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    let mut path = String::new();
+    for (key, item) in body {
+        path.clear();
+        if key.contains('\0') {
+            return Err(FieldError::new(
+                key.replace('\0', "\\u0000"),
+                "member name contains a NUL character (U+0000), which cannot be stored",
+            ));
+        }
+        path.push_str(key);
+        walk(item, &mut path, 1)?;
+    }
+    Ok(())
+}
+
+/// A copy of a message that PostgreSQL can store, for the audit trail of a message refused
+/// because it could not be stored as sent: every NUL character becomes U+FFFD.
+pub fn storable_copy(v: &Value) -> Value {
+    fn clean(s: &str) -> String {
+        s.replace('\0', "\u{fffd}")
+    }
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.iter().map(storable_copy).collect()),
+        Value::Object(members) => Value::Object(members.iter().map(|(k, v)| (clean(k), storable_copy(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Text from outside (AMQP properties, headers, fields of a message refused before it was read
+/// in full) made safe for a `text` column: control characters dropped, at most `max` characters.
+pub fn storable_text(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+fn id_at(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String, FieldError> {
+    let s = string_at(obj, key, path)?;
+    if s.len() > MAX_ID {
+        return Err(FieldError::new(path, format!("is longer than {MAX_ID} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(FieldError::new(path, "contains control characters"));
+    }
+    Ok(s.to_owned())
+}
 
 fn string_at<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, FieldError> {
     match obj.get(key) {
@@ -422,6 +521,7 @@ impl Request {
     /// known region variant) are checked against the regulations afterwards.
     pub fn from_envelope(env: &Envelope) -> Result<Request, FieldError> {
         let obj = &env.body;
+        check_storable(obj)?;
         let service = code_at(obj, "service", ServiceCode::parse, &names(ServiceCode::ALL.iter().map(|c| c.as_str())))?;
         let region = code_at(obj, "region", Region::parse, &names(Region::ALL.iter().map(|c| c.as_str())))?;
         let channel = code_at(obj, "channel", Channel::parse, &names(Channel::ALL.iter().map(|c| c.as_str())))?;
@@ -435,7 +535,7 @@ impl Request {
                 ident::check_iin(iin).map_err(|e| FieldError::new("representative.iin", e.to_string()))?;
                 let poa = match r.get("power_of_attorney") {
                     None | Some(Value::Null) => None,
-                    Some(_) => Some(string_at(r, "power_of_attorney", "representative.power_of_attorney")?.to_owned()),
+                    Some(_) => Some(id_at(r, "power_of_attorney", "representative.power_of_attorney")?),
                 };
                 Some(Representative { iin: iin.to_owned(), power_of_attorney: poa })
             }
@@ -503,7 +603,8 @@ impl PaymentNotice {
     /// Reads a PaymentNotice from an understood envelope.
     pub fn from_envelope(env: &Envelope) -> Result<PaymentNotice, FieldError> {
         let obj = &env.body;
-        let payment_id = string_at(obj, "payment_id", "payment_id")?.to_owned();
+        check_storable(obj)?;
+        let payment_id = id_at(obj, "payment_id", "payment_id")?;
         let amount = string_at(obj, "amount", "amount")?.to_owned();
         let valid_amount = amount.split_once('.').unwrap_or((amount.as_str(), ""));
         if valid_amount.0.is_empty()
@@ -513,6 +614,9 @@ impl PaymentNotice {
             || amount.trim_start_matches(['0', '.']).is_empty()
         {
             return Err(FieldError::new("amount", "must be a positive decimal with at most 2 fraction digits"));
+        }
+        if valid_amount.0.trim_start_matches('0').len() > MAX_AMOUNT_DIGITS {
+            return Err(FieldError::new("amount", format!("has more than {MAX_AMOUNT_DIGITS} integer digits")));
         }
         let currency = string_at(obj, "currency", "currency")?.to_owned();
         if currency != "KZT" {
@@ -566,7 +670,8 @@ impl Decision {
     /// Reads a Decision from an understood envelope.
     pub fn from_envelope(env: &Envelope) -> Result<Decision, FieldError> {
         let obj = &env.body;
-        let decision_id = string_at(obj, "decision_id", "decision_id")?.to_owned();
+        check_storable(obj)?;
+        let decision_id = id_at(obj, "decision_id", "decision_id")?;
         let decision = match string_at(obj, "decision", "decision")? {
             "approve" => Verdict::Approve,
             "refuse" => Verdict::Refuse,

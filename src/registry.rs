@@ -15,14 +15,23 @@ use serde_json::Value;
 use crate::ident;
 use crate::store::{AttachmentRecord, EntityRecord, PersonRecord, PowerOfAttorneyRecord, Store, StoreError};
 
-/// A registry could not answer; the step retries until its deadline.
+/// A registry could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("registry unavailable: {0}")]
-pub struct RegistryError(pub String);
+pub enum RegistryError {
+    /// It could not be reached or timed out: the step retries until its deadline.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// It refused the question itself (asking again cannot help).
+    #[error("registry refused the lookup: {0}")]
+    Rejected(String),
+}
 
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
-        RegistryError(e.to_string())
+        match crate::pipeline::failure::db_class(&e) {
+            crate::pipeline::failure::Class::Transient => RegistryError::Unavailable(e.to_string()),
+            crate::pipeline::failure::Class::Permanent => RegistryError::Rejected(e.to_string()),
+        }
     }
 }
 
@@ -88,9 +97,9 @@ pub struct MemoryRegistry {
 impl MemoryRegistry {
     fn get<T: Clone>(&self, map: &Mutex<HashMap<String, T>>, key: &str) -> Result<Option<T>, RegistryError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(RegistryError("registry is down (test)".into()));
+            return Err(RegistryError::Unavailable("registry is down (test)".into()));
         }
-        let guard = map.lock().map_err(|_| RegistryError("poisoned".into()))?;
+        let guard = map.lock().map_err(|_| RegistryError::Unavailable("poisoned".into()))?;
         Ok(guard.get(key).cloned())
     }
 }

@@ -88,13 +88,18 @@ pub struct Running {
 
 /// Connects to the services (without running migrations) and starts what `opts` asks for.
 pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: Deps) -> anyhow::Result<Running> {
-    let store = Store::connect(&settings.database_url, settings.db_pool_size)
+    let store = Store::connect_with(&settings.database_url, &settings.store_options())
         .await
         .context("cannot connect to PostgreSQL (QYZMET_DATABASE_URL)")?;
     let broker = Broker::connect(&settings.amqp_url, &opts.name)
         .await
         .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
-    let publisher = Arc::new(broker.publisher().await.context("cannot open a publisher channel")?);
+    let publisher = Arc::new(
+        broker
+            .publisher_with(Duration::from_millis(settings.confirm_timeout_ms.max(1)))
+            .await
+            .context("cannot open a publisher channel")?,
+    );
     let (outbox, marker) =
         Outbox::new(store.clone(), publisher, Duration::from_secs(settings.outbox_relay_secs.max(1)));
     let registry = deps.registry.unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
@@ -108,6 +113,8 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         max_message_bytes: settings.max_message_bytes,
         sweep_interval: settings.sweep_interval(),
         centre_bins: settings.centre_bins.clone(),
+        max_deliveries: settings.max_deliveries(),
+        retry_budget: Duration::from_secs(settings.retry_budget_secs),
     });
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();

@@ -14,8 +14,37 @@ use uuid::Uuid;
 
 use crate::broker::Message;
 
-/// Errors from the store. All are transient for the pipeline (retry until the deadline).
+/// Errors from the store: sqlx's own. Which of them are worth retrying is decided in one place,
+/// [`crate::pipeline::failure::db_class`].
 pub type StoreError = sqlx::Error;
+
+/// How a process uses PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// A statement running longer is cancelled by the server (`statement_timeout`): a stuck
+    /// query then fails as a transient error instead of holding a worker and its locks forever.
+    pub statement_timeout: Duration,
+    /// A transaction left idle longer is ended by the server
+    /// (`idle_in_transaction_session_timeout`), releasing its row locks, so a task stuck between
+    /// two statements cannot stall the sweeper.
+    pub idle_in_transaction_timeout: Duration,
+    /// How long to wait for a free connection from the pool.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Defaults with a pool of `size` connections.
+    pub fn with_pool_size(size: u32) -> StoreOptions {
+        StoreOptions {
+            pool_size: size,
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The database handle.
 #[derive(Clone, Debug)]
@@ -245,15 +274,25 @@ pub struct AttachmentRecord {
 }
 
 impl Store {
-    /// Connects with a pool of `size` connections.
+    /// Connects with a pool of `size` connections and the default time bounds.
     pub async fn connect(url: &str, size: u32) -> Result<Store, StoreError> {
+        Store::connect_with(url, &StoreOptions::with_pool_size(size)).await
+    }
+
+    /// Connects with the given pool size and time bounds.
+    pub async fn connect_with(url: &str, o: &StoreOptions) -> Result<Store, StoreError> {
+        let ms = |d: Duration| d.as_millis().max(1).to_string();
         let options = PgConnectOptions::from_str(url)?
             .application_name("qyzmet")
+            .options([
+                ("statement_timeout", ms(o.statement_timeout)),
+                ("idle_in_transaction_session_timeout", ms(o.idle_in_transaction_timeout)),
+            ])
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
         let pool = PgPoolOptions::new()
-            .max_connections(size)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(o.pool_size)
+            .acquire_timeout(o.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Store { pool })
@@ -292,7 +331,7 @@ impl Store {
                  step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
                  submitted_at, received_at, registered_at, finished_at) \
              VALUES ($1, CASE WHEN $2::text IS NULL THEN NULL \
-                              ELSE $2 || lpad(nextval('request_number_seq')::text, 7, '0') END, \
+                              ELSE $2 || request_serial(nextval('request_number_seq')) END, \
                      $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
                      CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
                      CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
@@ -616,27 +655,22 @@ impl Store {
         Ok(())
     }
 
-    /// Unpublished rows older than `age`, locked for the relay (skipping rows another relay holds).
-    pub async fn outbox_lock_stale(
-        tx: &mut PgConnection,
-        age: Duration,
-        limit: i64,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+    /// Claims unpublished rows older than `age` for the relay and returns them. A claim lapses
+    /// after `age` too, so rows claimed by a relay that died are claimed again later; two relays
+    /// never claim the same row at once (`SKIP LOCKED` while claiming).
+    pub async fn outbox_claim_stale(&self, age: Duration, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         sqlx::query_as(
-            "SELECT id, exchange, routing_key, message_id, body, traceparent FROM outbox \
-             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            "UPDATE outbox SET relay_claimed_at = now() WHERE id IN ( \
+                 SELECT id FROM outbox \
+                 WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+                   AND (relay_claimed_at IS NULL OR relay_claimed_at < now() - make_interval(secs => $1)) \
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, exchange, routing_key, message_id, body, traceparent",
         )
         .bind(age.as_secs_f64())
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
-    }
-
-    /// Marks rows published inside the relay's transaction.
-    pub async fn outbox_mark_published_tx(tx: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(ids).execute(&mut *tx).await?;
-        Ok(())
     }
 
     /// Number of unpublished outbox rows.

@@ -12,14 +12,14 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::broker::pool_name;
-use crate::contract::{Envelope, Reason, Request, Status};
+use crate::contract::{Envelope, Reason, Request, Status, storable_copy, storable_text};
 use crate::ident::{self, Identifier};
-use crate::pipeline::Ctx;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::transition::{self, Head, outcome_message, task_message};
+use crate::pipeline::{Ctx, Failure};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
-use crate::signature::{ExpectedSigner, SignatureFailure, Verifier};
-use crate::store::{NewRequest, Store, StoreError};
+use crate::signature::{ExpectedSigner, SignatureFailure, Signer, Verifier};
+use crate::store::{NewRequest, Store};
 
 /// What intake decided about a readable Request.
 #[derive(Debug)]
@@ -42,14 +42,24 @@ pub enum Examined<'r> {
     },
 }
 
-/// The intake step proper: a plain function of the message, the regulations and the verifier.
+/// What intake checks a Request against besides the regulations.
+pub struct Checks<'a> {
+    /// Signature verification.
+    pub verifier: &'a dyn Verifier,
+    /// Result signing: a provider whose documents cannot be signed is refused at once.
+    pub signer: &'a dyn Signer,
+    /// BINs of the centres whose operators sign centre-channel requests.
+    pub centre_bins: &'a [String],
+}
+
+/// The intake step proper: a plain function of the message, the regulations and the checks.
 pub fn examine<'r>(
     regs: &'r Regulations,
-    verifier: &dyn Verifier,
-    centre_bins: &[String],
+    checks: &Checks<'_>,
     env: &Envelope,
     received: DateTime<Utc>,
 ) -> Examined<'r> {
+    let Checks { verifier, signer, centre_bins } = *checks;
     let request = match Request::from_envelope(env) {
         Ok(r) => r,
         Err(e) => {
@@ -93,6 +103,13 @@ pub fn examine<'r>(
             detail: json!({ "signature": failure.to_string() }),
         };
     }
+    if !signer.can_sign(&request.provider) {
+        let problem = "qyzmet holds no result-signing key for this provider (and no default key)";
+        return Examined::Refused {
+            reason: transition::common_reason(regs, "invalid_request", &format!("provider: {problem}")),
+            detail: json!({ "field": "provider", "problem": problem }),
+        };
+    }
     let plan = regs.plan(&route, &request, received);
     Examined::Accepted { request: Box::new(request), route, plan }
 }
@@ -128,8 +145,9 @@ fn republished(env: &Envelope) {
     tracing::info!(request_id = %env.request_id, "request republished; already received, nothing to do");
 }
 
+/// A top-level text member as sent, safe to store even when the request is refused for it.
 fn text_of(env: &Envelope, key: &str) -> String {
-    env.body.get(key).and_then(Value::as_str).unwrap_or("").chars().take(64).collect()
+    storable_text(env.body.get(key).and_then(Value::as_str).unwrap_or(""), 64)
 }
 
 fn masked_applicant(env: &Envelope) -> String {
@@ -137,7 +155,7 @@ fn masked_applicant(env: &Envelope) -> String {
         .get("applicant")
         .and_then(|a| a.get("iin").or_else(|| a.get("bin")))
         .and_then(Value::as_str)
-        .map(ident::mask)
+        .map(|id| storable_text(&ident::mask(id), 32))
         .unwrap_or_else(|| "-".into())
 }
 
@@ -150,12 +168,18 @@ fn region_abbrev(region: &str) -> &'static str {
     }
 }
 
-async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), StoreError> {
+async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure> {
     // A republished request_id is found by the insert below (the primary key is the inbox);
     // nothing is written or published for it.
     let received = Utc::now();
-    let examined = examine(&ctx.regs, &*ctx.verifier, &ctx.centre_bins, env, received);
-    let body = Value::Object(env.body.clone());
+    let checks = Checks { verifier: &*ctx.verifier, signer: &*ctx.signer, centre_bins: &ctx.centre_bins };
+    let examined = examine(&ctx.regs, &checks, env, received);
+    // A refused request may be refused precisely because PostgreSQL cannot hold it as sent
+    // (a NUL character): its audit copy is made storable. An accepted one is stored as sent.
+    let body = match &examined {
+        Examined::Accepted { .. } => Value::Object(env.body.clone()),
+        Examined::Refused { .. } => storable_copy(&Value::Object(env.body.clone())),
+    };
     let service = text_of(env, "service");
     let region = text_of(env, "region");
     let channel = text_of(env, "channel");
@@ -244,10 +268,10 @@ async fn register(
     applicant: &str,
     submitted_at: Option<DateTime<Utc>>,
     received: DateTime<Utc>,
-) -> Result<Option<transition::Pending>, StoreError> {
+) -> Result<Option<transition::Pending>, Failure> {
     let Registration { env, msg, request, route, plan, body } = *r;
     let Some(first) = route.step(1) else {
-        return Err(StoreError::Protocol("a route needs a step after intake".into()));
+        return Err(Failure::permanent("service", "its route has no step after intake"));
     };
     let first_deadline = plan.steps[1].1;
     let prefix = format!(

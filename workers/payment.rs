@@ -15,8 +15,8 @@ use crate::ident;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition;
-use crate::pipeline::{Ctx, StepInput, StepOutcome};
-use crate::store::{Store, StoreError};
+use crate::pipeline::{Ctx, Failure, StepInput, StepOutcome};
+use crate::store::Store;
 
 /// The payment step: pass if the request is paid, otherwise wait.
 pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {
@@ -40,7 +40,7 @@ impl Handler for NoticeHandler {
     }
 }
 
-async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
+async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), Failure> {
     let payer = n.payer.identifier().map(|id| ident::mask(id.digits())).unwrap_or_default();
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, n.request_id).await?;
@@ -56,7 +56,7 @@ async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), StoreError> {
     .await?;
     if !new {
         tracing::info!(payment_id = %n.payment_id, "duplicate payment notice; counted once");
-        return tx.commit().await;
+        return Ok(tx.commit().await?);
     }
     let mut pending = None;
     if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {

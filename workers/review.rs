@@ -15,11 +15,11 @@ use crate::ident::Identifier;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition::{self, Head, Pending};
-use crate::pipeline::{Ctx, StepError, StepInput, StepOutcome};
+use crate::pipeline::{Ctx, Failure, StepError, StepInput, StepOutcome};
 use crate::registry::Registry;
 use crate::regulations::{IdKind, ReviewMode, RuleCheck};
 use crate::signature::ExpectedSigner;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The review step: evaluate the rules, or wait for staff.
 pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<StepOutcome, StepError> {
@@ -68,12 +68,12 @@ impl Handler for DecisionHandler {
     }
 }
 
-async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<(), StoreError> {
+async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<(), Failure> {
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, d.request_id).await?;
     if Store::decision_exists(&mut tx, &d.decision_id).await? {
         tracing::info!(decision_id = %d.decision_id, "duplicate decision; ignored");
-        return tx.commit().await;
+        return Ok(tx.commit().await?);
     }
     let row = Store::lock_request(&mut tx, d.request_id).await?;
     let mut pending: Option<Pending> = None;

@@ -7,12 +7,15 @@
 //! - [`transition`]: state changes with their audit-trail rows and outbox messages, in one
 //!   transaction.
 //! - [`outbox`]: publishing after commit, and the relay for what a crash left behind.
+//! - [`failure`]: the one classification of failures — transient (retry within bounds) or
+//!   permanent (refuse or dead-letter at once).
 //! - [`sweeper`]: refuses requests whose step deadline passed while they waited, even when no
 //!   worker of that pool runs; re-queues due retries.
 //!
 //! A pool's step is a plain async function from [`StepInput`] to [`StepOutcome`] (see
 //! `workers/`), testable without a broker.
 
+pub mod failure;
 pub mod outbox;
 pub mod runtime;
 pub mod sweeper;
@@ -55,6 +58,14 @@ pub struct Ctx {
     pub sweep_interval: Duration,
     /// BINs of the centres whose operators may sign centre-channel requests.
     pub centre_bins: Vec<String>,
+    /// A delivery the broker has handed out this many times before is dead-lettered unread:
+    /// its earlier deliveries crashed or killed their consumer, and one more may do it again.
+    pub max_deliveries: u32,
+    /// How long a delivery whose handling failed transiently (database unreachable) is retried
+    /// in this process before it goes back to the broker. Holding it keeps the consumer from
+    /// pulling more work during an outage, and a return to the queue counts towards
+    /// `max_deliveries`, so a short outage costs nothing and a message never circulates forever.
+    pub retry_budget: Duration,
 }
 
 /// The message a pool queue carries: "run step `step_index` of this request".
@@ -119,24 +130,4 @@ pub struct DocumentDraft {
     pub content: Value,
 }
 
-/// A step failed without a business answer. Every such failure is transient: the step is
-/// retried with back-off until its deadline, then the request is refused `deadline_exceeded`.
-/// (Malformed messages never reach a step: the runtime dead-letters them.)
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// A dependency failed (registry, database).
-    #[error("transient: {0}")]
-    Transient(String),
-}
-
-impl From<crate::registry::RegistryError> for StepError {
-    fn from(e: crate::registry::RegistryError) -> Self {
-        StepError::Transient(e.to_string())
-    }
-}
-
-impl From<sqlx::Error> for StepError {
-    fn from(e: sqlx::Error) -> Self {
-        StepError::Transient(e.to_string())
-    }
-}
+pub use failure::{Class, Failure, StepError};

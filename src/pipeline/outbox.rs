@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::broker::Publisher;
 use crate::store::Store;
 
+use super::Failure;
 use super::transition::Pending;
 
 /// Publishes outbox messages.
@@ -58,17 +59,19 @@ impl Outbox {
 
     /// One relay pass: publishes rows left unpublished longer than the relay age. Returns how
     /// many were published.
-    pub async fn relay_once(&self, limit: i64) -> Result<usize, String> {
-        let mut tx = self.store.begin().await.map_err(|e| e.to_string())?;
-        let rows = Store::outbox_lock_stale(&mut tx, self.relay_age, limit).await.map_err(|e| e.to_string())?;
+    ///
+    /// Rows are claimed in a statement of their own (a claim lapses after the relay age) and
+    /// published with no transaction open, so a broker that blocks publishers (a resource
+    /// alarm) holds no row lock and no connection while the confirms are awaited.
+    pub async fn relay_once(&self, limit: i64) -> Result<usize, Failure> {
+        let rows = self.store.outbox_claim_stale(self.relay_age, limit).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let messages: Vec<_> = rows.into_iter().map(|r| r.into_message()).collect();
-        self.publisher.publish_all(&messages).await.map_err(|e| e.to_string())?;
-        Store::outbox_mark_published_tx(&mut tx, &ids).await.map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        self.publisher.publish_all(&messages).await?;
+        self.store.outbox_mark_published(&ids).await?;
         tracing::info!(count = ids.len(), "relay published messages left by an earlier failure");
         Ok(ids.len())
     }

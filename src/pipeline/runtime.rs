@@ -1,8 +1,15 @@
 //! The broker loop, written once: consume a queue with prefetch and bounded concurrency, hand
 //! each delivery to a [`Handler`], catch panics, then ack, dead-letter (with the reason in
-//! headers) or requeue. Re-consumes when the broker cancels the consumer or the connection is
+//! headers) or retry. Re-consumes when the broker cancels the consumer or the connection is
 //! lost; stops taking deliveries on shutdown and lets the in-flight ones finish (unstarted
 //! prefetched deliveries return to the queue when the channel closes).
+//!
+//! Two bounds keep any message from circulating forever:
+//! - a transient failure is retried here, with back-off, for [`Ctx::retry_budget`]; then the
+//!   delivery is returned to the queue, which counts as a delivery;
+//! - a delivery whose `x-delivery-count` (set by quorum queues) reached [`Ctx::max_deliveries`]
+//!   is dead-lettered before it is handled: its earlier deliveries crashed or killed their
+//!   consumer. The queues' own `x-delivery-limit` is the broker-side backstop.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,11 +24,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use uuid::Uuid;
 
 use crate::broker::{Broker, EXCHANGE_DEAD, Message};
-use crate::contract::{Envelope, FieldError};
+use crate::contract::{Envelope, FieldError, storable_text};
 use crate::shutdown::Shutdown;
-use crate::store::StoreError;
 
-use super::Ctx;
+use super::{Ctx, Failure};
 
 /// A delivery as handlers see it.
 #[derive(Debug, Clone)]
@@ -38,26 +44,66 @@ pub struct Incoming {
     pub routing_key: String,
     /// Whether the broker delivered it before.
     pub redelivered: bool,
+    /// How many times the broker handed it out before without it being settled
+    /// (`x-delivery-count`, set by quorum queues; 0 on a first delivery).
+    pub delivery_count: u32,
 }
 
 impl Incoming {
-    fn from_delivery(d: &Delivery) -> Incoming {
-        let traceparent = d.properties.headers().as_ref().and_then(|h| {
-            h.inner().get("traceparent").and_then(|v| match v {
+    /// Reads what the pipeline uses of a delivery. Everything here comes from outside and ends
+    /// up in logs, columns and headers, so it is made safe on the way in: a `traceparent` that
+    /// is not W3C-shaped is dropped (a new trace starts, as the W3C rules say), and text
+    /// properties lose control characters and are bounded in length.
+    pub fn from_delivery(d: &Delivery) -> Incoming {
+        let header = |name: &str| d.properties.headers().as_ref().and_then(|h| h.inner().get(name).cloned());
+        let traceparent = header("traceparent")
+            .and_then(|v| match v {
                 AMQPValue::LongString(s) => Some(s.to_string()),
                 AMQPValue::ShortString(s) => Some(s.to_string()),
                 _ => None,
             })
-        });
+            .filter(|t| is_traceparent(t));
+        let delivery_count = header("x-delivery-count").and_then(|v| amqp_count(&v)).unwrap_or(0);
         Incoming {
             data: d.data.clone(),
-            user_id: d.properties.user_id().as_ref().map(|s| s.to_string()),
+            user_id: d.properties.user_id().as_ref().map(|s| storable_text(s.as_str(), 255)),
             traceparent,
-            message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
-            routing_key: d.routing_key.to_string(),
+            message_id: d.properties.message_id().as_ref().map(|s| storable_text(s.as_str(), 255)),
+            routing_key: storable_text(d.routing_key.as_str(), 255),
             redelivered: d.redelivered,
+            delivery_count,
         }
     }
+}
+
+/// Whether a header is a W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
+pub fn is_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+/// An AMQP integer header as a count (RabbitMQ sends `x-delivery-count` as a long or a
+/// long-long, depending on version).
+fn amqp_count(v: &AMQPValue) -> Option<u32> {
+    let n: i64 = match v {
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongLongInt(n) => *n,
+        _ => return None,
+    };
+    u32::try_from(n.max(0)).ok()
 }
 
 /// What to do with a delivery once handled.
@@ -72,8 +118,12 @@ pub enum Disposition {
         /// Human detail.
         detail: String,
     },
-    /// A dependency failed before anything was committed: give it back to the queue.
-    Requeue,
+    /// A transient failure before anything was committed: handle it again after a pause, and
+    /// give it back to the queue once the retry budget is spent.
+    Retry {
+        /// What failed, for the log.
+        error: String,
+    },
 }
 
 /// Handles one delivery.
@@ -102,19 +152,25 @@ pub fn read<T>(
     Ok((env, value))
 }
 
-/// The disposition once a handler tried to commit: ack, or give the message back when the
-/// database could not be reached (nothing was committed, so redelivery is safe).
-pub fn settle(result: Result<(), StoreError>, request_id: Uuid, what: &str) -> Disposition {
+/// The disposition once a handler tried to commit, by the one classification of failures:
+/// ack; retry a transient failure (nothing was committed, so handling it again is safe); or
+/// dead-letter a message the database refuses every time (`permanent_failure`), so that it
+/// cannot occupy the pool.
+pub fn settle(result: Result<(), Failure>, request_id: Uuid, what: &str) -> Disposition {
     match result {
         Ok(()) => Disposition::Ack,
+        Err(e) if e.is_transient() => {
+            tracing::warn!(%request_id, error = %e, "{what} not committed; will retry");
+            Disposition::Retry { error: e.to_string() }
+        }
         Err(e) => {
-            tracing::warn!(%request_id, error = %e, "{what} not committed; requeueing");
-            Disposition::Requeue
+            tracing::error!(%request_id, error = %e, "{what} can never be committed; dead-lettering it");
+            Disposition::DeadLetter { reason: "permanent_failure".into(), detail: format!("{what}: {e}") }
         }
     }
 }
 
-/// Pause before requeueing, so a failing dependency is not hammered.
+/// Pause before a delivery that could not be dead-lettered goes back to the queue.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Consumes `queue` until shutdown.
@@ -174,9 +230,10 @@ pub async fn consume(
                 let ctx = ctx.clone();
                 let handler = handler.clone();
                 let queue = queue.clone();
+                let shutdown = shutdown.clone();
                 async move {
                     match delivery {
-                        Ok(d) => process(&ctx, &queue, &*handler, d).await,
+                        Ok(d) => process(&ctx, &queue, &*handler, d, &shutdown).await,
                         Err(e) => tracing::warn!(%queue, error = %e, "consumer error"),
                     }
                 }
@@ -191,31 +248,71 @@ pub async fn consume(
     tracing::info!(%queue, "stopped consuming");
 }
 
-async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery) {
-    let msg = Incoming::from_delivery(&d);
-    let disposition = match AssertUnwindSafe(handler.handle(ctx, &msg)).catch_unwind().await {
+/// Runs the handler once, turning a panic into a dead letter (a handler that panics on a
+/// message would panic on it again).
+async fn handle_once(ctx: &Ctx, queue: &str, handler: &dyn Handler, msg: &Incoming) -> Disposition {
+    match AssertUnwindSafe(handler.handle(ctx, msg)).catch_unwind().await {
         Ok(disp) => disp,
         Err(panic) => {
             let what = panic_text(&panic);
             tracing::error!(%queue, panic = %what, "handler panicked; dead-lettering the message");
             Disposition::DeadLetter { reason: "handler_panicked".into(), detail: what }
         }
-    };
-    let result = match disposition {
+    }
+}
+
+/// Handles a delivery: the delivery-count check, then the handler, retried in place with
+/// back-off while it fails transiently and the budget lasts.
+async fn dispose(ctx: &Ctx, queue: &str, handler: &dyn Handler, msg: &Incoming, shutdown: &Shutdown) -> Disposition {
+    if msg.delivery_count >= ctx.max_deliveries {
+        return Disposition::DeadLetter {
+            reason: "delivery_limit".into(),
+            detail: format!(
+                "delivered {} times without being settled (its consumer crashed, was killed or kept failing); \
+                 limit {}",
+                msg.delivery_count, ctx.max_deliveries
+            ),
+        };
+    }
+    let started = std::time::Instant::now();
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut attempt = 1u32;
+    loop {
+        let disposition = handle_once(ctx, queue, handler, msg).await;
+        let Disposition::Retry { error } = &disposition else { return disposition };
+        let pause = backoff.next().unwrap_or(Duration::from_secs(5));
+        if started.elapsed() + pause > ctx.retry_budget || shutdown.is_shutdown() {
+            tracing::warn!(%queue, attempt, %error, message_id = ?msg.message_id,
+                "still failing after the retry budget; returning the delivery to the queue");
+            return disposition;
+        }
+        tracing::debug!(%queue, attempt, %error, ?pause, "transient failure; retrying the delivery");
+        shutdown.sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery, shutdown: &Shutdown) {
+    let msg = Incoming::from_delivery(&d);
+    let result = match dispose(ctx, queue, handler, &msg, shutdown).await {
         Disposition::Ack => d.acker.ack(BasicAckOptions::default()).await,
         Disposition::DeadLetter { reason, detail } => {
             tracing::warn!(%queue, %reason, %detail, message_id = ?msg.message_id, "dead-lettering");
             match dead_letter(ctx, queue, &msg, &reason, &detail).await {
                 Ok(()) => d.acker.ack(BasicAckOptions::default()).await,
                 Err(e) => {
-                    tracing::warn!(%queue, error = %e, "dead-letter publish failed; requeueing");
+                    tracing::warn!(%queue, error = %e, "dead-letter publish failed; returning the delivery");
                     tokio::time::sleep(REQUEUE_PAUSE).await;
                     d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
                 }
             }
         }
-        Disposition::Requeue => {
-            tokio::time::sleep(REQUEUE_PAUSE).await;
+        Disposition::Retry { .. } => {
             d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
         }
     };
@@ -228,6 +325,7 @@ async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery) {
 async fn dead_letter(ctx: &Ctx, queue: &str, msg: &Incoming, reason: &str, detail: &str) -> Result<(), String> {
     let mut headers = vec![
         ("x-qyzmet-reason".to_owned(), reason.to_owned()),
+        ("x-qyzmet-delivery-count".to_owned(), msg.delivery_count.to_string()),
         ("x-qyzmet-detail".to_owned(), detail.chars().take(1000).collect()),
         ("x-qyzmet-queue".to_owned(), queue.to_owned()),
         ("x-qyzmet-routing-key".to_owned(), msg.routing_key.clone()),

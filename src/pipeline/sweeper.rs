@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
-use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
+use sqlx::Acquire;
 
-use super::Ctx;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
 use super::task::{load, refuse_for_deadline};
 use super::transition::{self, Pending};
+use super::{Ctx, Failure};
 
 const BATCH: i64 = 200;
 
@@ -35,7 +37,13 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
 }
 
 /// One pass: refuse overdue requests, re-queue due retries. Returns how many rows it changed.
-pub async fn sweep_once(ctx: &Ctx) -> Result<usize, StoreError> {
+///
+/// Each row is changed under its own savepoint, so one row the database refuses (a bug, a
+/// corrupted row) is logged and skipped instead of failing the whole batch — otherwise it would
+/// fail every pass and stop deadlines being enforced for everyone. Publishing what the pass
+/// caused is handed to a task of its own: while the broker is blocked (a resource alarm) the
+/// sweeper still records refusals, and the outbox relay publishes them once it is unblocked.
+pub async fn sweep_once(ctx: &Ctx) -> Result<usize, Failure> {
     let mut changed = 0;
     let mut pending = Pending::default();
 
@@ -47,10 +55,21 @@ pub async fn sweep_once(ctx: &Ctx) -> Result<usize, StoreError> {
             "retry" => "the step kept failing until its deadline",
             _ => "the step deadline passed while the request waited in the queue",
         };
-        if let Some(p) = refuse_for_deadline(ctx, &mut tx, row, why).await? {
-            tracing::info!(request_id = %row.request_id, step = ?row.step, "sweeper refused an overdue request");
-            pending.extend(p);
-            changed += 1;
+        let mut sp = tx.begin().await?;
+        match refuse_for_deadline(ctx, &mut sp, row, why).await {
+            Ok(refused) => {
+                sp.commit().await?;
+                if let Some(p) = refused {
+                    tracing::info!(request_id = %row.request_id, step = ?row.step, "sweeper refused an overdue request");
+                    pending.extend(p);
+                    changed += 1;
+                }
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                sp.rollback().await?;
+                tracing::error!(request_id = %row.request_id, error = %e, "cannot refuse an overdue request; skipped");
+            }
         }
     }
     tx.commit().await?;
@@ -58,16 +77,29 @@ pub async fn sweep_once(ctx: &Ctx) -> Result<usize, StoreError> {
     let mut tx = ctx.store.begin().await?;
     let due = Store::lock_due_retries(&mut tx, BATCH).await?;
     for row in &due {
-        match load(ctx, row) {
-            Ok((_, route)) => {
-                pending.extend(transition::requeue(&mut tx, row, &route).await?);
+        let mut sp = tx.begin().await?;
+        let requeued = match load(ctx, row) {
+            Ok((_, route)) => transition::requeue(&mut sp, row, &route).await,
+            Err(e) => Err(e),
+        };
+        match requeued {
+            Ok(p) => {
+                sp.commit().await?;
+                pending.extend(p);
                 changed += 1;
             }
-            Err(e) => tracing::error!(request_id = %row.request_id, error = %e, "cannot requeue"),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                sp.rollback().await?;
+                tracing::error!(request_id = %row.request_id, error = %e, "cannot requeue a due retry; skipped");
+            }
         }
     }
     tx.commit().await?;
 
-    ctx.outbox.flush(pending).await;
+    if !pending.messages.is_empty() {
+        let outbox = ctx.outbox.clone();
+        tokio::spawn(async move { outbox.flush(pending).await });
+    }
     Ok(changed)
 }

@@ -5,9 +5,12 @@
 //! passed; otherwise run the pool's step function under a timeout that ends at the step deadline,
 //! catching panics. The result is classified once:
 //! - a business answer (pass, refuse, wait, complete) is applied in one transaction;
-//! - a failure (error, panic) is transient: the next attempt is scheduled in PostgreSQL with
-//!   exponential back-off and jitter, unless it would fall after the deadline, in which case the
-//!   request is refused `deadline_exceeded`;
+//! - a transient failure (a dependency down, a panic) schedules the next attempt in PostgreSQL
+//!   with exponential back-off and jitter, unless it would fall after the deadline, in which
+//!   case the request is refused `deadline_exceeded`;
+//! - a permanent failure (the stored request no longer fits its route, the database refuses
+//!   the step's data, the provider has no signing key) refuses the request `invalid_request`
+//!   at once, naming the field;
 //! - a task that cannot be read is dead-lettered.
 //!
 //! The step runs without holding a row lock; applying re-reads the row under `FOR UPDATE` and
@@ -28,9 +31,9 @@ use crate::contract::{Request, now_local};
 use crate::regulations::{PoolName, Route};
 use crate::store::{RequestRow, Store, StoreError};
 
-use super::runtime::{Disposition, Handler, Incoming, panic_text};
+use super::runtime::{self, Disposition, Handler, Incoming, panic_text};
 use super::transition::{self, Head, Pending};
-use super::{Ctx, StepError, StepInput, StepOutcome, Task};
+use super::{Ctx, Failure, StepError, StepInput, StepOutcome, Task};
 
 /// Runs the steps of one pool.
 pub struct TaskHandler {
@@ -47,13 +50,7 @@ impl Handler for TaskHandler {
                     return Disposition::DeadLetter { reason: "bad_task".into(), detail: e.to_string() };
                 }
             };
-            match run(ctx, self.pool, task).await {
-                Ok(()) => Disposition::Ack,
-                Err(e) => {
-                    tracing::warn!(pool = pool_name(self.pool), request_id = %task.request_id, error = %e, "task failed before commit; requeueing");
-                    Disposition::Requeue
-                }
-            }
+            runtime::settle(run(ctx, self.pool, task).await, task.request_id, "task")
         })
     }
 }
@@ -86,15 +83,19 @@ pub fn retry_delay(attempt: u32) -> Duration {
         .unwrap_or(Duration::from_secs(60))
 }
 
-/// Parses the stored request and finds its route.
-pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), String> {
-    let request: Request =
-        serde_json::from_value(row.body.clone()).map_err(|e| format!("stored request unreadable: {e}"))?;
-    let route = ctx.regs.route(request.service, request.region, request.channel)?;
+/// Parses the stored request and finds its route. A failure is permanent: the row will read
+/// the same next time (the regulations changed under it, or it was written by a bug).
+pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), Failure> {
+    let request: Request = serde_json::from_value(row.body.clone())
+        .map_err(|e| Failure::permanent("request", format!("stored request unreadable: {e}")))?;
+    let route = ctx
+        .regs
+        .route(request.service, request.region, request.channel)
+        .map_err(|why| Failure::permanent("service", format!("no route any more: {why}")))?;
     Ok((request, route))
 }
 
-async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
+async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
     let Some(row) = ctx.store.get_request(task.request_id).await? else {
         tracing::warn!(request_id = %task.request_id, "task for an unknown request; ignored");
         return Ok(());
@@ -108,16 +109,14 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
     let deadline = row.step_deadline.unwrap_or(now);
     let (request, route) = match load(ctx, &row) {
         Ok(x) => x,
-        Err(e) => {
-            tracing::error!(request_id = %row.request_id, error = %e, "cannot run step");
-            return schedule_retry(ctx, &row, step_name, &e).await;
-        }
+        Err(e) => return refuse_invalid(ctx, &row, step_name, &e).await,
     };
     if now >= deadline {
         return refuse_overdue(ctx, &row, "the step deadline passed while the request waited in the queue").await;
     }
     let Some(step) = route.step(row.step_index as usize) else {
-        return schedule_retry(ctx, &row, step_name, "route has no such step").await;
+        let e = Failure::permanent("service", format!("its route has no step {}", row.step_index));
+        return refuse_invalid(ctx, &row, step_name, &e).await;
     };
     let input = StepInput { request: &request, route, step, facts: &row.facts, row: &row, now };
     let budget = (deadline - now).to_std().unwrap_or(Duration::ZERO);
@@ -125,8 +124,12 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), StoreError> {
     let outcome = tokio::time::timeout(budget, AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind()).await;
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     match outcome {
-        Ok(Ok(Ok(result))) => apply(ctx, &row, step_name, result).await,
-        Ok(Ok(Err(StepError::Transient(e)))) => schedule_retry(ctx, &row, step_name, &e).await,
+        Ok(Ok(Ok(result))) => match apply(ctx, &row, step_name, result).await {
+            Err(e) if !e.is_transient() => refuse_invalid(ctx, &row, step_name, &e).await,
+            other => other,
+        },
+        Ok(Ok(Err(e))) if e.is_transient() => schedule_retry(ctx, &row, step_name, &e.to_string()).await,
+        Ok(Ok(Err(e))) => refuse_invalid(ctx, &row, step_name, &e).await,
         Ok(Err(panic)) => {
             let what = panic_text(&panic);
             tracing::error!(request_id = %row.request_id, pool = step_name, panic = %what, "step panicked; handled as a failure");
@@ -150,12 +153,12 @@ fn run_step<'a>(
         }),
         PoolName::Review => Box::pin(crate::workers::review::step(input, &*ctx.registry)),
         PoolName::Result => Box::pin(async move { Ok(crate::workers::result::step(input)) }),
-        PoolName::Intake => Box::pin(async { Err(StepError::Transient("intake does not run tasks".into())) }),
+        PoolName::Intake => Box::pin(async { Err(Failure::permanent("task", "intake does not run tasks")) }),
     }
 }
 
 /// Applies a step's answer under the row lock.
-async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcome) -> Result<(), StoreError> {
+async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcome) -> Result<(), Failure> {
     let mut tx = ctx.store.begin().await?;
     if step_name == "payment" {
         Store::lock_request_id(&mut tx, row.request_id).await?;
@@ -163,10 +166,7 @@ async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcom
     if !claim(&mut tx, row).await? {
         return Ok(());
     }
-    let (_, route) = match load(ctx, row) {
-        Ok(x) => x,
-        Err(e) => return Err(StoreError::Protocol(e)),
-    };
+    let (_, route) = load(ctx, row)?;
     let pending = match outcome {
         StepOutcome::Pass { facts } => Some(transition::advance(&mut tx, row, &route, facts, None).await?),
         StepOutcome::Refuse { refusal, note, detail } => {
@@ -195,7 +195,7 @@ async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcom
             doc.insert("issued_at".into(), json!(now_local()));
             doc.insert("content".into(), document.content);
             let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
-            let signature = ctx.signer.sign(provider, &doc).map_err(StoreError::Protocol)?;
+            let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
             doc.insert("signature".into(), signature);
             transition::complete(&mut tx, row, doc).await?
         }
@@ -207,7 +207,7 @@ async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcom
     Ok(())
 }
 
-async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &str) -> Result<(), StoreError> {
+async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &str) -> Result<(), Failure> {
     let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
     let delay = retry_delay(attempt);
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
@@ -221,11 +221,31 @@ async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &st
     }
     tracing::warn!(request_id = %row.request_id, pool = step_name, attempt, ?delay, %error, "step failed; retry scheduled");
     transition::retry(&mut tx, row, step_name, next, error).await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
+}
+
+/// Refuses `invalid_request`, naming the field, a request whose step failed permanently —
+/// if it is still at this task's step.
+async fn refuse_invalid(ctx: &Ctx, row: &RequestRow, step_name: &str, failure: &Failure) -> Result<(), Failure> {
+    tracing::error!(request_id = %row.request_id, pool = step_name, error = %failure, "step failed permanently; refusing the request");
+    let mut tx = ctx.store.begin().await?;
+    if !claim(&mut tx, row).await? {
+        return Ok(());
+    }
+    let problem = failure.to_string();
+    let reason = transition::common_reason(&ctx.regs, "invalid_request", &problem);
+    let detail = json!({ "field": failure.field(), "problem": problem, "permanent": true });
+    let pending =
+        transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, Some(detail)).await?;
+    tx.commit().await?;
+    if let Some(p) = pending {
+        ctx.outbox.flush(p).await;
+    }
+    Ok(())
 }
 
 /// Refuses `deadline_exceeded` if the request is still at this task's step.
-async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), StoreError> {
+async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), Failure> {
     let mut tx = ctx.store.begin().await?;
     if !claim(&mut tx, row).await? {
         return Ok(());
@@ -246,7 +266,7 @@ pub async fn refuse_for_deadline(
     tx: &mut sqlx::PgConnection,
     row: &RequestRow,
     why: &str,
-) -> Result<Option<Pending>, StoreError> {
+) -> Result<Option<Pending>, Failure> {
     let step_name = row.step.clone().unwrap_or_else(|| "intake".into());
     let deadline = row.step_deadline.map(crate::contract::to_local);
     let detail = json!({ "why": why, "deadline": deadline });

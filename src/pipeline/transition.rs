@@ -10,9 +10,9 @@ use uuid::Uuid;
 use crate::broker::{EXCHANGE_WORK, Message, pool_name};
 use crate::contract::{EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local};
 use crate::regulations::{Regulations, Route, code_of};
-use crate::store::{FinalOutcome, RequestRow, Store, StoreError};
+use crate::store::{FinalOutcome, RequestRow, Store};
 
-use super::Task;
+use super::{Failure, Task};
 
 /// Messages written to the outbox, to publish once the transaction commits.
 #[derive(Debug, Default)]
@@ -119,7 +119,7 @@ pub fn task_message(
     }
 }
 
-async fn stage(tx: &mut PgConnection, messages: Vec<Message>) -> Result<Pending, StoreError> {
+async fn stage(tx: &mut PgConnection, messages: Vec<Message>) -> Result<Pending, Failure> {
     let ids = Store::outbox_insert(tx, &messages).await?;
     Ok(Pending { ids, messages })
 }
@@ -193,12 +193,12 @@ pub async fn advance(
     route: &Route<'_>,
     add_facts: Option<Value>,
     detail: Option<Value>,
-) -> Result<Pending, StoreError> {
+) -> Result<Pending, Failure> {
     let now = Utc::now();
     let current = route.step(row.step_index as usize).map(|s| pool_name(s.pool)).unwrap_or("?");
     let next_index = row.step_index + 1;
     let Some(next) = route.step(next_index as usize) else {
-        return Err(StoreError::Protocol(format!("route of {} has no step {next_index}", row.request_id)));
+        return Err(Failure::permanent("service", format!("its route has no step {next_index}")));
     };
     let deadline = step_deadline(row, next_index).unwrap_or(now);
     let facts = merge_facts(&row.facts, add_facts);
@@ -235,7 +235,7 @@ pub async fn refuse(
     step: &str,
     reason: Reason,
     detail: Option<Value>,
-) -> Result<Option<Pending>, StoreError> {
+) -> Result<Option<Pending>, Failure> {
     let now = Utc::now();
     let (outcome, message) = outcome_message(
         head,
@@ -273,7 +273,7 @@ pub async fn complete(
     tx: &mut PgConnection,
     row: &RequestRow,
     document: Map<String, Value>,
-) -> Result<Option<Pending>, StoreError> {
+) -> Result<Option<Pending>, Failure> {
     let now = Utc::now();
     let head = Head::from(row);
     let document = Value::Object(document);
@@ -305,14 +305,9 @@ pub async fn complete(
 }
 
 /// Parks a request until an external event (payment, staff decision) or its deadline.
-pub async fn wait(
-    tx: &mut PgConnection,
-    row: &RequestRow,
-    step: &str,
-    detail: Option<Value>,
-) -> Result<(), StoreError> {
+pub async fn wait(tx: &mut PgConnection, row: &RequestRow, step: &str, detail: Option<Value>) -> Result<(), Failure> {
     Store::set_waiting(tx, row.request_id).await?;
-    Store::history(tx, row.request_id, row.step_index, step, "waiting", row.step_deadline, detail.as_ref()).await
+    Ok(Store::history(tx, row.request_id, row.step_index, step, "waiting", row.step_deadline, detail.as_ref()).await?)
 }
 
 /// Schedules another attempt of the current step after a transient failure.
@@ -322,17 +317,17 @@ pub async fn retry(
     step: &str,
     next_attempt_at: DateTime<Utc>,
     error: &str,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     let attempts = row.attempts + 1;
     Store::set_retry(tx, row.request_id, attempts, next_attempt_at).await?;
     let detail = json!({ "attempt": attempts, "error": error, "next_attempt_at": next_attempt_at });
-    Store::history(tx, row.request_id, row.step_index, step, "retry", row.step_deadline, Some(&detail)).await
+    Ok(Store::history(tx, row.request_id, row.step_index, step, "retry", row.step_deadline, Some(&detail)).await?)
 }
 
 /// Puts a request whose retry is due back on its pool's queue.
-pub async fn requeue(tx: &mut PgConnection, row: &RequestRow, route: &Route<'_>) -> Result<Pending, StoreError> {
+pub async fn requeue(tx: &mut PgConnection, row: &RequestRow, route: &Route<'_>) -> Result<Pending, Failure> {
     let Some(step) = route.step(row.step_index as usize) else {
-        return Err(StoreError::Protocol(format!("route of {} has no step {}", row.request_id, row.step_index)));
+        return Err(Failure::permanent("service", format!("its route has no step {}", row.step_index)));
     };
     Store::set_requeued(tx, row.request_id).await?;
     let task = task_message(row.request_id, row.step_index, step.pool, row.traceparent.as_deref());

@@ -161,6 +161,10 @@ impl Signer for Keyring {
         })?;
         key.signature_for(document)
     }
+
+    fn can_sign(&self, provider: &str) -> bool {
+        self.keys.contains_key(provider) || self.keys.contains_key("default")
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,11 @@ pub trait Verifier: Send + Sync {
 pub trait Signer: Send + Sync {
     /// The `signature` member for a document issued by `provider` (BIN).
     fn sign(&self, provider: &str, document: &Map<String, Value>) -> Result<Value, String>;
+
+    /// Whether documents of `provider` can be signed (its own key or a default one). Intake
+    /// refuses a request whose result could never be signed instead of letting it reach the
+    /// result step.
+    fn can_sign(&self, provider: &str) -> bool;
 }
 
 /// The bytes that are signed: RFC 8785 canonical JSON of the object without `signature`.

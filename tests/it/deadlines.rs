@@ -168,7 +168,7 @@ impl Misbehaving {
                 }
                 "flaky" if n >= 2 => Ok(None),
                 "panic" => panic!("registry adapter bug"),
-                _ => Err(RegistryError("gateway timeout".into())),
+                _ => Err(RegistryError::Unavailable("gateway timeout".into())),
             }
         })
     }

@@ -917,6 +917,55 @@ mod tests {
     }
 
     #[test]
+    fn nul_characters_anywhere_are_refused_with_their_path() {
+        let mut v = sample();
+        v["form"]["activity"] = json!("a\u{0}b");
+        assert_eq!(parse(&v).unwrap_err().field, "form.activity");
+        let mut v = sample();
+        v["attachments"][0]["name"] = json!("\u{0}");
+        assert_eq!(parse(&v).unwrap_err().field, "attachments[0].name");
+        let mut v = sample();
+        v["form"] = json!({ "k\u{0}": 1 });
+        assert_eq!(parse(&v).unwrap_err().field, "form.k\\u0000");
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused() {
+        let mut v = sample();
+        v["form"] = (0..MAX_DEPTH).fold(json!(1), |inner, _| json!({ "x": inner }));
+        let e = parse(&v).unwrap_err();
+        assert!(e.field.starts_with("form.x"), "{e}");
+        assert!(e.problem.contains("nested"), "{e}");
+    }
+
+    #[test]
+    fn storable_copy_replaces_nul_in_keys_and_values() {
+        let v = json!({ "a\u{0}": ["x\u{0}y", 1] });
+        assert_eq!(storable_copy(&v), json!({ "a\u{fffd}": ["x\u{fffd}y", 1] }));
+        assert_eq!(storable_text("ak\u{0}mola\n", 64), "akmola");
+    }
+
+    #[test]
+    fn payment_amounts_past_numeric_14_2_and_long_ids_are_refused() {
+        let base = json!({ "payment_id": "P1", "request_id": "5f0c6a0e-3c1e-4a51-9b8e-1d2f0c9e7a11",
+            "amount": "999999999999.99", "currency": "KZT", "paid_at": "2026-11-23T10:14:12+05:00",
+            "payer": { "iin": "840317000029" } });
+        let read = |v: &Value| {
+            PaymentNotice::from_envelope(&Envelope::parse(v.to_string().as_bytes(), 100_000).expect("envelope"))
+        };
+        assert!(read(&base).is_ok(), "twelve integer digits fit");
+        let mut v = base.clone();
+        v["amount"] = json!("1000000000000.00");
+        assert_eq!(read(&v).unwrap_err().field, "amount");
+        let mut v = base.clone();
+        v["amount"] = json!("000000000000001.00");
+        assert!(read(&v).is_ok(), "leading zeros do not count");
+        let mut v = base;
+        v["payment_id"] = json!("P".repeat(129));
+        assert_eq!(read(&v).unwrap_err().field, "payment_id");
+    }
+
+    #[test]
     fn routing_word_rejects_odd_input() {
         assert_eq!(routing_word("medical-licence"), "medical-licence");
         assert_eq!(routing_word("a.b#"), "unknown");

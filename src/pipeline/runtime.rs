@@ -356,3 +356,26 @@ pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         "panic".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_w3c_shaped_traceparents_are_kept() {
+        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), "zero trace id");
+        assert!(!is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"), "zero span id");
+        assert!(!is_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), "version ff");
+        assert!(!is_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), "upper case");
+        assert!(!is_traceparent("00-\u{0}-garbage"));
+    }
+
+    #[test]
+    fn delivery_counts_are_read_from_any_integer_type() {
+        assert_eq!(amqp_count(&AMQPValue::LongLongInt(3)), Some(3));
+        assert_eq!(amqp_count(&AMQPValue::LongInt(2)), Some(2));
+        assert_eq!(amqp_count(&AMQPValue::LongLongInt(-1)), Some(0));
+        assert_eq!(amqp_count(&AMQPValue::LongString("3".into())), None);
+    }
+}

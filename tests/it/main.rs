@@ -5,6 +5,7 @@ mod bench;
 mod common;
 mod deadlines;
 mod intake;
+mod poison;
 mod resilience;
 mod services;
 mod signatures;

@@ -1,25 +1,61 @@
-//! Nothing lost, nothing doubled: workers killed mid-step, and a worker process killed with
-//! SIGKILL while requests flow through it.
+//! Nothing lost, nothing doubled: workers killed while inside a step (held there on a barrier),
+//! and a worker process killed with SIGKILL while requests flow through it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde_json::json;
+use tokio::sync::Notify;
 
 use qyzmet::contract::Status;
+use qyzmet::registry::{Registry, RegistryError};
 use qyzmet::regulations::PoolName;
 use qyzmet::startup::Options;
+use qyzmet::store::{AttachmentRecord, EntityRecord, PersonRecord, PowerOfAttorneyRecord};
 
 use crate::common::*;
+
+/// A registry whose lookups never return: each caller is counted, then held inside its step
+/// until the process is killed.
+struct Barrier {
+    entered: Arc<AtomicUsize>,
+    arrived: Arc<Notify>,
+}
+
+impl Barrier {
+    fn hold<T: Send + 'static>(&self) -> BoxFuture<'_, Result<Option<T>, RegistryError>> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        self.arrived.notify_waiters();
+        Box::pin(std::future::pending())
+    }
+}
+
+impl Registry for Barrier {
+    fn person(&self, _: &str) -> BoxFuture<'_, Result<Option<PersonRecord>, RegistryError>> {
+        self.hold()
+    }
+    fn entity(&self, _: &str) -> BoxFuture<'_, Result<Option<EntityRecord>, RegistryError>> {
+        self.hold()
+    }
+    fn power_of_attorney(&self, _: &str) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
+        self.hold()
+    }
+    fn attachment(&self, _: &str) -> BoxFuture<'_, Result<Option<AttachmentRecord>, RegistryError>> {
+        self.hold()
+    }
+}
 
 #[tokio::test]
 async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome() {
     let env = TestEnv::new().await;
-    // Everything but the result pool runs normally.
+    // Everything but the registry pool runs normally.
     let rest = env
         .start(
             regulations(),
             Options {
-                pools: vec![(PoolName::Intake, 2), (PoolName::Registry, 2), (PoolName::Review, 2)],
+                pools: vec![(PoolName::Intake, 2), (PoolName::Review, 2), (PoolName::Result, 2)],
                 sweeper: true,
                 name: "rest".into(),
             },
@@ -30,7 +66,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
             request(
                 "doctor-appointment",
                 "akmola",
-                "portal",
+                "provider",
                 json!({ "iin": who::CITIZEN }),
                 who::AKMOLA_PHC,
                 json!({}),
@@ -40,33 +76,39 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
     for r in &reqs {
         env.publish_request(r).await;
     }
-    // Wait until every request waits in the result queue, then start a result worker and kill
-    // it while it holds deliveries (prefetch 5, killed before it can ack them all).
-    let queued = async {
-        while env.queue_ready("qyzmet.result").await < 5 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // A registry worker whose lookups block: kill it once all five are inside their step.
+    let entered = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(Notify::new());
+    let mut deps = env.deps();
+    deps.registry = Some(Arc::new(Barrier { entered: entered.clone(), arrived: arrived.clone() }));
+    let doomed = qyzmet::startup::start(
+        &env.settings,
+        regulations(),
+        Options { pools: vec![(PoolName::Registry, 5)], sweeper: false, name: "doomed".into() },
+        deps,
+    )
+    .await
+    .expect("doomed worker starts");
+    let inside = async {
+        loop {
+            let notified = arrived.notified();
+            if entered.load(Ordering::SeqCst) >= 5 {
+                return;
+            }
+            notified.await;
         }
     };
-    tokio::time::timeout(EVENT_TIMEOUT, queued).await.expect("requests reach the result queue");
-    let doomed = env
-        .start(regulations(), Options { pools: vec![(PoolName::Result, 5)], sweeper: false, name: "doomed".into() })
-        .await;
-    let taken = async {
-        while env.queue_ready("qyzmet.result").await == 5 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(EVENT_TIMEOUT, taken).await.expect("the doomed worker takes deliveries");
+    tokio::time::timeout(EVENT_TIMEOUT, inside).await.expect("all five requests are inside the registry step");
     doomed.abort().await;
     let survivor = env
-        .start(regulations(), Options { pools: vec![(PoolName::Result, 2)], sweeper: false, name: "survivor".into() })
+        .start(regulations(), Options { pools: vec![(PoolName::Registry, 2)], sweeper: false, name: "survivor".into() })
         .await;
     for r in &reqs {
         let o = env.final_outcome(id_of(r)).await;
         assert_eq!(o.status, Status::Completed);
     }
     let drained = async {
-        while env.queue_ready("qyzmet.result").await > 0 || env.store.outbox_backlog().await.unwrap_or(1) > 0 {
+        while env.queue_ready("qyzmet.registry").await > 0 || env.store.outbox_backlog().await.unwrap_or(1) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -74,6 +116,9 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
     for r in &reqs {
         let finals = env.outcomes_of(id_of(r)).await.into_iter().filter(|o| o.status.is_final()).count();
         assert_eq!(finals, 1, "exactly one final outcome for {}", id_of(r));
+        let history = env.store.history_of(id_of(r)).await.expect("history");
+        let passed = history.iter().filter(|h| h.step == "registry" && h.event == "passed").count();
+        assert_eq!(passed, 1, "the killed attempt left no trace; the redelivery passed once");
     }
     let numbers: (i64,) = sqlx::query_as("SELECT count(DISTINCT document->>'number') FROM outcomes")
         .fetch_one(env.store.pool())

@@ -29,6 +29,43 @@ use qyzmet::signature::keys::SigningKey;
 use qyzmet::startup::{self, Deps, Options, Running};
 use qyzmet::store::Store;
 
+/// Log lines of this test process, for tests that assert on what was (not) logged. Installed
+/// once per process (nextest runs every test in a process of its own).
+pub fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("qyzmet=debug"))
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+/// The captured log as text.
+pub fn log_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&logs.lock().map(|b| b.clone()).unwrap_or_default()).into_owned()
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How long a test waits for an event before failing.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -207,6 +244,9 @@ pub struct TestEnv {
     broker: Arc<Broker>,
     publisher: Publisher,
     outcomes: Arc<Mutex<HashMap<Uuid, Vec<Outcome>>>>,
+    /// Every Outcome delivery by `message_id`, repeats included: a repeat must be identical to
+    /// the first (the contract allows redelivery, never a different message under one id).
+    deliveries: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>,
     arrived: Arc<Notify>,
     /// Provider of each published request, to sign decisions as its staff.
     providers: Mutex<HashMap<String, String>>,
@@ -243,6 +283,9 @@ impl TestEnv {
         settings.sweep_interval_ms = 100;
         settings.outbox_relay_secs = 3;
         settings.db_pool_size = 8;
+        // Long enough to ride out a short outage a test provokes, short enough that a test
+        // that exhausts it finishes.
+        settings.retry_budget_secs = 20;
 
         let store = Store::connect(&db_url, 4).await.expect("test database");
         store.migrate().await.expect("migrations");
@@ -273,19 +316,24 @@ impl TestEnv {
             .basic_consume("test.outcomes".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .expect("consume outcomes");
-        let (o, a) = (outcomes.clone(), arrived.clone());
+        let deliveries: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>> = Arc::new(Mutex::new(HashMap::new()));
+        let (o, a, all) = (outcomes.clone(), arrived.clone(), deliveries.clone());
         tokio::spawn(async move {
             let _keep = ch;
-            let mut seen = std::collections::HashSet::new();
             while let Some(Ok(d)) = consumer.next().await {
                 // As the contract asks of consumers: a message_id seen before is a redelivery.
+                // Every delivery is kept, so a test can tell a redelivery from a second message.
                 let id = d.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
-                if seen.insert(id)
-                    && let Ok(out) = serde_json::from_slice::<Outcome>(&d.data)
-                {
+                let first = {
+                    let mut all = all.lock().await;
+                    let copies = all.entry(id).or_default();
+                    copies.push(d.data.clone());
+                    copies.len() == 1
+                };
+                if first && let Ok(out) = serde_json::from_slice::<Outcome>(&d.data) {
                     o.lock().await.entry(out.request_id).or_default().push(out);
-                    a.notify_waiters();
                 }
+                a.notify_waiters();
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
         });
@@ -295,6 +343,7 @@ impl TestEnv {
             broker,
             publisher,
             outcomes,
+            deliveries,
             arrived,
             providers: Mutex::new(HashMap::new()),
             vhost,
@@ -508,8 +557,75 @@ impl TestEnv {
         tokio::time::timeout(EVENT_TIMEOUT, wait).await.expect("a dead-lettered message")
     }
 
-    /// Drops the virtual host and the database.
+    /// Every delivery of Outcomes so far, by `message_id`, repeats included.
+    pub async fn outcome_deliveries(&self) -> HashMap<String, Vec<Vec<u8>>> {
+        self.deliveries.lock().await.clone()
+    }
+
+    /// Asserts that every repeated Outcome delivery is identical to the first one under its
+    /// `message_id`, and that no request has two different final Outcomes.
+    pub async fn assert_repeats_identical(&self) {
+        for (id, copies) in self.deliveries.lock().await.iter() {
+            assert!(copies.iter().all(|c| c == &copies[0]), "message {id} was delivered with different bodies");
+        }
+        for (request, outcomes) in self.outcomes.lock().await.iter() {
+            let finals = outcomes.iter().filter(|o| o.status.is_final()).count();
+            assert!(finals <= 1, "request {request} has {finals} different final outcomes");
+        }
+    }
+
+    /// Publishes raw bytes with the given headers and no `traceparent` of the harness's own.
+    pub async fn publish_with_headers(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) {
+        let m = Message {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            message_id: Uuid::new_v4().to_string(),
+            body,
+            traceparent: None,
+            headers,
+            must_route: true,
+        };
+        self.publisher.publish_all(&[m]).await.expect("publish");
+    }
+
+    /// The broker connection of the test (for raw consumers that play a crashing worker).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Messages ready and unacknowledged in a queue, from the management API (its counters
+    /// lag; use after the consumers stopped).
+    pub async fn queue_totals(&self, queue: &str) -> (u64, u64) {
+        let path = format!("/api/queues/{}/{queue}", self.vhost);
+        let (_, v) = management("GET", &path, None).await;
+        (v["messages_ready"].as_u64().unwrap_or(0), v["messages_unacknowledged"].as_u64().unwrap_or(0))
+    }
+
+    /// This test's virtual host.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// This test's database.
+    pub fn db_name(&self) -> &str {
+        &self.db_name
+    }
+
+    /// A connection to the server's maintenance database, as its administrator.
+    pub async fn admin_store(&self) -> Store {
+        Store::connect(&services().await.db_admin_url, 1).await.expect("admin connection to PostgreSQL")
+    }
+
+    /// Drops the virtual host and the database, after checking that no Outcome was repeated
+    /// with a different body.
     pub async fn cleanup(self) {
+        self.assert_repeats_identical().await;
         self.broker.close().await;
         self.store.close().await;
         let _ = management("DELETE", &format!("/api/vhosts/{}", self.vhost), None).await;

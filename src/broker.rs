@@ -102,6 +102,10 @@ pub enum BrokerError {
 pub struct Broker {
     url: String,
     name: String,
+    /// The user this connection authenticates as. Every message published through it carries
+    /// it as `user_id`, which the broker checks against the login: consumers (and qyzmet's own
+    /// systems checks) can trust who sent it.
+    user: String,
     conn: Mutex<Option<Arc<Connection>>>,
 }
 
@@ -113,10 +117,22 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 impl Broker {
     /// Connects and declares the topology.
     pub async fn connect(url: &str, name: &str) -> Result<Arc<Broker>, BrokerError> {
-        let broker = Arc::new(Broker { url: url.to_owned(), name: name.to_owned(), conn: Mutex::new(None) });
+        let broker = Broker::open(url, name).await?;
         let ch = broker.channel().await?;
         declare_topology(&ch).await?;
         let _ = ch.close(200, "topology declared".into()).await;
+        Ok(broker)
+    }
+
+    /// Connects without declaring anything: for upstream systems (and tools acting as them),
+    /// whose broker users may not configure.
+    pub async fn open(url: &str, name: &str) -> Result<Arc<Broker>, BrokerError> {
+        let user = url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|u| u.authority.userinfo.username)
+            .unwrap_or_else(|_| "guest".to_owned());
+        let broker = Arc::new(Broker { url: url.to_owned(), name: name.to_owned(), user, conn: Mutex::new(None) });
+        drop(broker.connection().await?);
         Ok(broker)
     }
 
@@ -163,6 +179,11 @@ impl Broker {
         let ch = self.channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Publisher { broker: self.clone(), channel: Mutex::new(Some(ch)), confirm_timeout })
+    }
+
+    /// The broker user this process authenticates as.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     /// Closes the connection (in-flight unacked deliveries go back to their queues).
@@ -358,6 +379,7 @@ impl Publisher {
                 .with_content_encoding("utf-8".into())
                 .with_delivery_mode(2)
                 .with_message_id(m.message_id.as_str().into())
+                .with_user_id(self.broker.user.as_str().into())
                 .with_app_id("qyzmet".into())
                 .with_headers(headers);
             let publish = ch.basic_publish(

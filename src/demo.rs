@@ -549,7 +549,11 @@ pub(crate) fn staff_decision(keys: &mut Keys, holder: &str, id: Uuid, approve: b
 /// Runs the demonstration end to end against the configured services.
 pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!("qyzmet demo — RabbitMQ {}, PostgreSQL {}", redact(&settings.amqp_url), redact(&settings.database_url));
+    println!(
+        "qyzmet demo — RabbitMQ {}, PostgreSQL {}",
+        crate::config::redact(&settings.amqp_url),
+        crate::config::redact(&settings.database_url)
+    );
     let pki = crate::pki::generate(
         pki_dir,
         &crate::pki::demo_holders(),
@@ -583,7 +587,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
     );
     let running = startup::start(&settings, regs, Options::all(8), Deps::from_settings(&settings)?).await?;
 
-    let broker = Broker::connect(&settings.amqp_url, "qyzmet demo").await?;
+    let broker = Broker::connect(&settings.amqp_url()?, "qyzmet demo").await?;
     let publisher = broker.publisher().await?;
     let (ch, mut consumer) = crate::broker::subscribe_outcomes(&broker, 200).await?;
     let dead_before = count_dead(&broker).await;
@@ -757,16 +761,4 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
 
 pub(crate) async fn count_dead(broker: &Broker) -> u32 {
     crate::broker::queue_counts(broker, crate::broker::QUEUE_DEAD).await.0
-}
-
-/// A URL with its password hidden.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }

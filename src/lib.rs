@@ -12,6 +12,7 @@
 //! - [`pipeline`]: the runtime written once for every pool; [`workers`]: one file per pool.
 //! - [`signature`]: `jcs-x509` verification and signing; [`pki`]: the demo PKI.
 //! - [`registry`]: the state registries behind one interface.
+//! - [`systems`]: which upstream system may do what; the broker definitions derived from it.
 //! - [`config`], [`telemetry`], [`startup`]: how a process is configured and started.
 
 pub mod bench;
@@ -29,6 +30,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod startup;
 pub mod store;
+pub mod systems;
 pub mod telemetry;
 #[path = "../workers/mod.rs"]
 pub mod workers;

@@ -110,6 +110,39 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// The systems file: which upstream system may submit, pay, decide or read what.
+    Systems {
+        #[command(subcommand)]
+        command: SystemsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemsCommand {
+    /// Loads and checks a systems file; prints what every system may do.
+    Check {
+        /// The systems file.
+        file: PathBuf,
+    },
+    /// Writes RabbitMQ definitions (users with password hashes, permissions, topic
+    /// permissions, exchanges, the readers' queues and bindings) for one virtual host. Import
+    /// them with `rabbitmqctl import_definitions FILE` or `load_definitions` in rabbitmq.conf.
+    Definitions {
+        /// The systems file.
+        file: PathBuf,
+        /// Virtual host the permissions apply to.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// Directory of `<user>.password` files, for systems without a `password_file`.
+        #[arg(long)]
+        passwords: PathBuf,
+        /// Create a random password file (mode 0600) for every user that has none.
+        #[arg(long)]
+        generate: bool,
+        /// Write here (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +178,34 @@ enum RegulationsCommand {
         #[arg(default_value = "regulations")]
         dir: PathBuf,
     },
+}
+
+/// Reads a password file, or (with `generate`) creates one with a random password.
+fn read_or_make_password(path: &std::path::Path, generate: bool) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(p) => Ok(p.trim_end_matches(['\r', '\n']).to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+            let password = qyzmet::systems::random_password()?;
+            write_private(path, password.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(password)
+        }
+        Err(e) => Err(format!("cannot read the password file {}: {e}", path.display())),
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
 }
 
 fn load_regulations(dir: &std::path::Path) -> anyhow::Result<Regulations> {
@@ -241,7 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("unknown");
                 (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
             };
-            let broker = Broker::connect(&settings.amqp_url, "qyzmet publish").await?;
+            let broker = Broker::connect(&settings.amqp_url()?, "qyzmet publish").await?;
             let publisher = broker.publisher().await?;
             let msg = Message {
                 exchange: exchange.into(),
@@ -270,6 +331,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { settings, demo_dir, pki_dir } => qyzmet::demo::run(&settings, &demo_dir, &pki_dir).await,
         Command::Bench { settings, args } => qyzmet::bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
+        Command::Systems { command: SystemsCommand::Check { file } } => {
+            let systems = qyzmet::systems::Systems::load(&file)?;
+            for line in systems.describe() {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Systems { command: SystemsCommand::Definitions { file, vhost, passwords, generate, out } } => {
+            let systems = qyzmet::systems::Systems::load(&file)?;
+            let password = |user: &str| -> Result<String, String> {
+                let system = systems.by_user(user);
+                let path = systems.password_path(system, &passwords);
+                read_or_make_password(&path, generate)
+            };
+            let definitions = systems.definitions(&vhost, &password).map_err(|e| anyhow::anyhow!(e))?;
+            let text = serde_json::to_string_pretty(&definitions)?;
+            match out {
+                Some(path) => {
+                    write_private(&path, text.as_bytes())?;
+                    eprintln!("definitions for vhost {vhost} written to {}", path.display());
+                }
+                None => println!("{text}"),
+            }
+            Ok(())
+        }
         Command::Pki { command: PkiCommand::Demo { dir } } => {
             let paths = qyzmet::pki::generate(
                 &dir,

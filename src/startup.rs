@@ -91,7 +91,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     let store = Store::connect_with(&settings.database_url, &settings.store_options())
         .await
         .context("cannot connect to PostgreSQL (QYZMET_DATABASE_URL)")?;
-    let broker = Broker::connect(&settings.amqp_url, &opts.name)
+    let broker = Broker::connect(&settings.amqp_url()?, &opts.name)
         .await
         .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
     let publisher = Arc::new(
@@ -103,6 +103,10 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     let (outbox, marker) =
         Outbox::new(store.clone(), publisher, Duration::from_secs(settings.outbox_relay_secs.max(1)));
     let registry = deps.registry.unwrap_or_else(|| Arc::new(PgRegistry::new(store.clone())));
+    let systems = settings.systems().context("cannot use the systems file (QYZMET_SYSTEMS_FILE)")?.map(Arc::new);
+    if systems.is_none() {
+        tracing::warn!("no systems file (QYZMET_SYSTEMS_FILE): who sends what is recorded but not checked");
+    }
     let ctx = Arc::new(Ctx {
         store,
         regs: Arc::new(regs),
@@ -113,6 +117,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         max_message_bytes: settings.max_message_bytes,
         sweep_interval: settings.sweep_interval(),
         centre_bins: settings.centre_bins.clone(),
+        systems,
         max_deliveries: settings.max_deliveries(),
         retry_budget: Duration::from_secs(settings.retry_budget_secs),
     });

@@ -692,10 +692,11 @@ impl Store {
         currency: &str,
         paid_at: DateTime<Utc>,
         payer_masked: &str,
+        submitter: Option<&str>,
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "INSERT INTO payments (payment_id, request_id, amount, currency, paid_at, payer_masked) \
-             VALUES ($1, $2, $3::numeric, $4, $5, $6) ON CONFLICT (payment_id) DO NOTHING",
+            "INSERT INTO payments (payment_id, request_id, amount, currency, paid_at, payer_masked, submitter) \
+             VALUES ($1, $2, $3::numeric, $4, $5, $6, $7) ON CONFLICT (payment_id) DO NOTHING",
         )
         .bind(payment_id)
         .bind(request_id)
@@ -703,6 +704,7 @@ impl Store {
         .bind(currency)
         .bind(paid_at)
         .bind(payer_masked)
+        .bind(submitter)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -20,6 +20,7 @@ use crate::pipeline::{Ctx, Failure};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
 use crate::signature::{ExpectedSigner, SignatureFailure, Signer, Verifier};
 use crate::store::{NewRequest, Store};
+use crate::systems::Systems;
 
 /// What intake decided about a readable Request.
 #[derive(Debug)]
@@ -50,6 +51,10 @@ pub struct Checks<'a> {
     pub signer: &'a dyn Signer,
     /// BINs of the centres whose operators sign centre-channel requests.
     pub centre_bins: &'a [String],
+    /// Who may submit what; `None` when the installation has no systems file.
+    pub systems: Option<&'a Systems>,
+    /// The broker-validated `user_id` of the delivery.
+    pub submitter: Option<&'a str>,
 }
 
 /// The intake step proper: a plain function of the message, the regulations and the checks.
@@ -59,7 +64,7 @@ pub fn examine<'r>(
     env: &Envelope,
     received: DateTime<Utc>,
 ) -> Examined<'r> {
-    let Checks { verifier, signer, centre_bins } = *checks;
+    let Checks { verifier, signer, centre_bins, systems, submitter } = *checks;
     let request = match Request::from_envelope(env) {
         Ok(r) => r,
         Err(e) => {
@@ -82,6 +87,16 @@ pub fn examine<'r>(
         return Examined::Refused {
             reason: transition::common_reason(regs, "invalid_request", &e.to_string()),
             detail: json!({ "field": e.field, "problem": e.problem }),
+        };
+    }
+    // The system that published it may use this channel, service and provider (the broker's
+    // permissions only say it may publish Requests at all).
+    if let Some(systems) = systems
+        && let Err(e) = systems.may_submit(submitter, request.channel, request.service, &request.provider)
+    {
+        return Examined::Refused {
+            reason: transition::common_reason(regs, "invalid_request", &e.to_string()),
+            detail: json!({ "field": e.field, "problem": e.problem, "submitter": submitter }),
         };
     }
     // The applicant signs on the portal; staff sign with a certificate naming their employer:
@@ -172,7 +187,13 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
     // A republished request_id is found by the insert below (the primary key is the inbox);
     // nothing is written or published for it.
     let received = Utc::now();
-    let checks = Checks { verifier: &*ctx.verifier, signer: &*ctx.signer, centre_bins: &ctx.centre_bins };
+    let checks = Checks {
+        verifier: &*ctx.verifier,
+        signer: &*ctx.signer,
+        centre_bins: &ctx.centre_bins,
+        systems: ctx.systems.as_deref(),
+        submitter: msg.user_id.as_deref(),
+    };
     let examined = examine(&ctx.regs, &checks, env, received);
     // A refused request may be refused precisely because PostgreSQL cannot hold it as sent
     // (a NUL character): its audit copy is made storable. An accepted one is stored as sent.

@@ -32,15 +32,22 @@ pub struct NoticeHandler;
 impl Handler for NoticeHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
-            match runtime::read(ctx, msg, PaymentNotice::from_envelope, "invalid_payment_notice") {
-                Ok((_, notice)) => runtime::settle(record(ctx, &notice).await, notice.request_id, "payment notice"),
-                Err(disposition) => disposition,
+            let notice = match runtime::read(ctx, msg, PaymentNotice::from_envelope, "invalid_payment_notice") {
+                Ok((_, notice)) => notice,
+                Err(disposition) => return disposition,
+            };
+            // Only the payment gateway's notices count; anyone else's is kept as evidence.
+            if let Some(systems) = &ctx.systems
+                && let Err(e) = systems.may_pay(msg.user_id.as_deref())
+            {
+                return Disposition::DeadLetter { reason: "sender_not_allowed".into(), detail: e.to_string() };
             }
+            runtime::settle(record(ctx, &notice, msg.user_id.as_deref()).await, notice.request_id, "payment notice")
         })
     }
 }
 
-async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), Failure> {
+async fn record(ctx: &Ctx, n: &PaymentNotice, submitter: Option<&str>) -> Result<(), Failure> {
     let payer = n.payer.identifier().map(|id| ident::mask(id.digits())).unwrap_or_default();
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, n.request_id).await?;
@@ -52,6 +59,7 @@ async fn record(ctx: &Ctx, n: &PaymentNotice) -> Result<(), Failure> {
         &n.currency,
         n.paid_at.with_timezone(&Utc),
         &payer,
+        submitter,
     )
     .await?;
     if !new {

@@ -91,7 +91,13 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                     subjects: vec![Identifier::Bin(request.provider.clone())],
                     signed_at: d.decided_at.with_timezone(&Utc),
                 };
-                if !in_review {
+                let sender = match &ctx.systems {
+                    Some(systems) => systems.may_decide(submitter, request.service.as_str(), &request.provider).err(),
+                    None => None,
+                };
+                if let Some(e) = sender {
+                    Some(format!("sender_not_allowed: {e}"))
+                } else if !in_review {
                     Some(format!(
                         "not_waiting_for_review (state {}, step {})",
                         row.state,

@@ -58,6 +58,9 @@ pub struct Ctx {
     pub sweep_interval: Duration,
     /// BINs of the centres whose operators may sign centre-channel requests.
     pub centre_bins: Vec<String>,
+    /// Which upstream system may submit, pay or decide what. `None`: senders are recorded but
+    /// not checked (development; `qyzmet run` warns).
+    pub systems: Option<Arc<crate::systems::Systems>>,
     /// A delivery the broker has handed out this many times before is dead-lettered unread:
     /// its earlier deliveries crashed or killed their consumer, and one more may do it again.
     pub max_deliveries: u32,

@@ -9,3 +9,4 @@ mod poison;
 mod resilience;
 mod services;
 mod signatures;
+mod systems;

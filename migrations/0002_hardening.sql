@@ -8,3 +8,7 @@ ALTER TABLE outbox ADD COLUMN relay_claimed_at timestamptz;
 CREATE FUNCTION request_serial(n bigint) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN lpad(n::text, greatest(7, length(n::text)), '0');
+
+-- The broker-validated user_id of the system that sent each PaymentNotice (the systems file
+-- allows only the payment gateway).
+ALTER TABLE payments ADD COLUMN submitter text;

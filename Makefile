@@ -28,8 +28,16 @@ test:
 	  cargo nextest run --no-fail-fast || { s=$$?; [ "$$rc" -ne 0 ] || rc=$$s; }; \
 	  exit "$$rc"'
 
+# The demo's upstream systems get broker users of their own (demo/systems.toml, passwords
+# generated once under .qyzmet/secrets); qyzmet and every sender log in as themselves.
+QYZMET_RELEASE := target/release/qyzmet
 demo:
-	$(WITH_SERVICES) cargo run --release --bin qyzmet -- demo
+	$(WITH_SERVICES) bash -c 'set -euo pipefail; \
+	  cargo build --release --bin qyzmet; \
+	  $(QYZMET_RELEASE) systems definitions demo/systems.toml --passwords .qyzmet/secrets --generate \
+	    --out .qyzmet/definitions.json; \
+	  scripts/services.sh import-definitions .qyzmet/definitions.json; \
+	  $(QYZMET_RELEASE) demo --systems-file demo/systems.toml --passwords .qyzmet/secrets'
 
 services-up:
 	scripts/services.sh start

@@ -6,6 +6,7 @@
 #   scripts/services.sh stop [rabbitmq|postgres ...]
 #   scripts/services.sh status                  exit 0 if both run, 3 otherwise
 #   scripts/services.sh env                     print the path of the env file
+#   scripts/services.sh import-definitions FILE load RabbitMQ definitions (users, permissions)
 #   scripts/services.sh clean                   stop, then delete all data and logs
 #
 # Two modes, chosen at `start` and remembered in the state dir so `stop` uses
@@ -616,8 +617,25 @@ cmd_env() {
     [[ -s "$STATE/env" ]] || { log "$STATE/env does not exist yet: run '$0 start'"; return 1; }
 }
 
+# Loads RabbitMQ definitions (`qyzmet systems definitions`: users, permissions, topic
+# permissions, queues) into the running broker; idempotent.
+cmd_import_definitions() {
+    local file="${1:-}"
+    [[ -s "$file" ]] || die "usage: $0 import-definitions FILE (a non-empty definitions JSON file)"
+    if [[ "$(mode)" == docker ]]; then
+        compose cp "$file" rabbitmq:/tmp/qyzmet-definitions.json
+        compose exec -T rabbitmq rabbitmqctl -q import_definitions /tmp/qyzmet-definitions.json
+        compose exec -T rabbitmq rm -f /tmp/qyzmet-definitions.json
+    else
+        rabbit_running || die "rabbitmq is not running: run '$0 start' first"
+        (rabbit_env && "$RABBIT_BIN/rabbitmqctl" -q import_definitions "$(realpath -- "$file")")
+    fi
+    log "rabbitmq: definitions imported from $file"
+}
+
 case "${1:-}" in
     start) shift; cmd_start "$@" ;;
+    import-definitions) shift; cmd_import_definitions "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     status) cmd_status ;;
     env) cmd_env ;;

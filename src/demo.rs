@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,6 +22,7 @@ use crate::regulations::{PoolName, Regulations};
 use crate::signature::keys::SigningKey;
 use crate::startup::{self, Deps, Options};
 use crate::store::Store;
+use crate::systems::{Kind, System, Systems};
 
 /// What the demo does once a request reaches the payment or a staff-review step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,8 @@ struct Scenario {
     id: Option<Uuid>,
     service: String,
     provider: String,
+    /// Which system publishes it (portal, provider workstation, centre).
+    channel: String,
 }
 
 pub(crate) const CITIZEN: &str = "850401300125";
@@ -501,6 +505,7 @@ fn scenarios(keys: &mut Keys) -> anyhow::Result<Vec<Scenario>> {
             id: v["request_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()),
             service: v["service"].as_str().unwrap_or_default().to_owned(),
             provider: v["provider"].as_str().unwrap_or_default().to_owned(),
+            channel: v["channel"].as_str().unwrap_or("portal").to_owned(),
             body: serde_json::to_vec(&v)?,
         });
     }
@@ -510,8 +515,10 @@ fn scenarios(keys: &mut Keys) -> anyhow::Result<Vec<Scenario>> {
         act: Act::None,
         body: b"<xml>definitely not a request</xml>".to_vec(),
         id: Option::None,
-        service: "unknown".into(),
+        // Published by the portal with a routing key it may use (its permissions allow no other).
+        service: "doctor-appointment".into(),
         provider: String::new(),
+        channel: "portal".into(),
     });
     Ok(out)
 }
@@ -546,14 +553,112 @@ pub(crate) fn staff_decision(keys: &mut Keys, holder: &str, id: Uuid, approve: b
     Ok(serde_json::to_vec(&v)?)
 }
 
-/// Runs the demonstration end to end against the configured services.
-pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Result<()> {
+/// Who publishes the demo's messages: with a systems file, each upstream system under its own
+/// broker user (the broker checks each one's permissions, qyzmet each message's `user_id`);
+/// without one, the configured user for everything.
+struct Senders {
+    portal: Arc<Publisher>,
+    provider: Arc<Publisher>,
+    centre: Arc<Publisher>,
+    gateway: Arc<Publisher>,
+    staff: Arc<Publisher>,
+    brokers: Vec<Arc<Broker>>,
+    /// (role, broker user) for the narration.
+    users: Vec<(&'static str, String)>,
+}
+
+impl Senders {
+    async fn connect(settings: &Settings, systems: Option<&Systems>, passwords: &Path) -> anyhow::Result<Senders> {
+        let Some(systems) = systems else {
+            let broker = Broker::open(&settings.amqp_url()?, "qyzmet demo sender").await?;
+            let p = Arc::new(broker.publisher().await?);
+            return Ok(Senders {
+                portal: p.clone(),
+                provider: p.clone(),
+                centre: p.clone(),
+                gateway: p.clone(),
+                staff: p,
+                users: vec![("everything", broker.user().to_owned())],
+                brokers: vec![broker],
+            });
+        };
+        let mut brokers = Vec::new();
+        let mut users = Vec::new();
+        let mut publishers = Vec::new();
+        for (role, kind) in [
+            ("portal", Kind::Portal),
+            ("provider workstation", Kind::ProviderWorkstation),
+            ("centre", Kind::Centre),
+            ("payment gateway", Kind::PaymentGateway),
+            ("staff application", Kind::StaffApplication),
+        ] {
+            let system = systems
+                .systems()
+                .iter()
+                .find(|s| s.kind == kind)
+                .with_context(|| format!("the systems file has no {role}"))?;
+            let url = url_as(settings, systems, Some(system), passwords)?;
+            let broker = Broker::open(&url, &format!("qyzmet demo as {}", system.user))
+                .await
+                .with_context(|| format!("cannot log in as {} (were the definitions imported?)", system.user))?;
+            publishers.push(Arc::new(broker.publisher().await?));
+            users.push((role, system.user.clone()));
+            brokers.push(broker);
+        }
+        let mut next = publishers.into_iter();
+        let mut take = || next.next().context("a publisher per role");
+        Ok(Senders {
+            portal: take()?,
+            provider: take()?,
+            centre: take()?,
+            gateway: take()?,
+            staff: take()?,
+            brokers,
+            users,
+        })
+    }
+
+    fn for_channel(&self, channel: &str) -> &Publisher {
+        match channel {
+            "provider" => &self.provider,
+            "centre" => &self.centre,
+            _ => &self.portal,
+        }
+    }
+
+    async fn close(self) {
+        for b in self.brokers {
+            b.close().await;
+        }
+    }
+}
+
+/// The broker URL of `settings` logged in as a system of the file (`None`: qyzmet itself),
+/// with the password from its password file.
+fn url_as(settings: &Settings, systems: &Systems, system: Option<&System>, passwords: &Path) -> anyhow::Result<String> {
+    let user = system.map(|s| s.user.as_str()).unwrap_or(systems.own_user());
+    let path = systems.password_path(system, passwords);
+    let password = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the password of {user} ({})", path.display()))?;
+    let url = &settings.amqp_url;
+    let (scheme, rest) = url.split_once("://").context("the broker URL has no scheme")?;
+    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    crate::config::with_password(&format!("{scheme}://{user}@{host}"), password.trim_end())
+}
+
+/// Runs the demonstration end to end against the configured services. With a systems file in
+/// the settings, qyzmet runs as its own broker user and every message is published by the
+/// system that would send it, with the passwords in `passwords`.
+pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     println!(
         "qyzmet demo — RabbitMQ {}, PostgreSQL {}",
         crate::config::redact(&settings.amqp_url),
         crate::config::redact(&settings.database_url)
     );
+    if let Some(file) = &settings.systems_file {
+        println!("   (qyzmet and every sender log in as the broker users of {})", file.display());
+    }
     let pki = crate::pki::generate(
         pki_dir,
         &crate::pki::demo_holders(),
@@ -566,7 +671,14 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
         pki_dir.display()
     );
     println!("   provider result-signing keys, and expired, not-yet-valid, revoked and untrusted certificates)");
-    let settings = settings.clone().with_pki(&pki);
+    let mut settings = settings.clone().with_pki(&pki);
+    let systems = settings.systems()?;
+    if let Some(systems) = &systems {
+        // qyzmet itself logs in as its own user, reading the password from its file.
+        let url = url_as(&settings, systems, None, passwords)?;
+        settings.amqp_password_file = Some(systems.password_path(None, passwords));
+        settings.amqp_url = url;
+    }
     let store = Store::connect(&settings.database_url, 4).await.context("cannot connect to PostgreSQL")?;
     store.migrate().await.context("migrations failed")?;
     println!("\n2. migrations applied; demo registries:");
@@ -588,7 +700,16 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
     let running = startup::start(&settings, regs, Options::all(8), Deps::from_settings(&settings)?).await?;
 
     let broker = Broker::connect(&settings.amqp_url()?, "qyzmet demo").await?;
-    let publisher = broker.publisher().await?;
+    let senders = Senders::connect(&settings, systems.as_ref(), passwords).await?;
+    match &systems {
+        Some(_) => {
+            println!("   publishing as the systems of {}:", settings.systems_file.as_deref().unwrap_or(Path::new("")).display());
+            for (role, user) in &senders.users {
+                println!("     {role:<22} broker user {user}");
+            }
+        }
+        None => println!("   no systems file: every message is published as {}", senders.users[0].1),
+    }
     let (ch, mut consumer) = crate::broker::subscribe_outcomes(&broker, 200).await?;
     let dead_before = count_dead(&broker).await;
 
@@ -600,13 +721,14 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
     );
     for s in &scenarios {
         if let (Some(id), Act::PayFirstApprove) = (s.id, s.act) {
-            publish(&publisher, EXCHANGE_PAYMENTS, "payment.confirmed", format!("pay-{id}"), payment_notice(id))
+            publish(&senders.gateway, EXCHANGE_PAYMENTS, "payment.confirmed", format!("pay-{id}"), payment_notice(id))
                 .await?;
         }
     }
     for s in &mut scenarios {
         let id = s.id.map(|i| i.to_string()).unwrap_or_else(|| Uuid::new_v4().to_string());
-        publish(&publisher, EXCHANGE_REQUESTS, &s.service, id, std::mem::take(&mut s.body)).await?;
+        let sender = senders.for_channel(&s.channel);
+        publish(sender, EXCHANGE_REQUESTS, &s.service, id, std::mem::take(&mut s.body)).await?;
     }
 
     println!("\n5. answering as the payment gateway and as provider staff while outcomes arrive…");
@@ -634,7 +756,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
             && matches!(act, Act::PayApprove | Act::PayRefuse)
             && answered.insert((id, "pay"), ()).is_none()
         {
-            publish(&publisher, EXCHANGE_PAYMENTS, "payment.confirmed", format!("pay-{id}"), payment_notice(id))
+            publish(&senders.gateway, EXCHANGE_PAYMENTS, "payment.confirmed", format!("pay-{id}"), payment_notice(id))
                 .await?;
         }
         if step == "review"
@@ -646,11 +768,11 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
             let key = format!("decision.{service}");
             if act == Act::ImpostorThenApprove {
                 let fake = staff_decision(&mut keys, "impostor-011040000330", id, true)?;
-                publish(&publisher, EXCHANGE_DECISIONS, &key, format!("fake-{id}"), fake).await?;
+                publish(&senders.staff, EXCHANGE_DECISIONS, &key, format!("fake-{id}"), fake).await?;
             }
             let approve = !matches!(act, Act::PayRefuse | Act::Refuse);
             let body = staff_decision(&mut keys, &staff, id, approve)?;
-            publish(&publisher, EXCHANGE_DECISIONS, &key, format!("dec-{id}"), body).await?;
+            publish(&senders.staff, EXCHANGE_DECISIONS, &key, format!("dec-{id}"), body).await?;
         }
     }
     let dead_after = count_dead(&broker).await;
@@ -750,6 +872,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path) -> anyhow::Res
         println!("Inspect any request with: qyzmet status {id}");
     }
     let _ = ch.close(200, "bye".into()).await;
+    senders.close().await;
     broker.close().await;
     running.shutdown(Duration::from_secs(10)).await;
     store.close().await;

@@ -88,6 +88,9 @@ enum Command {
         /// Where the demo PKI is generated.
         #[arg(long, default_value = ".qyzmet/demo-pki")]
         pki_dir: PathBuf,
+        /// Password files of the systems' broker users (with `--systems-file`).
+        #[arg(long, default_value = ".qyzmet/secrets")]
+        passwords: PathBuf,
     },
     /// Verifies a signed message offline — a result document (or an Outcome carrying one), a
     /// Request or a Decision — against the trust bundle and CRLs, and says why it fails.
@@ -328,7 +331,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", qyzmet::report::regulations_summary(&regs));
             Ok(())
         }
-        Command::Demo { settings, demo_dir, pki_dir } => qyzmet::demo::run(&settings, &demo_dir, &pki_dir).await,
+        Command::Demo { settings, demo_dir, pki_dir, passwords } => {
+            qyzmet::demo::run(&settings, &demo_dir, &pki_dir, &passwords).await
+        }
         Command::Bench { settings, args } => qyzmet::bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
         Command::Systems { command: SystemsCommand::Check { file } } => {

@@ -33,7 +33,7 @@ test:
 QYZMET_RELEASE := target/release/qyzmet
 demo:
 	$(WITH_SERVICES) bash -c 'set -euo pipefail; \
-	  cargo build --release --bin qyzmet; \
+	  cargo build --release --features demo --bin qyzmet; \
 	  $(QYZMET_RELEASE) systems definitions demo/systems.toml --passwords .qyzmet/secrets --generate \
 	    --out .qyzmet/definitions.json; \
 	  scripts/services.sh import-definitions .qyzmet/definitions.json; \
@@ -51,6 +51,8 @@ services-status:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	# The production build (no demo feature) too.
+	cargo clippy --lib --bin qyzmet -- -D warnings
 
 build:
 	cargo build --all-targets

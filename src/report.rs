@@ -133,8 +133,12 @@ pub fn verify_file(settings: &crate::config::Settings, file: &std::path::Path) -
     };
     let (what, role, subjects, kinds, signed_at): (&str, &str, Vec<Identifier>, Vec<IdKind>, _) =
         if obj.contains_key("number") && obj.contains_key("content") {
+            // The provider itself, or a shared signer the verifier's configuration trusts to sign
+            // for every provider (QYZMET_SHARED_SIGNER_BINS).
             let provider = value["content"]["provider"].as_str().unwrap_or_default().to_owned();
-            ("result document", "provider", vec![Identifier::Bin(provider)], vec![IdKind::Bin], time("issued_at"))
+            let mut signers = vec![Identifier::Bin(provider)];
+            signers.extend(settings.shared_signer_bins.iter().map(|b| Identifier::Bin(b.clone())));
+            ("result document", "provider or shared signer", signers, vec![IdKind::Bin], time("issued_at"))
         } else if obj.contains_key("decision_id") {
             ("decision", "any", Vec::new(), vec![IdKind::Iin, IdKind::Bin], time("decided_at"))
         } else {

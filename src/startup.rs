@@ -59,19 +59,38 @@ pub struct Deps {
 }
 
 impl Deps {
-    /// The real verifier and signer from the settings. Fails (so the process does not start)
-    /// without a trust bundle or signing keys, or when a key file is readable by others.
+    /// The real verifier and signer from the settings. Nothing has a default: the process does
+    /// not start without a trust bundle, CRLs, signing keys and the centre list, when a key file
+    /// is readable by others, or when the default key's certificate is not a listed shared
+    /// signer (its documents would not verify).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Deps> {
-        let trust = settings.trust_bundle.as_deref().context(
-            "QYZMET_TRUST_BUNDLE is not set: signatures cannot be verified (`qyzmet pki demo DIR` makes a demo PKI)",
-        )?;
-        let verifier = X509Verifier::new(trust, settings.crl_path.clone(), settings.staff_role_oids.clone())
+        let trust = settings
+            .trust_bundle
+            .as_deref()
+            .context("QYZMET_TRUST_BUNDLE is not set: signatures cannot be verified")?;
+        let crls = settings
+            .crl_path
+            .clone()
+            .context("QYZMET_CRL_PATH is not set: revoked certificates could not be recognised")?;
+        if settings.centre_bins.iter().all(|b| b.trim().is_empty()) {
+            anyhow::bail!("QYZMET_CENTRE_BINS is not set: centre-channel requests could not be checked");
+        }
+        let verifier = X509Verifier::new(trust, Some(crls), settings.staff_role_oids.clone())
             .context("cannot configure signature verification")?;
         let keys = settings
             .signing_keys
             .as_deref()
             .context("QYZMET_SIGNING_KEYS is not set: result documents cannot be signed")?;
         let keyring = Keyring::load(keys).context("cannot load the result-signing keys")?;
+        if let Some(bin) = keyring.default_signer_bin().context("cannot use the default signing key")?
+            && !settings.shared_signer_bins.contains(&bin)
+        {
+            anyhow::bail!(
+                "the default signing key's certificate names BIN {} but QYZMET_SHARED_SIGNER_BINS does not list it: \
+                 documents it signs would fail verification",
+                crate::ident::mask(&bin)
+            );
+        }
         Ok(Deps { verifier: Arc::new(verifier), signer: Arc::new(keyring), registry: None })
     }
 }

@@ -891,28 +891,4 @@ impl Store {
         }
         Ok(())
     }
-
-    // ---- benchmark ceiling ----------------------------------------------------------------
-
-    /// Creates the table the benchmark's bare ceiling writes to (one durable row per hop).
-    pub async fn bench_prepare(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS bench_hops (id bigserial PRIMARY KEY, message uuid NOT NULL, hop integer NOT NULL, \
-             at timestamptz NOT NULL DEFAULT now())",
-        )
-        .execute(&self.pool)
-        .await?;
-        sqlx::query("TRUNCATE bench_hops").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// The ceiling's one write per hop.
-    pub async fn bench_write(&self, message: Uuid, hop: i32) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO bench_hops (message, hop) VALUES ($1, $2)")
-            .bind(message)
-            .bind(hop)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
 }

@@ -34,6 +34,8 @@ pub const STAFF_ROLE_OID: &[u64] = &[1, 2, 398, 3, 3, 4, 1, 2, 1];
 pub const DEMO_STAFF_ROLES: &str = "1.2.398.3.3.4.1.2.*";
 /// BIN of the demo public service centre (ЦОН/ХҚКО) whose operators sign centre requests.
 pub const DEMO_CENTRE_BIN: &str = "141240000017";
+/// BIN in the certificate of the demo's `default` result-signing key (a shared signer).
+pub const DEMO_SHARED_SIGNER_BIN: &str = "090840000556";
 
 /// What is special about a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +162,13 @@ pub fn demo_provider_keys() -> Vec<Holder> {
         Holder::new("030940000443", "ГУ УПРАВЛЕНИЕ АРХИВОВ АСТАНЫ", Some("880303300019"), Some("030940000443"), true)
             .rsa(),
     );
-    v.push(Holder::new("default", "QYZMET DEMO RESULT SIGNER", Some("880303300019"), Some("090840000556"), true));
+    v.push(Holder::new(
+        "default",
+        "QYZMET DEMO RESULT SIGNER",
+        Some("880303300019"),
+        Some(DEMO_SHARED_SIGNER_BIN),
+        true,
+    ));
     v
 }
 
@@ -366,4 +374,19 @@ pub fn reissue_intermediate_crl(dir: &Path, revoked_serials: &[u64], next_update
     let this = if next_update < now { next_update - Duration::days(1) } else { now };
     let pem = crl(&issuer, revoked_serials, this + Duration::minutes(5), next_update)?;
     write(&dir.join("crl/intermediate.crl.pem"), &pem, false)
+}
+
+/// The demo PKI holder who signs a request under the regulation of its channel: the applicant
+/// on the portal, provider staff at the provider, a centre operator at the centre.
+pub fn proper_signer(request: &serde_json::Value) -> String {
+    let applicant = &request["applicant"];
+    match request["channel"].as_str() {
+        Some("provider") => format!("staff-{}", request["provider"].as_str().unwrap_or_default()),
+        Some("centre") => format!("staff-{DEMO_CENTRE_BIN}"),
+        _ => match (applicant["iin"].as_str(), applicant["bin"].as_str()) {
+            (_, Some(b)) => format!("bin-{b}"),
+            (Some(i), _) => format!("iin-{i}"),
+            _ => String::new(),
+        },
+    }
 }

@@ -37,6 +37,13 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// The BIN the signing certificate names (`OU=BIN…`), if any.
+    pub fn certificate_bin(&self) -> Option<String> {
+        let der = crate::signature::b64decode(self.chain.first()?).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        crate::signature::x509::certificate_identifiers(&cert).1
+    }
+
     /// From a PKCS#8 PEM key (ECDSA P-256 or RSA) and the PEM chain (signer first).
     pub fn from_pem(key_pem: &[u8], chain_pem_path: &Path) -> Result<SigningKey, ConfigError> {
         let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem)
@@ -164,6 +171,20 @@ impl Signer for Keyring {
 
     fn can_sign(&self, provider: &str) -> bool {
         self.keys.contains_key(provider) || self.keys.contains_key("default")
+    }
+}
+
+impl Keyring {
+    /// The BIN named by the certificate of the `default` key, which signs for providers without
+    /// a key of their own; `Ok(None)` without a default key.
+    pub fn default_signer_bin(&self) -> Result<Option<String>, ConfigError> {
+        match self.keys.get("default") {
+            None => Ok(None),
+            Some(k) => k
+                .certificate_bin()
+                .map(Some)
+                .ok_or_else(|| ConfigError("the default key's certificate names no BIN (OU=BIN…)".into())),
+        }
     }
 }
 

@@ -138,3 +138,34 @@ async fn p12_without_a_crl_for_the_issuer_signatures_fail_closed_while_workers_r
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn documents_signed_by_the_shared_default_key_verify_offline_when_the_verifier_trusts_it() {
+    use qyzmet::signature::Signer as _;
+    // A provider without a key of its own: the default key (a shared signer) signs for it.
+    let keyring = qyzmet::signature::keys::Keyring::load(&pki().keys_dir).expect("keys");
+    let mut doc = serde_json::Map::new();
+    doc.insert("kind".into(), json!("appointment-certificate"));
+    doc.insert("number".into(), json!("APT-2026-000001"));
+    doc.insert("issued_at".into(), json!(qyzmet::contract::now_local()));
+    doc.insert("content".into(), json!({ "provider": "081140000436" }));
+    let signature = keyring.sign("081140000436", &doc).expect("the default key signs");
+    doc.insert("signature".into(), signature);
+    let file = std::env::temp_dir().join(format!("qyzmet-shared-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, serde_json::to_vec(&doc).expect("json")).expect("write");
+    let verify = |shared: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+            .arg("verify")
+            .arg(&file)
+            .env("QYZMET_TRUST_BUNDLE", &pki().trust_bundle)
+            .env("QYZMET_CRL_PATH", &pki().crl_dir)
+            .env("QYZMET_SHARED_SIGNER_BINS", shared)
+            .output()
+            .expect("qyzmet verify runs")
+    };
+    let trusted = verify(qyzmet::pki::DEMO_SHARED_SIGNER_BIN);
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    let untrusted = verify("");
+    assert!(!untrusted.status.success(), "without the shared signer configured it must not verify");
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("identifier_mismatch"));
+}

@@ -103,9 +103,9 @@ pub fn sign_as(name: &str, v: &mut Value) {
     holder(name).sign_in_place(v.as_object_mut().expect("object")).expect("sign");
 }
 
-/// Who signs a request under its channel's regulation (see `qyzmet::demo::proper_signer`).
+/// Who signs a request under its channel's regulation (see `qyzmet::pki::proper_signer`).
 pub fn proper_signer(request: &Value) -> String {
-    let name = qyzmet::demo::proper_signer(request);
+    let name = qyzmet::pki::proper_signer(request);
     // Identifiers without a certificate (invalid ones) are refused before the signature check.
     if pki().holders_dir.join(format!("{name}.key.pem")).exists() { name } else { "iin-850401300125".into() }
 }

@@ -13,16 +13,16 @@ use lapin::options::BasicAckOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::broker::{Broker, Message, Publisher};
-use crate::config::Settings;
-use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status, now_local};
-use crate::pki::PkiPaths;
-use crate::registry::import_file;
-use crate::regulations::{PoolName, Regulations};
-use crate::signature::keys::SigningKey;
-use crate::startup::{self, Deps, Options};
-use crate::store::Store;
-use crate::systems::{Kind, System, Systems};
+use qyzmet::broker::{Broker, Message, Publisher};
+use qyzmet::config::Settings;
+use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status, now_local};
+use qyzmet::pki::PkiPaths;
+use qyzmet::registry::import_file;
+use qyzmet::regulations::{PoolName, Regulations};
+use qyzmet::signature::keys::SigningKey;
+use qyzmet::startup::{self, Deps, Options};
+use qyzmet::store::Store;
+use qyzmet::systems::{Kind, System, Systems};
 
 /// What the demo does once a request reaches the payment or a staff-review step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,20 +441,7 @@ fn specs() -> Vec<Spec> {
     ]
 }
 
-/// The demo PKI holder who signs a request under the regulation of its channel: the applicant
-/// on the portal, provider staff at the provider, a centre operator at the centre.
-pub fn proper_signer(request: &Value) -> String {
-    let applicant = &request["applicant"];
-    match request["channel"].as_str() {
-        Some("provider") => format!("staff-{}", request["provider"].as_str().unwrap_or_default()),
-        Some("centre") => format!("staff-{}", crate::pki::DEMO_CENTRE_BIN),
-        _ => match (applicant["iin"].as_str(), applicant["bin"].as_str()) {
-            (_, Some(b)) => format!("bin-{b}"),
-            (Some(i), _) => format!("iin-{i}"),
-            _ => String::new(),
-        },
-    }
-}
+pub use qyzmet::pki::proper_signer;
 
 /// Demo signing keys, loaded on first use.
 pub(crate) struct Keys {
@@ -643,7 +630,7 @@ fn url_as(settings: &Settings, systems: &Systems, system: Option<&System>, passw
     let url = &settings.amqp_url;
     let (scheme, rest) = url.split_once("://").context("the broker URL has no scheme")?;
     let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-    crate::config::with_password(&format!("{scheme}://{user}@{host}"), password.trim_end())
+    qyzmet::config::with_password(&format!("{scheme}://{user}@{host}"), password.trim_end())
 }
 
 /// Runs the demonstration end to end against the configured services. With a systems file in
@@ -653,16 +640,16 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
     let started = Instant::now();
     println!(
         "qyzmet demo — RabbitMQ {}, PostgreSQL {}",
-        crate::config::redact(&settings.amqp_url),
-        crate::config::redact(&settings.database_url)
+        qyzmet::config::redact(&settings.amqp_url),
+        qyzmet::config::redact(&settings.database_url)
     );
     if let Some(file) = &settings.systems_file {
         println!("   (qyzmet and every sender log in as the broker users of {})", file.display());
     }
-    let pki = crate::pki::generate(
+    let pki = qyzmet::pki::generate(
         pki_dir,
-        &crate::pki::demo_holders(),
-        &crate::pki::demo_provider_keys(),
+        &qyzmet::pki::demo_holders(),
+        &qyzmet::pki::demo_provider_keys(),
         chrono::Utc::now() + chrono::Duration::days(30),
     )
     .map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
@@ -703,14 +690,17 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
     let senders = Senders::connect(&settings, systems.as_ref(), passwords).await?;
     match &systems {
         Some(_) => {
-            println!("   publishing as the systems of {}:", settings.systems_file.as_deref().unwrap_or(Path::new("")).display());
+            println!(
+                "   publishing as the systems of {}:",
+                settings.systems_file.as_deref().unwrap_or(Path::new("")).display()
+            );
             for (role, user) in &senders.users {
                 println!("     {role:<22} broker user {user}");
             }
         }
         None => println!("   no systems file: every message is published as {}", senders.users[0].1),
     }
-    let (ch, mut consumer) = crate::broker::subscribe_outcomes(&broker, 200).await?;
+    let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker, 200).await?;
     let dead_before = count_dead(&broker).await;
 
     let mut keys = Keys::new(pki.clone());
@@ -855,11 +845,12 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
         let path = pki_dir.join("sample-document.json");
         std::fs::write(&path, serde_json::to_vec_pretty(doc)?)?;
         println!(
-            "\nA signed result document was saved to {}; check it offline with:\n  qyzmet verify {} --trust-bundle {} --crl-path {}",
+            "\nA signed result document was saved to {}; check it offline with:\n  qyzmet verify {} --trust-bundle {} --crl-path {} \\\n    --shared-signer-bins {}",
             path.display(),
             path.display(),
             pki.trust_bundle.display(),
-            pki.crl_dir.display()
+            pki.crl_dir.display(),
+            qyzmet::pki::DEMO_SHARED_SIGNER_BIN
         );
     }
     println!(
@@ -883,5 +874,5 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
 }
 
 pub(crate) async fn count_dead(broker: &Broker) -> u32 {
-    crate::broker::queue_counts(broker, crate::broker::QUEUE_DEAD).await.0
+    qyzmet::broker::queue_counts(broker, qyzmet::broker::QUEUE_DEAD).await.0
 }

@@ -16,6 +16,13 @@ use qyzmet::regulations::Regulations;
 use qyzmet::startup::{self, Deps, Options};
 use qyzmet::store::Store;
 
+/// `qyzmet bench` (demo feature: it signs with the demo PKI).
+#[cfg(feature = "demo")]
+mod bench;
+/// `qyzmet demo` (demo feature).
+#[cfg(feature = "demo")]
+mod demo;
+
 /// qyzmet: processes e-government service requests from RabbitMQ through worker pools, with
 /// the deadlines and reasoned refusals of the regulations, keeping state in PostgreSQL.
 #[derive(Parser)]
@@ -76,9 +83,10 @@ enum Command {
         #[command(subcommand)]
         command: RegulationsCommand,
     },
-    /// The demonstration: migrates, loads demo registries, runs all pools, publishes sample
+    /// The demonstration (built with the `demo` feature): migrates, loads demo registries, runs all pools, publishes sample
     /// requests for every service and channel (including ones that must be refused), answers
     /// payments and staff reviews, and prints every final outcome.
+    #[cfg(feature = "demo")]
     Demo {
         #[command(flatten)]
         settings: Settings,
@@ -100,15 +108,17 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
-    /// Benchmark: throughput, latency, scaling and backlog drain of the pipeline against a bare
+    /// Benchmark (built with the `demo` feature): throughput, latency, scaling and backlog drain of the pipeline against a bare
     /// publish-consume-write ceiling measured in the same run.
+    #[cfg(feature = "demo")]
     Bench {
         #[command(flatten)]
         settings: Settings,
         #[command(flatten)]
-        args: qyzmet::bench::BenchArgs,
+        args: bench::BenchArgs,
     },
-    /// The demonstration PKI.
+    /// The demonstration PKI (built with the `demo` feature).
+    #[cfg(feature = "demo")]
     Pki {
         #[command(subcommand)]
         command: PkiCommand,
@@ -163,6 +173,7 @@ enum RegistryCommand {
     },
 }
 
+#[cfg(feature = "demo")]
 #[derive(Subcommand)]
 enum PkiCommand {
     /// Generates a demo PKI (root and signing CA, CRLs, citizen, legal-entity, representative,
@@ -331,10 +342,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", qyzmet::report::regulations_summary(&regs));
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Demo { settings, demo_dir, pki_dir, passwords } => {
-            qyzmet::demo::run(&settings, &demo_dir, &pki_dir, &passwords).await
+            demo::run(&settings, &demo_dir, &pki_dir, &passwords).await
         }
-        Command::Bench { settings, args } => qyzmet::bench::run(&settings, &args).await,
+        #[cfg(feature = "demo")]
+        Command::Bench { settings, args } => bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
         Command::Systems { command: SystemsCommand::Check { file } } => {
             let systems = qyzmet::systems::Systems::load(&file)?;
@@ -361,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Pki { command: PkiCommand::Demo { dir } } => {
             let paths = qyzmet::pki::generate(
                 &dir,
@@ -375,6 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  QYZMET_SIGNING_KEYS={}", paths.keys_dir.display());
             println!("  QYZMET_STAFF_ROLE_OIDS={}", qyzmet::pki::DEMO_STAFF_ROLES);
             println!("  QYZMET_CENTRE_BINS={}", qyzmet::pki::DEMO_CENTRE_BIN);
+            println!("  QYZMET_SHARED_SIGNER_BINS={}", qyzmet::pki::DEMO_SHARED_SIGNER_BIN);
             println!("  request and decision signing keys: {}", paths.holders_dir.display());
             Ok(())
         }

@@ -27,15 +27,15 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::broker::{
+use crate::demo::{self, Keys};
+use qyzmet::broker::{
     Broker, Message, Publisher, QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, pool_name, task_queue,
 };
-use crate::config::Settings;
-use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome};
-use crate::demo::{self, Keys};
-use crate::registry::import_file;
-use crate::startup::ALL_POOLS;
-use crate::store::Store;
+use qyzmet::config::Settings;
+use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome};
+use qyzmet::registry::import_file;
+use qyzmet::startup::ALL_POOLS;
+use qyzmet::store::Store;
 
 /// Options of `qyzmet bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -294,12 +294,12 @@ impl Workers {
         // Wait until every pool's queues have their consumers.
         let queues: Vec<String> = vec![
             QUEUE_INTAKE.into(),
-            task_queue(crate::regulations::PoolName::Registry),
-            task_queue(crate::regulations::PoolName::Payment),
+            task_queue(qyzmet::regulations::PoolName::Registry),
+            task_queue(qyzmet::regulations::PoolName::Payment),
             QUEUE_PAYMENT_NOTICES.into(),
-            task_queue(crate::regulations::PoolName::Review),
+            task_queue(qyzmet::regulations::PoolName::Review),
             QUEUE_DECISIONS.into(),
-            task_queue(crate::regulations::PoolName::Result),
+            task_queue(qyzmet::regulations::PoolName::Result),
         ];
         let ready = async {
             loop {
@@ -362,7 +362,7 @@ impl Workers {
 }
 
 async fn consumers(broker: &Broker, queue: &str) -> u32 {
-    crate::broker::queue_counts(broker, queue).await.1
+    qyzmet::broker::queue_counts(broker, queue).await.1
 }
 
 // ---- observing outcomes ----------------------------------------------------------------------
@@ -392,7 +392,7 @@ async fn outcome_listener(
     keys: Arc<Mutex<Keys>>,
     publisher: Arc<Publisher>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (ch, mut consumer) = crate::broker::subscribe_outcomes(&broker, 2000).await?;
+    let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker, 2000).await?;
     Ok(tokio::spawn(async move {
         let _keep = ch;
         while let Some(Ok(d)) = consumer.next().await {
@@ -623,7 +623,7 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
 const CEILING_HOPS: usize = 5;
 
 async fn ceiling(args: &BenchArgs, broker: &Arc<Broker>, store: &Store, n: usize) -> anyhow::Result<Ceiling> {
-    store.bench_prepare().await?;
+    ceiling_prepare(store).await?;
     let ch = broker.channel().await?;
     let queue = |h: usize| format!("qyzmet.bench.hop{h}");
     for h in 0..=CEILING_HOPS {
@@ -635,7 +635,7 @@ async fn ceiling(args: &BenchArgs, broker: &Arc<Broker>, store: &Store, n: usize
         .await?;
         ch.queue_purge(queue(h).as_str().into(), QueuePurgeOptions::default()).await?;
     }
-    let (stop_tx, stop) = crate::shutdown::channel();
+    let (stop_tx, stop) = qyzmet::shutdown::channel();
     let mut tasks = Vec::new();
     for h in 0..CEILING_HOPS {
         let (broker, store, from, to, stop) = (broker.clone(), store.clone(), queue(h), queue(h + 1), stop.clone());
@@ -654,7 +654,7 @@ async fn ceiling(args: &BenchArgs, broker: &Arc<Broker>, store: &Store, n: usize
                     async move {
                         let Ok(d) = d else { return };
                         let id = Uuid::from_slice(&d.data[..16.min(d.data.len())]).unwrap_or_default();
-                        let _ = store.bench_write(id, h as i32).await;
+                        let _ = ceiling_write(&store, id, h as i32).await;
                         let m = Message {
                             exchange: String::new(),
                             routing_key: to,
@@ -756,10 +756,10 @@ async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
         QUEUE_INTAKE.to_owned(),
         QUEUE_PAYMENT_NOTICES.to_owned(),
         QUEUE_DECISIONS.to_owned(),
-        task_queue(crate::regulations::PoolName::Registry),
-        task_queue(crate::regulations::PoolName::Payment),
-        task_queue(crate::regulations::PoolName::Review),
-        task_queue(crate::regulations::PoolName::Result),
+        task_queue(qyzmet::regulations::PoolName::Registry),
+        task_queue(qyzmet::regulations::PoolName::Payment),
+        task_queue(qyzmet::regulations::PoolName::Review),
+        task_queue(qyzmet::regulations::PoolName::Result),
     ];
     for q in queues {
         ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()).await?;
@@ -770,10 +770,10 @@ async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
 
 /// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
-    let pki = crate::pki::generate(
+    let pki = qyzmet::pki::generate(
         &args.pki_dir,
-        &crate::pki::demo_holders(),
-        &crate::pki::demo_provider_keys(),
+        &qyzmet::pki::demo_holders(),
+        &qyzmet::pki::demo_provider_keys(),
         chrono::Utc::now() + chrono::Duration::days(30),
     )
     .map_err(|e| anyhow::anyhow!("bench PKI: {e}"))?;
@@ -968,4 +968,27 @@ fn print_report(r: &Report) {
         println!("worker RSS over the drain (MiB, largest process, every 5 s): {:?}", b.rss_mib_over_time);
         println!("outcomes: {}", b.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
     }
+}
+
+/// Creates the table the ceiling writes to (one durable row per hop). It is the benchmark's, not
+/// the pipeline's: it lives in the benchmark's database session only and no migration has it.
+async fn ceiling_prepare(store: &Store) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_hops (id bigserial PRIMARY KEY, message uuid NOT NULL, hop integer NOT NULL, \
+         at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(store.pool())
+    .await?;
+    sqlx::query("TRUNCATE bench_hops").execute(store.pool()).await?;
+    Ok(())
+}
+
+/// The ceiling's one write per hop.
+async fn ceiling_write(store: &Store, message: Uuid, hop: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO bench_hops (message, hop) VALUES ($1, $2)")
+        .bind(message)
+        .bind(hop)
+        .execute(store.pool())
+        .await?;
+    Ok(())
 }

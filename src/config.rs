@@ -21,9 +21,15 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_SYSTEMS_FILE")]
     pub systems_file: Option<PathBuf>,
 
-    /// PostgreSQL URL of qyzmet's database.
+    /// PostgreSQL URL of qyzmet's database, as the role request handling uses (a member of
+    /// `qyzmet_worker` in production: README «PostgreSQL roles»).
     #[arg(long, env = "QYZMET_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5433/qyzmet")]
     pub database_url: String,
+
+    /// PostgreSQL URL as the database's owner, for migrations (`qyzmet migrate`, `qyzmet run`);
+    /// `QYZMET_DATABASE_URL` when unset (small installs where one role owns and works).
+    #[arg(long, env = "QYZMET_MIGRATION_DATABASE_URL")]
+    pub migration_database_url: Option<String>,
 
     /// Directory with the regulation data (service files, common.toml, calendar.toml).
     #[arg(long, env = "QYZMET_REGULATIONS_DIR", default_value = "regulations")]
@@ -115,6 +121,7 @@ impl Settings {
             amqp_password_file: None,
             systems_file: None,
             database_url: database_url.to_owned(),
+            migration_database_url: None,
             regulations_dir,
             max_message_bytes: 262_144,
             db_pool_size: 16,
@@ -158,6 +165,7 @@ impl Settings {
             ("QYZMET_AMQP_PASSWORD_FILE", path(&self.amqp_password_file)),
             ("QYZMET_SYSTEMS_FILE", path(&self.systems_file)),
             ("QYZMET_DATABASE_URL", self.database_url.clone()),
+            ("QYZMET_MIGRATION_DATABASE_URL", self.migration_database_url.clone().unwrap_or_default()),
             ("QYZMET_REGULATIONS_DIR", self.regulations_dir.display().to_string()),
             ("QYZMET_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
             ("QYZMET_DB_POOL_SIZE", self.db_pool_size.to_string()),
@@ -200,6 +208,11 @@ impl Settings {
         let password = std::fs::read_to_string(file)
             .map_err(|e| anyhow::anyhow!("cannot read QYZMET_AMQP_PASSWORD_FILE {}: {e}", file.display()))?;
         with_password(&self.amqp_url, password.trim_end_matches(['\r', '\n']))
+    }
+
+    /// The URL migrations run with: the owner's, or the worker's when no owner URL is set.
+    pub fn migration_url(&self) -> &str {
+        self.migration_database_url.as_deref().filter(|u| !u.is_empty()).unwrap_or(&self.database_url)
     }
 
     /// The systems file, loaded, if one is configured.

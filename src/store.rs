@@ -891,4 +891,54 @@ impl Store {
         }
         Ok(())
     }
+
+    // ---- audit trail ----------------------------------------------------------------------
+
+    /// Rows in the audit trail (of one request, or all).
+    pub async fn audit_rows(&self, request: Option<Uuid>) -> Result<i64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM step_history WHERE $1::uuid IS NULL OR request_id = $1")
+                .bind(request)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n)
+    }
+
+    /// Breaks in the audit trail's hash chain (P-49), for one request or all: a row whose
+    /// content no longer matches its hash (`changed`), whose link does not match the previous
+    /// row's hash (`link`: a row before it was removed or changed), or a finished request whose
+    /// trail does not end with its final event (`truncated`). Empty when the trail is intact.
+    pub async fn audit_breaks(&self, request: Option<Uuid>) -> Result<Vec<AuditBreak>, StoreError> {
+        sqlx::query_as(
+            "WITH chain AS ( \
+                 SELECT request_id, id, event, prev_hash, hash, \
+                        lag(hash) OVER w AS before, \
+                        row_number() OVER (PARTITION BY request_id ORDER BY id DESC) AS from_end, \
+                        step_history_digest(prev_hash, request_id, step_index, step, event, at, deadline, detail) \
+                            AS recomputed \
+                 FROM step_history WHERE $1::uuid IS NULL OR request_id = $1 \
+                 WINDOW w AS (PARTITION BY request_id ORDER BY id)) \
+             SELECT request_id, id, 'changed' AS problem FROM chain WHERE hash IS DISTINCT FROM recomputed \
+             UNION ALL \
+             SELECT request_id, id, 'link' FROM chain WHERE prev_hash IS DISTINCT FROM before \
+             UNION ALL \
+             SELECT c.request_id, c.id, 'truncated' FROM chain c JOIN outcomes o USING (request_id) \
+                 WHERE c.from_end = 1 AND c.event NOT IN ('completed', 'refused') \
+             ORDER BY 1, 2",
+        )
+        .bind(request)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+/// A place where the audit trail's hash chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditBreak {
+    /// The request whose trail is broken.
+    pub request_id: Uuid,
+    /// The `step_history` row where the break shows.
+    pub id: i64,
+    /// `changed`, `link` or `truncated`.
+    pub problem: String,
 }

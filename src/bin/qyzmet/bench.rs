@@ -778,7 +778,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("bench PKI: {e}"))?;
     let settings = settings.clone().with_pki(&pki);
-    let store = Store::connect(&settings.database_url, 8).await.context("cannot connect to PostgreSQL")?;
+    let store = Store::connect(settings.migration_url(), 8).await.context("cannot connect to PostgreSQL")?;
     store.migrate().await?;
     for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {
         import_file(&store, &args.demo_dir.join("registries").join(f), None).await?;

@@ -666,7 +666,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
         settings.amqp_password_file = Some(systems.password_path(None, passwords));
         settings.amqp_url = url;
     }
-    let store = Store::connect(&settings.database_url, 4).await.context("cannot connect to PostgreSQL")?;
+    let store = Store::connect(settings.migration_url(), 4).await.context("cannot connect to PostgreSQL")?;
     store.migrate().await.context("migrations failed")?;
     println!("\n2. migrations applied; demo registries:");
     for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {

@@ -123,10 +123,28 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// The audit trail (P-49).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// The systems file: which upstream system may submit, pay, decide or read what.
     Systems {
         #[command(subcommand)]
         command: SystemsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain of the audit trail (every request, or one) and lists every break:
+    /// a changed row, a removed or inserted one, or a trail cut short. Exits non-zero on any.
+    Verify {
+        /// Only this request.
+        #[arg(long)]
+        request: Option<Uuid>,
+        #[command(flatten)]
+        settings: Settings,
     },
 }
 
@@ -261,7 +279,7 @@ async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { settings, concurrency } => {
-            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let store = Store::connect(settings.migration_url(), 2).await.context("cannot connect to PostgreSQL")?;
             store.migrate().await.context("migrations failed")?;
             store.close().await;
             serve(settings, Options::all(concurrency)).await
@@ -273,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(settings, opts).await
         }
         Command::Migrate { settings } => {
-            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let store = Store::connect(settings.migration_url(), 2).await.context("cannot connect to PostgreSQL")?;
             store.migrate().await.context("migrations failed")?;
             println!("migrations applied");
             Ok(())
@@ -349,6 +367,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "demo")]
         Command::Bench { settings, args } => bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
+        Command::Audit { command: AuditCommand::Verify { request, settings } } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let breaks = store.audit_breaks(request).await.context("cannot read the audit trail")?;
+            let rows = store.audit_rows(request).await?;
+            for b in &breaks {
+                let what = match b.problem.as_str() {
+                    "changed" => "the row was changed after it was written",
+                    "link" => "the row before it was removed, changed or inserted",
+                    _ => "the trail of this finished request ends before its final event",
+                };
+                println!("request {} row {}: {what}", b.request_id, b.id);
+            }
+            if breaks.is_empty() {
+                println!("audit trail intact: {rows} rows checked");
+                Ok(())
+            } else {
+                bail!("{} break(s) in the audit trail ({rows} rows checked)", breaks.len())
+            }
+        }
         Command::Systems { command: SystemsCommand::Check { file } } => {
             let systems = qyzmet::systems::Systems::load(&file)?;
             for line in systems.describe() {

@@ -128,6 +128,13 @@ async fn services() -> &'static Services {
         .await
 }
 
+/// A PostgreSQL URL with another user (and no password: the test server trusts loopback).
+fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    format!("{scheme}://{user}@{host}")
+}
+
 fn strip_vhost(url: &str) -> String {
     // amqp://user:pass@host:port/vhost -> amqp://user:pass@host:port
     match url.find("://").map(|i| i + 3) {
@@ -252,6 +259,7 @@ pub struct TestEnv {
     providers: Mutex<HashMap<String, String>>,
     vhost: String,
     db_name: String,
+    worker_role: String,
 }
 
 impl TestEnv {
@@ -279,16 +287,25 @@ impl TestEnv {
         };
         let amqp_url = format!("{}/{vhost}", s.amqp_base);
         let regs_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regulations");
-        let mut settings = Settings::for_urls(&amqp_url, &db_url, regs_dir).with_pki(pki());
+
+        let store = Store::connect(&db_url, 4).await.expect("test database");
+        store.migrate().await.expect("migrations");
+        // qyzmet itself logs in as a role with the worker's rights only (the test keeps the
+        // owner's connection for setup and assertions), so every test runs least-privileged.
+        let worker = format!("qyzmet_test_worker_{tag}");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {worker} LOGIN IN ROLE qyzmet_worker")))
+            .execute(store.pool())
+            .await
+            .expect("worker role");
+        let worker_url = with_user(&db_url, &worker);
+        let mut settings = Settings::for_urls(&amqp_url, &worker_url, regs_dir).with_pki(pki());
+        settings.migration_database_url = Some(db_url.clone());
         settings.sweep_interval_ms = 100;
         settings.outbox_relay_secs = 3;
         settings.db_pool_size = 8;
         // Long enough to ride out a short outage a test provokes, short enough that a test
         // that exhausts it finishes.
         settings.retry_budget_secs = 20;
-
-        let store = Store::connect(&db_url, 4).await.expect("test database");
-        store.migrate().await.expect("migrations");
         let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/registries");
         for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {
             let report = import_file(&store, &demo.join(f), None).await.expect("import demo registry");
@@ -348,6 +365,7 @@ impl TestEnv {
             providers: Mutex::new(HashMap::new()),
             vhost,
             db_name,
+            worker_role: worker,
         }
     }
 
@@ -631,6 +649,9 @@ impl TestEnv {
         let _ = management("DELETE", &format!("/api/vhosts/{}", self.vhost), None).await;
         if let Ok(admin) = Store::connect(&services().await.db_admin_url, 1).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
+                .execute(admin.pool())
+                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {}", self.worker_role)))
                 .execute(admin.pool())
                 .await;
             admin.close().await;

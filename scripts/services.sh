@@ -7,6 +7,7 @@
 #   scripts/services.sh status                  exit 0 if both run, 3 otherwise
 #   scripts/services.sh env                     print the path of the env file
 #   scripts/services.sh import-definitions FILE load RabbitMQ definitions (users, permissions)
+#   scripts/services.sh rabbitmqctl ARGS...     run rabbitmqctl against the broker (drills, tests)
 #   scripts/services.sh clean                   stop, then delete all data and logs
 #
 # Two modes, chosen at `start` and remembered in the state dir so `stop` uses
@@ -179,6 +180,7 @@ export QYZMET_AMQP_MANAGEMENT_URL='$mgmt_url'
 export TEST_AMQP_URL='$amqp_url'
 export TEST_DATABASE_URL='postgres://postgres@127.0.0.1:$pg/postgres'
 export TEST_AMQP_MANAGEMENT_URL='$mgmt_url'
+export TEST_RABBITMQCTL='$REPO/scripts/services.sh rabbitmqctl'
 EOF
     chmod 644 "$tmp"
     mv -f "$tmp" "$STATE/env"
@@ -633,9 +635,20 @@ cmd_import_definitions() {
     log "rabbitmq: definitions imported from $file"
 }
 
+# rabbitmqctl against our broker, whichever mode started it (tests raise a memory alarm).
+cmd_rabbitmqctl() {
+    if [[ "$(mode)" == docker ]]; then
+        compose exec -T rabbitmq rabbitmqctl "$@"
+    else
+        rabbit_running || die "rabbitmq is not running: run '$0 start' first"
+        (rabbit_env && "$RABBIT_BIN/rabbitmqctl" "$@")
+    fi
+}
+
 case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     import-definitions) shift; cmd_import_definitions "$@" ;;
+    rabbitmqctl) shift; cmd_rabbitmqctl "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     status) cmd_status ;;
     env) cmd_env ;;

@@ -106,7 +106,19 @@ pub struct Broker {
     /// it as `user_id`, which the broker checks against the login: consumers (and qyzmet's own
     /// systems checks) can trust who sent it.
     user: String,
-    conn: Mutex<Option<Arc<Connection>>>,
+    /// Consumers' connection.
+    consume: Mutex<Option<Arc<Connection>>>,
+    /// Publishers' connection, kept apart: under a resource alarm RabbitMQ blocks a connection
+    /// that publishes — reads included — so consumers on their own connection can still
+    /// acknowledge and the pipeline drains what it holds.
+    publish: Mutex<Option<Arc<Connection>>>,
+}
+
+/// Which of a process's two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Consume,
+    Publish,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -131,21 +143,36 @@ impl Broker {
             .parse::<lapin::uri::AMQPUri>()
             .map(|u| u.authority.userinfo.username)
             .unwrap_or_else(|_| "guest".to_owned());
-        let broker = Arc::new(Broker { url: url.to_owned(), name: name.to_owned(), user, conn: Mutex::new(None) });
-        drop(broker.connection().await?);
+        let broker = Arc::new(Broker {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            user,
+            consume: Mutex::new(None),
+            publish: Mutex::new(None),
+        });
+        drop(broker.connection(Role::Consume).await?);
         Ok(broker)
     }
 
-    async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
-        let mut guard = self.conn.lock().await;
+    fn slot(&self, role: Role) -> &Mutex<Option<Arc<Connection>>> {
+        match role {
+            Role::Consume => &self.consume,
+            Role::Publish => &self.publish,
+        }
+    }
+
+    async fn connection(&self, role: Role) -> Result<Arc<Connection>, BrokerError> {
+        let mut guard = self.slot(role).lock().await;
         if let Some(conn) = guard.as_ref()
             && conn.status().connected()
         {
             return Ok(conn.clone());
         }
-        let props = ConnectionProperties::default()
-            .enable_auto_recover()
-            .with_connection_name(LongString::from(self.name.clone()));
+        let name = match role {
+            Role::Consume => self.name.clone(),
+            Role::Publish => format!("{} (publishing)", self.name),
+        };
+        let props = ConnectionProperties::default().enable_auto_recover().with_connection_name(LongString::from(name));
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
             .await
             .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))??;
@@ -154,17 +181,32 @@ impl Broker {
         Ok(conn)
     }
 
-    /// A new channel (reconnecting first if needed).
-    pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let conn = self.connection().await?;
-        match conn.create_channel().await {
-            Ok(ch) => Ok(ch),
-            Err(e) => {
+    async fn open_channel(&self, role: Role) -> Result<Channel, BrokerError> {
+        let conn = self.connection(role).await?;
+        // A blocked connection (resource alarm) answers nothing, channel.open included.
+        match tokio::time::timeout(CONNECT_TIMEOUT, conn.create_channel()).await {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => {
                 // The connection may be half-dead: forget it so the next call reconnects.
-                *self.conn.lock().await = None;
+                *self.slot(role).lock().await = None;
                 Err(e.into())
             }
+            Err(_) => Err(BrokerError::ConnectTimeout(CONNECT_TIMEOUT)),
         }
+    }
+
+    /// A new channel on the consumers' connection (reconnecting first if needed).
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        self.open_channel(Role::Consume).await
+    }
+
+    /// A new confirm-mode channel on the publishers' connection.
+    async fn publish_channel(&self) -> Result<Channel, BrokerError> {
+        let ch = self.open_channel(Role::Publish).await?;
+        tokio::time::timeout(CONNECT_TIMEOUT, ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))??;
+        Ok(ch)
     }
 
     /// A channel in confirm mode for publishing, waiting at most [`DEFAULT_CONFIRM_TIMEOUT`]
@@ -176,8 +218,7 @@ impl Broker {
     /// A channel in confirm mode for publishing, waiting at most `confirm_timeout` for the
     /// confirms of a batch.
     pub async fn publisher_with(self: &Arc<Self>, confirm_timeout: Duration) -> Result<Publisher, BrokerError> {
-        let ch = self.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let ch = self.publish_channel().await?;
         Ok(Publisher { broker: self.clone(), channel: Mutex::new(Some(ch)), confirm_timeout })
     }
 
@@ -186,10 +227,12 @@ impl Broker {
         &self.user
     }
 
-    /// Closes the connection (in-flight unacked deliveries go back to their queues).
+    /// Closes both connections (in-flight unacked deliveries go back to their queues).
     pub async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
-            let _ = conn.close(200, "shutdown".into()).await;
+        for role in [Role::Publish, Role::Consume] {
+            if let Some(conn) = self.slot(role).lock().await.take() {
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.close(200, "shutdown".into())).await;
+            }
         }
     }
 }
@@ -351,8 +394,7 @@ impl Publisher {
         {
             return Ok(ch.clone());
         }
-        let ch = self.broker.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let ch = self.broker.publish_channel().await?;
         *guard = Some(ch.clone());
         Ok(ch)
     }

@@ -1,6 +1,7 @@
 //! Integration tests against real RabbitMQ and PostgreSQL (see `common` for how they are found).
 //! Test names carry the P-number of the behaviour they check (regulations.md §13).
 
+mod alarm;
 mod audit;
 mod bench;
 mod common;

@@ -81,7 +81,10 @@ pub enum BrokerError {
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
     /// Connecting took too long (lapin can hang on a rejected connection.open).
-    #[error("connecting to the broker timed out after {0:?}")]
+    #[error(
+        "connecting to the broker timed out after {0:?} (unreachable, or over amqps its certificate is not \
+         accepted: check QYZMET_AMQP_CA_FILE and that the certificate names the URL's host)"
+    )]
     ConnectTimeout(Duration),
     /// The broker refused a published message.
     #[error("the broker nacked a message to {0}")]
@@ -108,6 +111,9 @@ pub struct Broker {
     user: String,
     /// Consumers' connection.
     consume: Mutex<Option<Arc<Connection>>>,
+    /// PEM bundle of the CAs an `amqps://` broker's certificate must chain to (added to the
+    /// built-in web roots); the certificate must also name the host of the URL.
+    ca_pem: Option<String>,
     /// Publishers' connection, kept apart: under a resource alarm RabbitMQ blocks a connection
     /// that publishes — reads included — so consumers on their own connection can still
     /// acknowledge and the pipeline drains what it holds.
@@ -129,7 +135,12 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 impl Broker {
     /// Connects and declares the topology.
     pub async fn connect(url: &str, name: &str) -> Result<Arc<Broker>, BrokerError> {
-        let broker = Broker::open(url, name).await?;
+        Broker::connect_with(url, name, None).await
+    }
+
+    /// Connects (over TLS for `amqps://`, trusting `ca_pem` too) and declares the topology.
+    pub async fn connect_with(url: &str, name: &str, ca_pem: Option<String>) -> Result<Arc<Broker>, BrokerError> {
+        let broker = Broker::open_with(url, name, ca_pem).await?;
         let ch = broker.channel().await?;
         declare_topology(&ch).await?;
         let _ = ch.close(200, "topology declared".into()).await;
@@ -139,6 +150,11 @@ impl Broker {
     /// Connects without declaring anything: for upstream systems (and tools acting as them),
     /// whose broker users may not configure.
     pub async fn open(url: &str, name: &str) -> Result<Arc<Broker>, BrokerError> {
+        Broker::open_with(url, name, None).await
+    }
+
+    /// [`Broker::open`] with a CA bundle for `amqps://`.
+    pub async fn open_with(url: &str, name: &str, ca_pem: Option<String>) -> Result<Arc<Broker>, BrokerError> {
         let user = url
             .parse::<lapin::uri::AMQPUri>()
             .map(|u| u.authority.userinfo.username)
@@ -147,6 +163,7 @@ impl Broker {
             url: url.to_owned(),
             name: name.to_owned(),
             user,
+            ca_pem,
             consume: Mutex::new(None),
             publish: Mutex::new(None),
         });
@@ -173,9 +190,14 @@ impl Broker {
             Role::Publish => format!("{} (publishing)", self.name),
         };
         let props = ConnectionProperties::default().enable_auto_recover().with_connection_name(LongString::from(name));
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
-            .await
-            .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))??;
+        // TLS for amqps:// URLs: rustls, the certificate verified against the web roots and the
+        // configured CA bundle, and the URL's host name checked.
+        let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
+        let runtime = lapin::runtime::default_runtime()?;
+        let conn =
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_with_config(&self.url, props, tls, runtime))
+                .await
+                .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))??;
         let conn = Arc::new(conn);
         *guard = Some(conn.clone());
         Ok(conn)

@@ -16,6 +16,11 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_AMQP_PASSWORD_FILE")]
     pub amqp_password_file: Option<PathBuf>,
 
+    /// PEM file of the CA certificates an `amqps://` broker's certificate must chain to. The
+    /// certificate must name the URL's host; the connection fails otherwise.
+    #[arg(long, env = "QYZMET_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+
     /// The systems file: every upstream system's broker user and what it may submit, pay or
     /// decide (`qyzmet systems check FILE`). Without it, senders are recorded but not checked.
     #[arg(long, env = "QYZMET_SYSTEMS_FILE")]
@@ -119,6 +124,7 @@ impl Settings {
         Settings {
             amqp_url: amqp_url.to_owned(),
             amqp_password_file: None,
+            amqp_ca_file: None,
             systems_file: None,
             database_url: database_url.to_owned(),
             migration_database_url: None,
@@ -163,6 +169,7 @@ impl Settings {
         vec![
             ("QYZMET_AMQP_URL", self.amqp_url.clone()),
             ("QYZMET_AMQP_PASSWORD_FILE", path(&self.amqp_password_file)),
+            ("QYZMET_AMQP_CA_FILE", path(&self.amqp_ca_file)),
             ("QYZMET_SYSTEMS_FILE", path(&self.systems_file)),
             ("QYZMET_DATABASE_URL", self.database_url.clone()),
             ("QYZMET_MIGRATION_DATABASE_URL", self.migration_database_url.clone().unwrap_or_default()),
@@ -213,6 +220,23 @@ impl Settings {
     /// The URL migrations run with: the owner's, or the worker's when no owner URL is set.
     pub fn migration_url(&self) -> &str {
         self.migration_database_url.as_deref().filter(|u| !u.is_empty()).unwrap_or(&self.database_url)
+    }
+
+    /// The broker's CA bundle (PEM), if one is configured.
+    pub fn amqp_ca(&self) -> anyhow::Result<Option<String>> {
+        match &self.amqp_ca_file {
+            Some(f) if !f.as_os_str().is_empty() => Ok(Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("cannot read QYZMET_AMQP_CA_FILE {}: {e}", f.display()))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Connects to the broker as configured (URL, password file, CA bundle) and declares the
+    /// topology.
+    pub async fn broker(&self, name: &str) -> anyhow::Result<std::sync::Arc<crate::broker::Broker>> {
+        Ok(crate::broker::Broker::connect_with(&self.amqp_url()?, name, self.amqp_ca()?).await?)
     }
 
     /// The systems file, loaded, if one is configured.

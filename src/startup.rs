@@ -110,9 +110,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     let store = Store::connect_with(&settings.database_url, &settings.store_options())
         .await
         .context("cannot connect to PostgreSQL (QYZMET_DATABASE_URL)")?;
-    let broker = Broker::connect(&settings.amqp_url()?, &opts.name)
-        .await
-        .context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
+    let broker = settings.broker(&opts.name).await.context("cannot connect to RabbitMQ (QYZMET_AMQP_URL)")?;
     let publisher = Arc::new(
         broker
             .publisher_with(Duration::from_millis(settings.confirm_timeout_ms.max(1)))

@@ -13,7 +13,9 @@ use crate::common::*;
 /// `make test` sets `TEST_RABBITMQCTL`).
 fn rabbitmqctl(args: &[&str]) {
     let cmd = std::env::var("TEST_RABBITMQCTL").unwrap_or_else(|_| {
-        panic!("TEST_RABBITMQCTL is not set: this test raises a memory alarm with rabbitmqctl; run it through make test")
+        panic!(
+            "TEST_RABBITMQCTL is not set: this test raises a memory alarm with rabbitmqctl; run it through make test"
+        )
     });
     let mut parts = cmd.split_whitespace();
     let program = parts.next().expect("a command");

@@ -12,3 +12,4 @@ mod resilience;
 mod services;
 mod signatures;
 mod systems;
+mod tls;

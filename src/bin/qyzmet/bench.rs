@@ -783,7 +783,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {
         import_file(&store, &args.demo_dir.join("registries").join(f), None).await?;
     }
-    let broker = Broker::connect(&settings.amqp_url()?, "qyzmet bench").await?;
+    let broker = settings.broker("qyzmet bench").await?;
     purge_pipeline_queues(&broker).await?;
     let publisher = Arc::new(broker.publisher().await?);
     let keys = Arc::new(Mutex::new(Keys::new(pki.clone())));

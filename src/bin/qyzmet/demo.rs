@@ -557,7 +557,7 @@ struct Senders {
 impl Senders {
     async fn connect(settings: &Settings, systems: Option<&Systems>, passwords: &Path) -> anyhow::Result<Senders> {
         let Some(systems) = systems else {
-            let broker = Broker::open(&settings.amqp_url()?, "qyzmet demo sender").await?;
+            let broker = Broker::open_with(&settings.amqp_url()?, "qyzmet demo sender", settings.amqp_ca()?).await?;
             let p = Arc::new(broker.publisher().await?);
             return Ok(Senders {
                 portal: p.clone(),
@@ -585,7 +585,7 @@ impl Senders {
                 .find(|s| s.kind == kind)
                 .with_context(|| format!("the systems file has no {role}"))?;
             let url = url_as(settings, systems, Some(system), passwords)?;
-            let broker = Broker::open(&url, &format!("qyzmet demo as {}", system.user))
+            let broker = Broker::open_with(&url, &format!("qyzmet demo as {}", system.user), settings.amqp_ca()?)
                 .await
                 .with_context(|| format!("cannot log in as {} (were the definitions imported?)", system.user))?;
             publishers.push(Arc::new(broker.publisher().await?));
@@ -686,7 +686,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
     );
     let running = startup::start(&settings, regs, Options::all(8), Deps::from_settings(&settings)?).await?;
 
-    let broker = Broker::connect(&settings.amqp_url()?, "qyzmet demo").await?;
+    let broker = settings.broker("qyzmet demo").await?;
     let senders = Senders::connect(&settings, systems.as_ref(), passwords).await?;
     match &systems {
         Some(_) => {

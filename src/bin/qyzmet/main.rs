@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
-use qyzmet::broker::{Broker, Message};
+use qyzmet::broker::Message;
 use qyzmet::config::Settings;
 use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
 use qyzmet::registry::{RegistryKind, import_file};
@@ -334,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("unknown");
                 (EXCHANGE_REQUESTS, service.to_owned(), id.clone())
             };
-            let broker = Broker::connect(&settings.amqp_url()?, "qyzmet publish").await?;
+            let broker = settings.broker("qyzmet publish").await?;
             let publisher = broker.publisher().await?;
             let msg = Message {
                 exchange: exchange.into(),

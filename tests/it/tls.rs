@@ -158,7 +158,7 @@ async fn the_pipeline_runs_over_tls_to_both_services_with_certificates_verified(
         through(&plain.database_url, "postgres", bad_pgs),
         ca_file.display()
     );
-    let e = qyzmet::store::Store::connect(&db, 1).await.err().expect("an untrusted database certificate is refused");
+    let e = qyzmet::store::Store::connect(&db, 1).await.expect_err("an untrusted database certificate is refused");
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
     // … and so is one of the right CA that names another host.
     let elsewhere = ca.server_config(&["db.elsewhere.example"]);
@@ -168,7 +168,7 @@ async fn the_pipeline_runs_over_tls_to_both_services_with_certificates_verified(
         through(&plain.database_url, "postgres", wrong_host),
         ca_file.display()
     );
-    let e = qyzmet::store::Store::connect(&db, 1).await.err().expect("a certificate for another host is refused");
+    let e = qyzmet::store::Store::connect(&db, 1).await.expect_err("a certificate for another host is refused");
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
     env.cleanup().await;
 }

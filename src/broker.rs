@@ -103,7 +103,12 @@ pub enum BrokerError {
 /// re-established when it is gone (lapin's auto-recovery handles broker restarts; this is the
 /// outer loop for everything else).
 pub struct Broker {
-    url: String,
+    /// The nodes to connect to: one URL, or a cluster's nodes separated by commas. With one,
+    /// lapin's auto-recovery rides out a restart; with several, a lost connection is replaced
+    /// by one to the next node (lapin would keep retrying the lost node).
+    urls: Vec<String>,
+    /// Index of the node tried next (rotates on every new connection).
+    next_url: std::sync::atomic::AtomicUsize,
     name: String,
     /// The user this connection authenticates as. Every message published through it carries
     /// it as `user_id`, which the broker checks against the login: consumers (and qyzmet's own
@@ -156,11 +161,16 @@ impl Broker {
     /// [`Broker::open`] with a CA bundle for `amqps://`.
     pub async fn open_with(url: &str, name: &str, ca_pem: Option<String>) -> Result<Arc<Broker>, BrokerError> {
         let user = url
+            .split(',')
+            .next()
+            .unwrap_or(url)
+            .trim()
             .parse::<lapin::uri::AMQPUri>()
             .map(|u| u.authority.userinfo.username)
             .unwrap_or_else(|_| "guest".to_owned());
         let broker = Arc::new(Broker {
-            url: url.to_owned(),
+            urls: url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
+            next_url: std::sync::atomic::AtomicUsize::new(0),
             name: name.to_owned(),
             user,
             ca_pem,
@@ -189,18 +199,34 @@ impl Broker {
             Role::Consume => self.name.clone(),
             Role::Publish => format!("{} (publishing)", self.name),
         };
-        let props = ConnectionProperties::default().enable_auto_recover().with_connection_name(LongString::from(name));
-        // TLS for amqps:// URLs: rustls, the certificate verified against the web roots and the
-        // configured CA bundle, and the URL's host name checked.
-        let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
-        let runtime = lapin::runtime::default_runtime()?;
-        let conn =
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_with_config(&self.url, props, tls, runtime))
-                .await
-                .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))??;
-        let conn = Arc::new(conn);
-        *guard = Some(conn.clone());
-        Ok(conn)
+        let mut last = None;
+        // Every node once, starting with the next in turn.
+        for _ in 0..self.urls.len().max(1) {
+            let i = self.next_url.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.urls.len().max(1);
+            let Some(url) = self.urls.get(i) else { break };
+            let mut props = ConnectionProperties::default().with_connection_name(LongString::from(name.clone()));
+            if self.urls.len() == 1 {
+                props = props.enable_auto_recover();
+            }
+            // TLS for amqps:// URLs: rustls, the certificate verified against the web roots and
+            // the configured CA bundle, and the URL's host name checked.
+            let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
+            let runtime = lapin::runtime::default_runtime()?;
+            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_with_config(url, props, tls, runtime)).await
+            {
+                Ok(Ok(conn)) => {
+                    let conn = Arc::new(conn);
+                    *guard = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => last = Some(BrokerError::Amqp(e)),
+                Err(_) => last = Some(BrokerError::ConnectTimeout(CONNECT_TIMEOUT)),
+            }
+            if self.urls.len() > 1 {
+                tracing::warn!(node = i, "cannot connect to this broker node; trying the next");
+            }
+        }
+        Err(last.unwrap_or(BrokerError::ConnectTimeout(CONNECT_TIMEOUT)))
     }
 
     async fn open_channel(&self, role: Role) -> Result<Channel, BrokerError> {

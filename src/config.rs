@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Settings every command that touches the services shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Settings {
-    /// AMQP URL of RabbitMQ, including the virtual host (`%2f` is `/`).
+    /// AMQP URL of RabbitMQ, including the virtual host (`%2f` is `/`); for a cluster, every
+    /// node's URL separated by commas (a lost node is replaced by the next).
     #[arg(long, env = "QYZMET_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5673/%2f")]
     pub amqp_url: String,
 
@@ -214,7 +215,11 @@ impl Settings {
         let Some(file) = &self.amqp_password_file else { return Ok(self.amqp_url.clone()) };
         let password = std::fs::read_to_string(file)
             .map_err(|e| anyhow::anyhow!("cannot read QYZMET_AMQP_PASSWORD_FILE {}: {e}", file.display()))?;
-        with_password(&self.amqp_url, password.trim_end_matches(['\r', '\n']))
+        let password = password.trim_end_matches(['\r', '\n']);
+        // One URL, or a cluster's nodes separated by commas: each gets the password.
+        let urls: anyhow::Result<Vec<String>> =
+            self.amqp_url.split(',').map(|u| with_password(u.trim(), password)).collect();
+        Ok(urls?.join(","))
     }
 
     /// The URL migrations run with: the owner's, or the worker's when no owner URL is set.

@@ -4,6 +4,7 @@
 mod alarm;
 mod audit;
 mod bench;
+mod cluster;
 mod common;
 mod deadlines;
 mod intake;

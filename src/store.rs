@@ -615,6 +615,35 @@ impl Store {
         .await
     }
 
+    /// Open requests at a step (waiting for, or queued to, `step`): (id, service).
+    pub async fn open_at_step(&self, step: &str) -> Result<Vec<(Uuid, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT request_id, service FROM requests WHERE state IN ('queued', 'waiting') AND step = $1 LIMIT 5000",
+        )
+        .bind(step)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// How many of these requests have their final outcome.
+    pub async fn count_outcomes(&self, ids: &[Uuid]) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// The final outcome of each of these requests that has one: `completed` or the refusal kind.
+    pub async fn outcome_kinds(&self, ids: &[Uuid]) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT request_id, coalesce(kind, status) FROM outcomes WHERE request_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Counts requests by state (for the demo and operators).
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query_as("SELECT state, count(*) FROM requests GROUP BY state ORDER BY state").fetch_all(&self.pool).await

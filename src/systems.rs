@@ -108,6 +108,23 @@ pub struct System {
     pub password_file: Option<PathBuf>,
 }
 
+impl System {
+    /// Whether this system may `act` (submit, decide) on `service` for `provider`.
+    fn serves(&self, service: &str, provider: &str, act: &str) -> Result<(), NotAllowed> {
+        if let Some(services) = &self.services
+            && !services.iter().any(|x| x == service)
+        {
+            return Err(not_allowed("service", format!("{} may not {act} {service} requests", self.user)));
+        }
+        if let Some(providers) = &self.providers
+            && !providers.iter().any(|p| p == provider)
+        {
+            return Err(not_allowed("provider", format!("{} does not act for this provider", self.user)));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Own {
@@ -261,17 +278,7 @@ impl Systems {
             }
             Some(_) => {}
         }
-        if let Some(services) = &s.services
-            && !services.iter().any(|x| x == service.as_str())
-        {
-            return Err(not_allowed("service", format!("{} may not submit {service} requests", s.user)));
-        }
-        if let Some(providers) = &s.providers
-            && !providers.iter().any(|p| p == provider)
-        {
-            return Err(not_allowed("provider", format!("{} does not act for this provider", s.user)));
-        }
-        Ok(())
+        s.serves(service.as_str(), provider, "submit")
     }
 
     /// Whether the sender may send PaymentNotices (the payment gateway only).
@@ -289,17 +296,7 @@ impl Systems {
         if s.kind != Kind::StaffApplication {
             return Err(not_allowed("user_id", format!("{} ({:?}) is not a staff application", s.user, s.kind)));
         }
-        if let Some(services) = &s.services
-            && !services.iter().any(|x| x == service)
-        {
-            return Err(not_allowed("service", format!("{} may not decide {service} requests", s.user)));
-        }
-        if let Some(providers) = &s.providers
-            && !providers.iter().any(|p| p == provider)
-        {
-            return Err(not_allowed("provider", format!("{} does not act for this provider", s.user)));
-        }
-        Ok(())
+        s.serves(service, provider, "decide")
     }
 
     /// Where a system's (or qyzmet's, `None`) password is read from.

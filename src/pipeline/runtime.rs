@@ -205,14 +205,17 @@ pub async fn consume(
             channel
                 .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await
-        }
-        .await;
-        let consumer = match consumer {
-            Ok(c) => c,
-            Err(e) => {
+        };
+        let consumer = match tokio::time::timeout(SETTLE_TIMEOUT, consumer).await {
+            Ok(Ok(c)) => c,
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {SETTLE_TIMEOUT:?}"),
+                };
                 let pause = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(%queue, error = %e, ?pause, "cannot consume; retrying");
-                let _ = channel.close(200, "retry".into()).await;
+                let _ = tokio::time::timeout(SETTLE_TIMEOUT, channel.close(200, "retry".into())).await;
                 shutdown.sleep(pause).await;
                 continue;
             }
@@ -239,7 +242,7 @@ pub async fn consume(
                 }
             })
             .await;
-        let _ = channel.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(SETTLE_TIMEOUT, channel.close(200, "bye".into())).await;
         if !shutdown.is_shutdown() {
             tracing::warn!(%queue, "consumer ended (cancelled by the broker or connection lost); re-consuming");
             shutdown.sleep(Duration::from_millis(500)).await;
@@ -297,24 +300,42 @@ async fn dispose(ctx: &Ctx, queue: &str, handler: &dyn Handler, msg: &Incoming, 
     }
 }
 
+/// How long an ack, a nack or a channel operation may take. During a broker restart lapin may
+/// hold them while it recovers; an unanswered one must not keep its slot of the consumer's
+/// concurrency forever (the broker redelivers what was not settled).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settles a delivery: ack, or give it back to its queue.
+async fn settle_delivery(d: &Delivery, ack: bool) -> Result<(), String> {
+    let settled = async {
+        if ack {
+            d.acker.ack(BasicAckOptions::default()).await
+        } else {
+            d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
+        }
+    };
+    match tokio::time::timeout(SETTLE_TIMEOUT, settled).await {
+        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {SETTLE_TIMEOUT:?}")),
+    }
+}
+
 async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery, shutdown: &Shutdown) {
     let msg = Incoming::from_delivery(&d);
     let result = match dispose(ctx, queue, handler, &msg, shutdown).await {
-        Disposition::Ack => d.acker.ack(BasicAckOptions::default()).await,
+        Disposition::Ack => settle_delivery(&d, true).await,
         Disposition::DeadLetter { reason, detail } => {
             tracing::warn!(%queue, %reason, %detail, message_id = ?msg.message_id, "dead-lettering");
             match dead_letter(ctx, queue, &msg, &reason, &detail).await {
-                Ok(()) => d.acker.ack(BasicAckOptions::default()).await,
+                Ok(()) => settle_delivery(&d, true).await,
                 Err(e) => {
                     tracing::warn!(%queue, error = %e, "dead-letter publish failed; returning the delivery");
                     tokio::time::sleep(REQUEUE_PAUSE).await;
-                    d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
+                    settle_delivery(&d, false).await
                 }
             }
         }
-        Disposition::Retry { .. } => {
-            d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
-        }
+        Disposition::Retry { .. } => settle_delivery(&d, false).await,
     };
     if let Err(e) = result {
         // The channel is gone: the broker redelivers the message; handlers are idempotent.

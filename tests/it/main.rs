@@ -7,6 +7,7 @@ mod bench;
 mod cluster;
 mod common;
 mod deadlines;
+mod drill;
 mod intake;
 mod poison;
 mod resilience;

@@ -185,7 +185,7 @@ pub struct Report {
 // ---- load ----------------------------------------------------------------------------------
 
 /// One kind of request in the mix, with its weight.
-struct Template {
+pub(crate) struct Template {
     weight: usize,
     service: &'static str,
     region: &'static str,
@@ -195,7 +195,7 @@ struct Template {
     form: fn() -> Value,
 }
 
-fn mix(service: Option<&str>) -> Vec<Template> {
+pub(crate) fn mix(service: Option<&str>) -> Vec<Template> {
     use demo::{
         AKMOLA_PHC, AKTOBE_HEALTH, ASTANA_ARCHIVES, ASTANA_PHC, CITIZEN, CITIZEN_ASTANA, CLINIC, UNATTACHED,
         UNKNOWN_PERSON,
@@ -231,7 +231,7 @@ fn mix(service: Option<&str>) -> Vec<Template> {
 }
 
 /// Builds and signs the i-th request of the mix.
-fn make_request(keys: &mut Keys, mix: &[Template], i: usize) -> anyhow::Result<(Uuid, String, Vec<u8>)> {
+pub(crate) fn make_request(keys: &mut Keys, mix: &[Template], i: usize) -> anyhow::Result<(Uuid, String, Vec<u8>)> {
     let total: usize = mix.iter().map(|t| t.weight).sum();
     let mut k = (i * 7919) % total.max(1);
     let t = mix
@@ -750,7 +750,7 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} memory")
 }
 
-async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
+pub(crate) async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
     let ch = broker.channel().await?;
     let queues = [
         QUEUE_INTAKE.to_owned(),
@@ -768,21 +768,32 @@ async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
-pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+/// A demo PKI in `pki_dir`, the settings pointed at it, the database migrated and the demo
+/// registries loaded: what the benchmark and the drill start from.
+pub(crate) async fn demo_world(
+    settings: &Settings,
+    pki_dir: &std::path::Path,
+    demo_dir: &std::path::Path,
+) -> anyhow::Result<(Settings, Store, qyzmet::pki::PkiPaths)> {
     let pki = qyzmet::pki::generate(
-        &args.pki_dir,
+        pki_dir,
         &qyzmet::pki::demo_holders(),
         &qyzmet::pki::demo_provider_keys(),
         chrono::Utc::now() + chrono::Duration::days(30),
     )
-    .map_err(|e| anyhow::anyhow!("bench PKI: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
     let settings = settings.clone().with_pki(&pki);
     let store = Store::connect(settings.migration_url(), 8).await.context("cannot connect to PostgreSQL")?;
     store.migrate().await?;
     for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {
-        import_file(&store, &args.demo_dir.join("registries").join(f), None).await?;
+        import_file(&store, &demo_dir.join("registries").join(f), None).await?;
     }
+    Ok((settings, store, pki))
+}
+
+/// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
+pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let (settings, store, pki) = demo_world(settings, &args.pki_dir, &args.demo_dir).await?;
     let broker = settings.broker("qyzmet bench").await?;
     purge_pipeline_queues(&broker).await?;
     let publisher = Arc::new(broker.publisher().await?);

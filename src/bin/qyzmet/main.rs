@@ -22,6 +22,9 @@ mod bench;
 /// `qyzmet demo` (demo feature).
 #[cfg(feature = "demo")]
 mod demo;
+/// `qyzmet drill` (demo feature).
+#[cfg(feature = "demo")]
+mod drill;
 
 /// qyzmet: processes e-government service requests from RabbitMQ through worker pools, with
 /// the deadlines and reasoned refusals of the regulations, keeping state in PostgreSQL.
@@ -116,6 +119,16 @@ enum Command {
         settings: Settings,
         #[command(flatten)]
         args: bench::BenchArgs,
+    },
+    /// The chaos drill (built with the `demo` feature): the realistic mix with poison of every
+    /// kind while worker processes are killed and RabbitMQ and PostgreSQL restart; reports every
+    /// message's fate and exits non-zero on any loss or contradiction.
+    #[cfg(feature = "demo")]
+    Drill {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        args: drill::DrillArgs,
     },
     /// The demonstration PKI (built with the `demo` feature).
     #[cfg(feature = "demo")]
@@ -365,6 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(&settings, &demo_dir, &pki_dir, &passwords).await
         }
         #[cfg(feature = "demo")]
+        Command::Drill { settings, args } => drill::run(&settings, &args).await,
+        #[cfg(feature = "demo")]
         Command::Bench { settings, args } => bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
         Command::Audit { command: AuditCommand::Verify { request, settings } } => {
@@ -438,6 +453,8 @@ fn main() -> ExitCode {
     // Interactive commands print their own report; only warnings are logged unless asked.
     let default = match cli.command {
         Command::Run { .. } | Command::Worker { .. } => qyzmet::telemetry::DEFAULT_FILTER,
+        #[cfg(feature = "demo")]
+        Command::Drill { .. } => "error",
         _ => "warn",
     };
     qyzmet::telemetry::init(default);

@@ -195,6 +195,9 @@ impl Broker {
         {
             return Ok(conn.clone());
         }
+        if guard.is_some() {
+            crate::metrics::reconnect();
+        }
         let name = match role {
             Role::Consume => self.name.clone(),
             Role::Publish => format!("{} (publishing)", self.name),

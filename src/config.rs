@@ -17,6 +17,11 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_AMQP_PASSWORD_FILE")]
     pub amqp_password_file: Option<PathBuf>,
 
+    /// Where the process serves `/healthz`, `/readyz` and `/metrics`. Loopback by default; when
+    /// the port is taken (another process on this host), an ephemeral one is used and logged.
+    #[arg(long, env = "QYZMET_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: String,
+
     /// PEM file of the CA certificates an `amqps://` broker's certificate must chain to. The
     /// certificate must name the URL's host; the connection fails otherwise.
     #[arg(long, env = "QYZMET_AMQP_CA_FILE")]
@@ -126,6 +131,7 @@ impl Settings {
             amqp_url: amqp_url.to_owned(),
             amqp_password_file: None,
             amqp_ca_file: None,
+            http_addr: "127.0.0.1:0".into(),
             systems_file: None,
             database_url: database_url.to_owned(),
             migration_database_url: None,
@@ -171,6 +177,7 @@ impl Settings {
             ("QYZMET_AMQP_URL", self.amqp_url.clone()),
             ("QYZMET_AMQP_PASSWORD_FILE", path(&self.amqp_password_file)),
             ("QYZMET_AMQP_CA_FILE", path(&self.amqp_ca_file)),
+            ("QYZMET_HTTP_ADDR", self.http_addr.clone()),
             ("QYZMET_SYSTEMS_FILE", path(&self.systems_file)),
             ("QYZMET_DATABASE_URL", self.database_url.clone()),
             ("QYZMET_MIGRATION_DATABASE_URL", self.migration_database_url.clone().unwrap_or_default()),

@@ -14,12 +14,15 @@
 //!   `demo` feature only).
 //! - [`registry`]: the state registries behind one interface.
 //! - [`systems`]: which upstream system may do what; the broker definitions derived from it.
-//! - [`config`], [`telemetry`], [`startup`]: how a process is configured and started.
+//! - [`config`], [`telemetry`], [`metrics`], [`http`], [`startup`]: how a process is configured,
+//!   observed and started.
 
 pub mod broker;
 pub mod config;
 pub mod contract;
+pub mod http;
 pub mod ident;
+pub mod metrics;
 pub mod pipeline;
 /// The demo PKI: built only for tests and with the `demo` feature (`qyzmet demo`, `qyzmet bench`,
 /// `qyzmet pki demo`), never into a production binary — it embeds a private key.

@@ -103,6 +103,8 @@ pub struct Running {
     broker: Arc<Broker>,
     /// Shared context (store, regulations, outbox).
     pub ctx: Arc<Ctx>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: std::net::SocketAddr,
 }
 
 /// Connects to the services (without running migrations) and starts what `opts` asks for.
@@ -135,11 +137,13 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         sweep_interval: settings.sweep_interval(),
         centre_bins: settings.centre_bins.clone(),
         systems,
+        consuming: std::sync::atomic::AtomicUsize::new(0),
         max_deliveries: settings.max_deliveries(),
         retry_budget: Duration::from_secs(settings.retry_budget_secs),
     });
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();
+    let mut expected_consumers = 0;
     for (pool, concurrency) in &opts.pools {
         let consumers: Vec<(String, Arc<dyn Handler>)> = match pool {
             PoolName::Intake => vec![(QUEUE_INTAKE.into(), Arc::new(IntakeHandler))],
@@ -156,13 +160,20 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
             }
         };
         for (queue, handler) in consumers {
+            expected_consumers += 1;
             tasks.spawn(runtime::consume(ctx.clone(), broker.clone(), queue, *concurrency, handler, shutdown.clone()));
         }
     }
     if opts.sweeper {
         tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
     }
-    Ok(Running { trigger, tasks, marker, broker, ctx })
+    let metrics = crate::metrics::install().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let pools: Vec<&str> = opts.pools.iter().map(|(p, _)| crate::broker::pool_name(*p)).collect();
+    let concurrency = opts.pools.iter().map(|(_, c)| *c).max().unwrap_or(0);
+    crate::metrics::process_info(&pools.join(","), concurrency);
+    let surface = crate::http::Surface { ctx: ctx.clone(), broker: broker.clone(), expected_consumers, metrics };
+    let http_addr = crate::http::serve(&settings.http_addr, surface, shutdown.clone()).await?;
+    Ok(Running { trigger, tasks, marker, broker, ctx, http_addr })
 }
 
 impl Running {
@@ -189,5 +200,50 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
         self.broker.close().await;
         self.marker.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_settings() -> Settings {
+        let dir = std::env::temp_dir().join(format!("qyzmet-startup-{}", uuid::Uuid::new_v4().simple()));
+        let pki = crate::pki::generate(
+            &dir,
+            &[],
+            &crate::pki::demo_provider_keys(),
+            chrono::Utc::now() + chrono::Duration::days(1),
+        )
+        .expect("pki");
+        Settings::for_urls("amqp://127.0.0.1", "postgres://127.0.0.1/x", "regulations".into()).with_pki(&pki)
+    }
+
+    fn refusal(settings: &Settings) -> String {
+        match Deps::from_settings(settings) {
+            Ok(_) => String::new(),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn nothing_has_a_default_a_process_refuses_to_start_without_it() {
+        let complete = demo_settings();
+        assert_eq!(refusal(&complete), "", "a complete configuration starts");
+        let mut s = complete.clone();
+        s.trust_bundle = None;
+        assert!(refusal(&s).contains("QYZMET_TRUST_BUNDLE"));
+        let mut s = complete.clone();
+        s.crl_path = None;
+        assert!(refusal(&s).contains("QYZMET_CRL_PATH"));
+        let mut s = complete.clone();
+        s.signing_keys = None;
+        assert!(refusal(&s).contains("QYZMET_SIGNING_KEYS"));
+        let mut s = complete.clone();
+        s.centre_bins.clear();
+        assert!(refusal(&s).contains("QYZMET_CENTRE_BINS"));
+        let mut s = complete;
+        s.shared_signer_bins.clear();
+        assert!(refusal(&s).contains("QYZMET_SHARED_SIGNER_BINS"), "the default key must be a listed shared signer");
     }
 }

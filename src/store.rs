@@ -644,6 +644,21 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Requests waiting for an outside answer, by step: (step, count, seconds the oldest waited).
+    pub async fn waiting_summary(&self) -> Result<Vec<(String, i64, f64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT step, count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 \
+             FROM requests WHERE state = 'waiting' GROUP BY step",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Counts requests by state (for the demo and operators).
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query_as("SELECT state, count(*) FROM requests GROUP BY state ORDER BY state").fetch_all(&self.pool).await

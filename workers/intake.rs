@@ -254,6 +254,7 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
                 channel,
                 deadline: None,
                 traceparent: msg.traceparent.clone(),
+                received_at: Some(received),
             };
             transition::refuse(&mut tx, &head, 0, "intake", reason, Some(detail)).await?
         }
@@ -344,6 +345,7 @@ async fn register(
         channel: request.channel.as_str().to_owned(),
         deadline: Some(plan.service),
         traceparent: msg.traceparent.clone(),
+        received_at: Some(received),
     };
     let (_, registered) = outcome_message(
         &head,
@@ -357,5 +359,5 @@ async fn register(
     let task = task_message(env.request_id, 1, first.pool, msg.traceparent.as_deref());
     let messages = vec![registered, task];
     let ids = Store::outbox_insert(tx, &messages).await?;
-    Ok(Some(transition::Pending { ids, messages }))
+    Ok(Some(transition::Pending { ids, messages, finals: Vec::new() }))
 }

@@ -64,6 +64,8 @@ pub struct Ctx {
     /// A delivery the broker has handed out this many times before is dead-lettered unread:
     /// its earlier deliveries crashed or killed their consumer, and one more may do it again.
     pub max_deliveries: u32,
+    /// Consumers of this process now attached to their queues (for `/readyz`).
+    pub consuming: std::sync::atomic::AtomicUsize,
     /// How long a delivery whose handling failed transiently (database unreachable) is retried
     /// in this process before it goes back to the broker. Holding it keeps the consumer from
     /// pulling more work during an outage, and a return to the queue counts towards

@@ -42,8 +42,12 @@ impl Outbox {
         &self.publisher
     }
 
-    /// Publishes messages committed to the outbox. A failure is logged and left to the relay.
+    /// Publishes messages committed to the outbox (and counts the final outcomes among them,
+    /// which are committed now). A failure is logged and left to the relay.
     pub async fn flush(&self, pending: Pending) {
+        for f in &pending.finals {
+            crate::metrics::final_outcome(f);
+        }
         if pending.messages.is_empty() {
             return;
         }

@@ -221,6 +221,7 @@ pub async fn consume(
             }
         };
         tracing::info!(%queue, concurrency, "consuming");
+        ctx.consuming.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(10))
@@ -242,6 +243,7 @@ pub async fn consume(
                 }
             })
             .await;
+        ctx.consuming.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::time::timeout(SETTLE_TIMEOUT, channel.close(200, "bye".into())).await;
         if !shutdown.is_shutdown() {
             tracing::warn!(%queue, "consumer ended (cancelled by the broker or connection lost); re-consuming");
@@ -322,9 +324,17 @@ async fn settle_delivery(d: &Delivery, ack: bool) -> Result<(), String> {
 
 async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery, shutdown: &Shutdown) {
     let msg = Incoming::from_delivery(&d);
-    let result = match dispose(ctx, queue, handler, &msg, shutdown).await {
-        Disposition::Ack => settle_delivery(&d, true).await,
+    crate::metrics::in_flight(queue, 1.0);
+    let disposition = dispose(ctx, queue, handler, &msg, shutdown).await;
+    crate::metrics::in_flight(queue, -1.0);
+    let result = match disposition {
+        Disposition::Ack => {
+            crate::metrics::delivery(queue, "ack");
+            settle_delivery(&d, true).await
+        }
         Disposition::DeadLetter { reason, detail } => {
+            crate::metrics::delivery(queue, "dead_letter");
+            crate::metrics::dead_letter(queue, &reason);
             tracing::warn!(%queue, %reason, %detail, message_id = ?msg.message_id, "dead-lettering");
             match dead_letter(ctx, queue, &msg, &reason, &detail).await {
                 Ok(()) => settle_delivery(&d, true).await,
@@ -335,7 +345,10 @@ async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery, shu
                 }
             }
         }
-        Disposition::Retry { .. } => settle_delivery(&d, false).await,
+        Disposition::Retry { .. } => {
+            crate::metrics::delivery(queue, "retry");
+            settle_delivery(&d, false).await
+        }
     };
     if let Err(e) = result {
         // The channel is gone: the broker redelivers the message; handlers are idempotent.

@@ -30,10 +30,26 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox relay failed"),
         }
+        observe(&ctx).await;
         if busy < BATCH as usize {
             shutdown.sleep(ctx.sweep_interval).await;
         }
     }
+}
+
+/// Gauges of what waits: the outbox backlog and requests waiting for a payment or a decision;
+/// then the heartbeat.
+async fn observe(ctx: &Ctx) {
+    if let Ok(rows) = ctx.store.outbox_backlog().await {
+        crate::metrics::outbox_backlog(rows);
+    }
+    if let Ok(waiting) = ctx.store.waiting_summary().await {
+        for step in ["payment", "review"] {
+            let (count, oldest) = waiting.iter().find(|w| w.0 == step).map(|w| (w.1, w.2)).unwrap_or((0, 0.0));
+            crate::metrics::waiting(step, count, oldest);
+        }
+    }
+    crate::metrics::heartbeat();
 }
 
 /// One pass: refuse overdue requests, re-queue due retries. Returns how many rows it changed.

@@ -123,6 +123,7 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(budget, AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind()).await;
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
+    crate::metrics::step_duration(step_name, started.elapsed());
     match outcome {
         Ok(Ok(Ok(result))) => match apply(ctx, &row, step_name, result).await {
             Err(e) if !e.is_transient() => refuse_invalid(ctx, &row, step_name, &e).await,
@@ -220,6 +221,7 @@ async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &st
         return Ok(());
     }
     tracing::warn!(request_id = %row.request_id, pool = step_name, attempt, ?delay, %error, "step failed; retry scheduled");
+    crate::metrics::retry(step_name);
     transition::retry(&mut tx, row, step_name, next, error).await?;
     Ok(tx.commit().await?)
 }
@@ -286,7 +288,11 @@ pub async fn refuse_for_deadline(
         let when = deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
         transition::common_reason(&ctx.regs, "deadline_exceeded", &format!("{step_name} (deadline {when})"))
     });
-    transition::refuse(tx, &Head::from(row), row.step_index, &step_name, reason, Some(detail)).await
+    let refused = transition::refuse(tx, &Head::from(row), row.step_index, &step_name, reason, Some(detail)).await?;
+    if refused.is_some() {
+        crate::metrics::deadline_refusal(&step_name);
+    }
+    Ok(refused)
 }
 
 /// Convenience for the sweeper and handlers that own an `Arc<Ctx>`.

@@ -21,6 +21,8 @@ pub struct Pending {
     pub ids: Vec<i64>,
     /// The messages, in order.
     pub messages: Vec<Message>,
+    /// Final outcomes among them, counted in the metrics once the transaction committed.
+    pub finals: Vec<crate::metrics::FinalLabels>,
 }
 
 impl Pending {
@@ -28,6 +30,7 @@ impl Pending {
     pub fn extend(&mut self, other: Pending) {
         self.ids.extend(other.ids);
         self.messages.extend(other.messages);
+        self.finals.extend(other.finals);
     }
 }
 
@@ -48,6 +51,8 @@ pub struct Head {
     pub deadline: Option<DateTime<Utc>>,
     /// Trace context to copy onto every Outcome.
     pub traceparent: Option<String>,
+    /// When intake received it (for the end-to-end time; `None` before it was stored).
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 impl From<&RequestRow> for Head {
@@ -60,7 +65,39 @@ impl From<&RequestRow> for Head {
             channel: r.channel.clone(),
             deadline: r.service_deadline,
             traceparent: r.traceparent.clone(),
+            received_at: Some(r.received_at),
         }
+    }
+}
+
+/// Metric labels of a final outcome (codes from outside bounded to the contract's).
+fn final_labels(
+    head: &Head,
+    status: &'static str,
+    reason: Option<&Reason>,
+    now: DateTime<Utc>,
+) -> crate::metrics::FinalLabels {
+    use crate::contract::{Channel, Region, ServiceCode};
+    use crate::metrics::code_label;
+    let names = |all: &[&'static str]| all.to_vec();
+    let services = names(&ServiceCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>());
+    let regions = names(&Region::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>());
+    let channels = names(&Channel::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>());
+    let slack = match (head.received_at, head.deadline) {
+        (Some(from), Some(to)) if to > from => {
+            Some((to - now).num_milliseconds() as f64 / (to - from).num_milliseconds().max(1) as f64)
+        }
+        _ => None,
+    };
+    crate::metrics::FinalLabels {
+        service: code_label(&head.service, &services),
+        region: code_label(&head.region, &regions),
+        channel: code_label(&head.channel, &channels),
+        status,
+        kind: reason.map(|r| r.kind.clone()).unwrap_or_else(|| "none".into()),
+        code: reason.and_then(|r| r.code.clone()).unwrap_or_else(|| "none".into()),
+        end_to_end: head.received_at.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0),
+        slack,
     }
 }
 
@@ -121,7 +158,7 @@ pub fn task_message(
 
 async fn stage(tx: &mut PgConnection, messages: Vec<Message>) -> Result<Pending, Failure> {
     let ids = Store::outbox_insert(tx, &messages).await?;
-    Ok(Pending { ids, messages })
+    Ok(Pending { ids, messages, finals: Vec::new() })
 }
 
 /// The deadline of step `index` from the stored plan.
@@ -224,7 +261,7 @@ pub async fn advance(
         &messages,
     )
     .await?;
-    Ok(Pending { ids, messages })
+    Ok(Pending { ids, messages, finals: Vec::new() })
 }
 
 /// Ends a request with a refusal. Returns `None` if it already had its final outcome.
@@ -265,7 +302,9 @@ pub async fn refuse(
         obj.insert("kind".into(), json!(reason.kind));
     }
     Store::history(tx, head.request_id, step_index, step, "refused", head.deadline, Some(&detail)).await?;
-    Ok(Some(stage(tx, vec![message]).await?))
+    let mut pending = stage(tx, vec![message]).await?;
+    pending.finals.push(final_labels(head, "refused", Some(&reason), now));
+    Ok(Some(pending))
 }
 
 /// Ends a request with its result document. Returns `None` if it already had its final outcome.
@@ -301,7 +340,9 @@ pub async fn complete(
     }
     let detail = json!({ "document": document.get("number") });
     Store::history(tx, row.request_id, row.step_index, "result", "completed", row.step_deadline, Some(&detail)).await?;
-    Ok(Some(stage(tx, vec![message]).await?))
+    let mut pending = stage(tx, vec![message]).await?;
+    pending.finals.push(final_labels(&head, "completed", None, now));
+    Ok(Some(pending))
 }
 
 /// Parks a request until an external event (payment, staff decision) or its deadline.

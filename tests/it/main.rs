@@ -9,6 +9,7 @@ mod common;
 mod deadlines;
 mod drill;
 mod intake;
+mod operations;
 mod poison;
 mod resilience;
 mod services;

@@ -644,6 +644,17 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// Requests queued at a step, i.e. whose task message should be in that pool's queue:
+    /// (id, step index, step, trace context).
+    pub async fn queued_tasks(&self) -> Result<Vec<(Uuid, i32, String, Option<String>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT request_id, step_index, step, traceparent FROM requests \
+             WHERE state = 'queued' AND step IS NOT NULL ORDER BY step_deadline",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())

@@ -211,3 +211,63 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
     others.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn after_a_task_queue_is_lost_qyzmet_requeue_rebuilds_it_from_postgresql() {
+    let env = TestEnv::new().await;
+    let rest = env
+        .start(
+            regulations(),
+            Options {
+                pools: vec![(PoolName::Intake, 2), (PoolName::Review, 2), (PoolName::Result, 2)],
+                sweeper: false,
+                name: "rest".into(),
+            },
+        )
+        .await;
+    let reqs: Vec<_> = (0..6)
+        .map(|_| {
+            request(
+                "doctor-appointment",
+                "akmola",
+                "provider",
+                json!({ "iin": who::CITIZEN }),
+                who::AKMOLA_PHC,
+                json!({}),
+            )
+        })
+        .collect();
+    for r in &reqs {
+        env.publish_request(r).await;
+    }
+    for r in &reqs {
+        env.wait_step(id_of(r), "registry").await;
+    }
+    let queued = async {
+        while env.queue_ready("qyzmet.registry").await < 6 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, queued).await.expect("the tasks wait in qyzmet.registry");
+    // The queue's messages are lost (deleted with a classic queue, say).
+    let ch = env.broker().channel().await.expect("channel");
+    ch.queue_purge("qyzmet.registry".into(), lapin::options::QueuePurgeOptions::default()).await.expect("purge");
+    assert_eq!(env.queue_ready("qyzmet.registry").await, 0);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+        .arg("requeue")
+        .envs(env.child_env())
+        .output()
+        .await
+        .expect("qyzmet requeue runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 task message(s) re-published"));
+    let registry = env
+        .start(regulations(), Options { pools: vec![(PoolName::Registry, 2)], sweeper: false, name: "registry".into() })
+        .await;
+    for r in &reqs {
+        assert_eq!(env.final_outcome(id_of(r)).await.status, Status::Completed);
+    }
+    registry.shutdown(Duration::from_secs(5)).await;
+    rest.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

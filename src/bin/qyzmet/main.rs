@@ -56,6 +56,12 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Re-publishes the task message of every request queued at a step (after task queues were
+    /// deleted or lost: PostgreSQL holds the state, a duplicate task is recognised and ignored).
+    Requeue {
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Applies the database migrations.
     Migrate {
         #[command(flatten)]
@@ -302,6 +308,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts =
                 Options { pools: vec![(pool, concurrency)], sweeper: true, name: format!("qyzmet worker {pool:?}") };
             serve(settings, opts).await
+        }
+        Command::Requeue { settings } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let broker = settings.broker("qyzmet requeue").await?;
+            let publisher = broker.publisher().await?;
+            let mut published = 0usize;
+            for (id, index, step, traceparent) in store.queued_tasks().await? {
+                let pool = qyzmet::broker::parse_pool(&step)?;
+                let task = qyzmet::pipeline::transition::task_message(id, index, pool, traceparent.as_deref());
+                publisher.publish_all(&[task]).await?;
+                published += 1;
+            }
+            broker.close().await;
+            println!("{published} task message(s) re-published");
+            Ok(())
         }
         Command::Migrate { settings } => {
             let store = Store::connect(settings.migration_url(), 2).await.context("cannot connect to PostgreSQL")?;

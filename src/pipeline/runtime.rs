@@ -325,7 +325,15 @@ async fn settle_delivery(d: &Delivery, ack: bool) -> Result<(), String> {
 async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery, shutdown: &Shutdown) {
     let msg = Incoming::from_delivery(&d);
     crate::metrics::in_flight(queue, 1.0);
-    let disposition = dispose(ctx, queue, handler, &msg, shutdown).await;
+    // One span per delivery: what it is (never who it is about) and where it came from.
+    let span = tracing::info_span!(
+        "delivery",
+        queue,
+        message_id = msg.message_id.as_deref().unwrap_or(""),
+        delivery_count = msg.delivery_count,
+        traceparent = msg.traceparent.as_deref().unwrap_or(""),
+    );
+    let disposition = tracing::Instrument::instrument(dispose(ctx, queue, handler, &msg, shutdown), span).await;
     crate::metrics::in_flight(queue, -1.0);
     let result = match disposition {
         Disposition::Ack => {

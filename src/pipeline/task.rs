@@ -121,7 +121,16 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
     let input = StepInput { request: &request, route, step, facts: &row.facts, row: &row, now };
     let budget = (deadline - now).to_std().unwrap_or(Duration::ZERO);
     let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(budget, AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind()).await;
+    // One span per step run: the request (its applicant masked), the step and the attempt.
+    let span = tracing::info_span!(
+        "step",
+        request_id = %row.request_id,
+        applicant = %row.applicant_masked,
+        step = step_name,
+        attempt = row.attempts + 1,
+    );
+    let step_run = AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind();
+    let outcome = tokio::time::timeout(budget, tracing::Instrument::instrument(step_run, span)).await;
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     crate::metrics::step_duration(step_name, started.elapsed());
     match outcome {

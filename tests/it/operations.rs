@@ -62,19 +62,7 @@ async fn every_process_serves_health_readiness_and_metrics_without_personal_data
     }
 
     // Without the database the process is alive but not ready.
-    let db = env.db_name().to_owned();
-    let admin = env.admin_store().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")))
-        .execute(admin.pool())
-        .await
-        .expect("disallow");
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(&db)
-    .execute(admin.pool())
-    .await
-    .expect("terminate");
+    env.database_away().await;
     let unready = async {
         loop {
             let (status, body) = http_get(addr, "/readyz").await;
@@ -87,11 +75,7 @@ async fn every_process_serves_health_readiness_and_metrics_without_personal_data
     let body = tokio::time::timeout(EVENT_TIMEOUT, unready).await.expect("/readyz reports the database");
     assert!(body.contains(r#""database":false"#), "{body}");
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")))
-        .execute(admin.pool())
-        .await
-        .expect("allow");
-    admin.close().await;
+    env.database_back().await;
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }

@@ -340,19 +340,7 @@ async fn while_the_database_refuses_connections_deliveries_are_held_and_complete
     assert_eq!(env.final_outcome(id_of(&warm)).await.status, Status::Completed);
 
     // Take the test database away: no new connections, existing ones ended.
-    let db = env.db_name().to_owned();
-    let admin = env.admin_store().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")))
-        .execute(admin.pool())
-        .await
-        .expect("disallow connections");
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(&db)
-    .execute(admin.pool())
-    .await
-    .expect("terminate");
+    env.database_away().await;
     let reqs: Vec<Value> = (0..BATCH).map(|_| s1_portal()).collect();
     for r in &reqs {
         env.publish_request(r).await;
@@ -363,11 +351,7 @@ async fn while_the_database_refuses_connections_deliveries_are_held_and_complete
         }
     };
     tokio::time::timeout(EVENT_TIMEOUT, held).await.expect("intake retries while the database is away");
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")))
-        .execute(admin.pool())
-        .await
-        .expect("allow connections");
-    admin.close().await;
+    env.database_back().await;
     for r in &reqs {
         assert_eq!(env.final_outcome(id_of(r)).await.status, Status::Completed);
     }

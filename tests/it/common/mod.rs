@@ -185,7 +185,7 @@ pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16,
     let base = &services().await.mgmt_url;
     let rest = base.strip_prefix("http://").expect("management URL must be http://user:pass@host:port");
     let (auth, host) = rest.split_once('@').expect("management URL must carry user:pass@");
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("management API reachable");
+    let stream = tokio::net::TcpStream::connect(host).await.expect("management API reachable");
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\n\
@@ -193,21 +193,18 @@ pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16,
         base64(auth.as_bytes()),
         payload.len()
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let (status, body) = exchange(stream, &request).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// `GET path` on a qyzmet process's HTTP address: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the HTTP address answers");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("the HTTP address answers");
+    exchange(stream, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+}
+
+/// Sends one HTTP/1.1 request and reads the whole answer: (status, body).
+async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
@@ -648,6 +645,34 @@ impl TestEnv {
     /// This test's database.
     pub fn db_name(&self) -> &str {
         &self.db_name
+    }
+
+    /// Takes this test's database away: no new connections, the existing ones ended (as a
+    /// server restart or a network cut would). [`TestEnv::database_back`] undoes it.
+    pub async fn database_away(&self) {
+        let admin = self.admin_store().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.db_name)))
+            .execute(admin.pool())
+            .await
+            .expect("disallow connections");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.db_name)
+        .execute(admin.pool())
+        .await
+        .expect("terminate connections");
+        admin.close().await;
+    }
+
+    /// Lets connections to this test's database in again.
+    pub async fn database_back(&self) {
+        let admin = self.admin_store().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.db_name)))
+            .execute(admin.pool())
+            .await
+            .expect("allow connections");
+        admin.close().await;
     }
 
     /// A connection to the server's maintenance database, as its administrator.

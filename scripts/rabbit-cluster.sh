@@ -97,37 +97,10 @@ node_index() {
     die "unknown node '$a' (1..$N or $(node_name 1) .. $(node_name "$N"))"
 }
 
-# --- small helpers (as in services.sh) ---------------------------------------
+# --- small helpers (the process helpers are in scripts/lib.sh) ---------------------------------------
 
-# pid_alive PIDFILE TEXT: the pid in PIDFILE runs and its command line
-# contains TEXT, so that a recycled pid is never signalled.
-pid_alive() {
-    local file="$1" pattern="$2" pid
-    [[ -s "$file" ]] || return 1
-    pid="$(head -n1 "$file")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && running "$pid" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pattern"
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# running PID: the process exists and is not a zombie.
-running() {
-    local stat
-    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-    stat="${stat##*) }"
-    [[ "${stat:0:1}" != Z ]]
-}
-
-# wait_gone PID SECONDS: wait until PID exits; 1 if it is still there.
-wait_gone() {
-    local pid="$1" i
-    for ((i = 0; i < $2 * 10; i++)); do
-        running "$pid" || return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
 
 tail_logs() {
     local f shown=0
@@ -138,13 +111,6 @@ tail_logs() {
         shown=1
     done
     ((shown)) || log "no log output yet in: $*"
-}
-
-as_root() {
-    if [[ $EUID -eq 0 ]]; then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else die "need root to run: $*"
-    fi
 }
 
 install_packages() {

@@ -201,7 +201,7 @@ impl Settings {
         ]
         .into_iter()
         // An unset option is left out rather than passed empty (clap refuses empty paths).
-        .filter(|(name, value)| !value.is_empty() || *name == "QYZMET_DEADLINE_OVERRIDES")
+        .filter(|(_, value)| !value.is_empty())
         .collect()
     }
 
@@ -281,12 +281,17 @@ impl Settings {
 
 /// `url` with its password replaced by `password` (percent-encoded).
 pub fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+    with_login(url, None, password)
+}
+
+/// `url` logged in as `user` (the URL's own user when `None`) with `password` (percent-encoded).
+pub fn with_login(url: &str, user: Option<&str>, password: &str) -> anyhow::Result<String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| anyhow::anyhow!("the broker URL has no scheme"))?;
-    let (userinfo, host) = match rest.split_once('@') {
+    let (userinfo, host) = match rest.rsplit_once('@') {
         Some((u, h)) => (u, h),
         None => ("guest", rest),
     };
-    let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+    let user = user.unwrap_or_else(|| userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo));
     let encoded: String = password
         .bytes()
         .map(|b| match b {

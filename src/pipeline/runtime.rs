@@ -170,6 +170,16 @@ pub fn settle(result: Result<(), Failure>, request_id: Uuid, what: &str) -> Disp
     }
 }
 
+/// Exponential pauses with jitter from `min` up to `max`, without end (the callers bound them).
+fn pauses(min: Duration, max: Duration) -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Pause before a delivery that could not be dead-lettered goes back to the queue.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -183,12 +193,7 @@ pub async fn consume(
     shutdown: Shutdown,
 ) {
     let concurrency = concurrency.max(1);
-    let mut backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = pauses(Duration::from_millis(200), Duration::from_secs(10));
     while !shutdown.is_shutdown() {
         let channel = match broker.channel().await {
             Ok(ch) => ch,
@@ -222,12 +227,7 @@ pub async fn consume(
         };
         tracing::info!(%queue, concurrency, "consuming");
         ctx.consuming.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        backoff = pauses(Duration::from_millis(200), Duration::from_secs(10));
         consumer
             .take_until(shutdown.clone().wait_owned())
             .for_each_concurrent(concurrency, |delivery| {
@@ -280,12 +280,7 @@ async fn dispose(ctx: &Ctx, queue: &str, handler: &dyn Handler, msg: &Incoming, 
         };
     }
     let started = std::time::Instant::now();
-    let mut backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = pauses(Duration::from_millis(100), Duration::from_secs(5));
     let mut attempt = 1u32;
     loop {
         let disposition = handle_once(ctx, queue, handler, msg).await;

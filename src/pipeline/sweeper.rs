@@ -16,8 +16,12 @@ use super::{Ctx, Failure};
 
 const BATCH: i64 = 200;
 
+/// How often the waiting and outbox gauges are refreshed.
+const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs until shutdown.
 pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
+    let mut last_observed: Option<std::time::Instant> = None;
     while !shutdown.is_shutdown() {
         let busy = match sweep_once(&ctx).await {
             Ok(n) => n,
@@ -30,7 +34,12 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox relay failed"),
         }
-        observe(&ctx).await;
+        // The gauges need no sweep-interval freshness; two queries per process every pass would
+        // be load on the database for nothing.
+        if last_observed.is_none_or(|t| t.elapsed() >= OBSERVE_EVERY) {
+            observe(&ctx).await;
+            last_observed = Some(std::time::Instant::now());
+        }
         if busy < BATCH as usize {
             shutdown.sleep(ctx.sweep_interval).await;
         }

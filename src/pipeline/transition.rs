@@ -79,10 +79,6 @@ fn final_labels(
 ) -> crate::metrics::FinalLabels {
     use crate::contract::{Channel, Region, ServiceCode};
     use crate::metrics::code_label;
-    let names = |all: &[&'static str]| all.to_vec();
-    let services = names(&ServiceCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>());
-    let regions = names(&Region::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>());
-    let channels = names(&Channel::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>());
     let slack = match (head.received_at, head.deadline) {
         (Some(from), Some(to)) if to > from => {
             Some((to - now).num_milliseconds() as f64 / (to - from).num_milliseconds().max(1) as f64)
@@ -90,9 +86,9 @@ fn final_labels(
         _ => None,
     };
     crate::metrics::FinalLabels {
-        service: code_label(&head.service, &services),
-        region: code_label(&head.region, &regions),
-        channel: code_label(&head.channel, &channels),
+        service: code_label(&head.service, ServiceCode::parse),
+        region: code_label(&head.region, Region::parse),
+        channel: code_label(&head.channel, Channel::parse),
         status,
         kind: reason.map(|r| r.kind.clone()).unwrap_or_else(|| "none".into()),
         code: reason.and_then(|r| r.code.clone()).unwrap_or_else(|| "none".into()),

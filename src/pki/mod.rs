@@ -307,6 +307,12 @@ fn ec_key() -> Result<KeyPair, String> {
     KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())
 }
 
+/// The whole demo PKI (every holder, every provider key) into `dir`, CRLs valid for 30 days:
+/// what the demo, the benchmark, the drill and the tests use.
+pub fn generate_demo(dir: &Path) -> Result<PkiPaths, String> {
+    generate(dir, &demo_holders(), &demo_provider_keys(), Utc::now() + Duration::days(30))
+}
+
 /// Generates the demo PKI into `dir` (overwriting), with CRLs valid until `crl_next_update`.
 pub fn generate(
     dir: &Path,

@@ -343,8 +343,7 @@ mod tests {
         static PKI: OnceLock<PkiPaths> = OnceLock::new();
         PKI.get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("qyzmet-unit-pki-{}", uuid::Uuid::new_v4().simple()));
-            pki::generate(&dir, &pki::demo_holders(), &pki::demo_provider_keys(), Utc::now() + Span::days(30))
-                .expect("pki")
+            pki::generate_demo(&dir).expect("pki")
         })
     }
 

@@ -47,21 +47,24 @@ impl Registry for Barrier {
     }
 }
 
-#[tokio::test]
-async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome() {
-    let env = TestEnv::new().await;
-    // Everything but the registry pool runs normally.
+/// Every pool but the registry running, and `n` S1 provider-channel requests published (they
+/// stop at the registry step).
+async fn without_registry(
+    env: &TestEnv,
+    n: usize,
+    sweeper: bool,
+) -> (qyzmet::startup::Running, Vec<serde_json::Value>) {
     let rest = env
         .start(
             regulations(),
             Options {
                 pools: vec![(PoolName::Intake, 2), (PoolName::Review, 2), (PoolName::Result, 2)],
-                sweeper: true,
+                sweeper,
                 name: "rest".into(),
             },
         )
         .await;
-    let reqs: Vec<_> = (0..5)
+    let reqs: Vec<_> = (0..n)
         .map(|_| {
             request(
                 "doctor-appointment",
@@ -76,6 +79,14 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
     for r in &reqs {
         env.publish_request(r).await;
     }
+    (rest, reqs)
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome() {
+    let env = TestEnv::new().await;
+    // Everything but the registry pool runs normally.
+    let (rest, reqs) = without_registry(&env, 5, true).await;
     // A registry worker whose lookups block: kill it once all five are inside their step.
     let entered = Arc::new(AtomicUsize::new(0));
     let arrived = Arc::new(Notify::new());
@@ -215,31 +226,7 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
 #[tokio::test]
 async fn after_a_task_queue_is_lost_qyzmet_requeue_rebuilds_it_from_postgresql() {
     let env = TestEnv::new().await;
-    let rest = env
-        .start(
-            regulations(),
-            Options {
-                pools: vec![(PoolName::Intake, 2), (PoolName::Review, 2), (PoolName::Result, 2)],
-                sweeper: false,
-                name: "rest".into(),
-            },
-        )
-        .await;
-    let reqs: Vec<_> = (0..6)
-        .map(|_| {
-            request(
-                "doctor-appointment",
-                "akmola",
-                "provider",
-                json!({ "iin": who::CITIZEN }),
-                who::AKMOLA_PHC,
-                json!({}),
-            )
-        })
-        .collect();
-    for r in &reqs {
-        env.publish_request(r).await;
-    }
+    let (rest, reqs) = without_registry(&env, 6, false).await;
     for r in &reqs {
         env.wait_step(id_of(r), "registry").await;
     }

@@ -35,10 +35,7 @@ impl World {
     /// A URL for this test's virtual host, logged in as `role`.
     fn url(&self, env: &TestEnv, role: &str) -> String {
         let user = self.user(role);
-        let url = &env.settings.amqp_url;
-        let (scheme, rest) = url.split_once("://").expect("scheme");
-        let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-        qyzmet::config::with_password(&format!("{scheme}://{user}@{host}"), &self.passwords[&user]).expect("url")
+        qyzmet::config::with_login(&env.settings.amqp_url, Some(&user), &self.passwords[&user]).expect("url")
     }
 
     /// Connects as one of the systems (without declaring anything: it may not).

@@ -342,22 +342,29 @@ impl Workers {
 
     async fn stop(mut self) -> BTreeMap<String, f64> {
         self.sampler.abort();
-        for (_, c) in &self.children {
-            if let Some(pid) = c.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
-        }
-        for (_, c) in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(40), c.wait()).await.is_err() {
-                let _ = c.start_kill();
-            }
-        }
+        terminate(self.children.iter_mut().map(|(_, c)| c)).await;
         let mut by_pool = BTreeMap::new();
         for (pool, kib) in self.peak_kib.lock().await.values() {
             let e = by_pool.entry(pool.clone()).or_insert(0.0f64);
             *e = e.max(*kib as f64 / 1024.0);
         }
         by_pool
+    }
+}
+
+/// Stops worker processes: SIGTERM to every one, then up to 40 s each to finish its in-flight
+/// work, then SIGKILL.
+pub(crate) async fn terminate<'a>(children: impl IntoIterator<Item = &'a mut tokio::process::Child>) {
+    let children: Vec<&mut tokio::process::Child> = children.into_iter().collect();
+    for c in &children {
+        if let Some(pid) = c.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+    for c in children {
+        if tokio::time::timeout(Duration::from_secs(40), c.wait()).await.is_err() {
+            let _ = c.start_kill();
+        }
     }
 }
 
@@ -775,13 +782,7 @@ pub(crate) async fn demo_world(
     pki_dir: &std::path::Path,
     demo_dir: &std::path::Path,
 ) -> anyhow::Result<(Settings, Store, qyzmet::pki::PkiPaths)> {
-    let pki = qyzmet::pki::generate(
-        pki_dir,
-        &qyzmet::pki::demo_holders(),
-        &qyzmet::pki::demo_provider_keys(),
-        chrono::Utc::now() + chrono::Duration::days(30),
-    )
-    .map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
+    let pki = qyzmet::pki::generate_demo(pki_dir).map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
     let settings = settings.clone().with_pki(&pki);
     let store = Store::connect(settings.migration_url(), 8).await.context("cannot connect to PostgreSQL")?;
     store.migrate().await?;

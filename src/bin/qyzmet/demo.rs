@@ -627,10 +627,7 @@ fn url_as(settings: &Settings, systems: &Systems, system: Option<&System>, passw
     let path = systems.password_path(system, passwords);
     let password = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the password of {user} ({})", path.display()))?;
-    let url = &settings.amqp_url;
-    let (scheme, rest) = url.split_once("://").context("the broker URL has no scheme")?;
-    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-    qyzmet::config::with_password(&format!("{scheme}://{user}@{host}"), password.trim_end())
+    qyzmet::config::with_login(&settings.amqp_url, Some(user), password.trim_end())
 }
 
 /// Runs the demonstration end to end against the configured services. With a systems file in
@@ -646,13 +643,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
     if let Some(file) = &settings.systems_file {
         println!("   (qyzmet and every sender log in as the broker users of {})", file.display());
     }
-    let pki = qyzmet::pki::generate(
-        pki_dir,
-        &qyzmet::pki::demo_holders(),
-        &qyzmet::pki::demo_provider_keys(),
-        chrono::Utc::now() + chrono::Duration::days(30),
-    )
-    .map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
+    let pki = qyzmet::pki::generate_demo(pki_dir).map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
     println!(
         "\n1. demo PKI in {} (root and signing CA, CRLs, citizen, entity, staff and operator certificates,",
         pki_dir.display()

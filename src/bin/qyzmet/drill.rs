@@ -28,7 +28,7 @@ use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS,
 use qyzmet::startup::ALL_POOLS;
 use qyzmet::store::Store;
 
-use crate::bench::{demo_world, make_request, mix, purge_pipeline_queues};
+use crate::bench::{demo_world, make_request, mix, purge_pipeline_queues, terminate};
 use crate::demo::{self, Keys};
 
 /// What the drill does.
@@ -230,16 +230,7 @@ impl Fleet {
     }
 
     async fn stop(mut self) {
-        for (_, c) in &self.children {
-            if let Some(pid) = c.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
-        }
-        for (_, c) in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(40), c.wait()).await.is_err() {
-                let _ = c.start_kill();
-            }
-        }
+        terminate(self.children.iter_mut().map(|(_, c)| c)).await;
     }
 }
 

@@ -449,13 +449,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         #[cfg(feature = "demo")]
         Command::Pki { command: PkiCommand::Demo { dir } } => {
-            let paths = qyzmet::pki::generate(
-                &dir,
-                &qyzmet::pki::demo_holders(),
-                &qyzmet::pki::demo_provider_keys(),
-                chrono::Utc::now() + chrono::Duration::days(30),
-            )
-            .map_err(|e| anyhow::anyhow!(e))?;
+            let paths = qyzmet::pki::generate_demo(&dir).map_err(|e| anyhow::anyhow!(e))?;
             println!("demo PKI written to {} (demo keys: never use them for anything real)", dir.display());
             println!("  QYZMET_TRUST_BUNDLE={}", paths.trust_bundle.display());
             println!("  QYZMET_CRL_PATH={}", paths.crl_dir.display());

@@ -83,13 +83,7 @@ static PKI: std::sync::OnceLock<PkiPaths> = std::sync::OnceLock::new();
 pub fn pki() -> &'static PkiPaths {
     PKI.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("qyzmet-test-pki-{}", Uuid::new_v4().simple()));
-        qyzmet::pki::generate(
-            &dir,
-            &qyzmet::pki::demo_holders(),
-            &qyzmet::pki::demo_provider_keys(),
-            chrono::Utc::now() + chrono::Duration::days(30),
-        )
-        .expect("demo PKI")
+        qyzmet::pki::generate_demo(&dir).expect("demo PKI")
     })
 }
 

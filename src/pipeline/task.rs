@@ -239,64 +239,75 @@ async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &st
 /// if it is still at this task's step.
 async fn refuse_invalid(ctx: &Ctx, row: &RequestRow, step_name: &str, failure: &Failure) -> Result<(), Failure> {
     tracing::error!(request_id = %row.request_id, pool = step_name, error = %failure, "step failed permanently; refusing the request");
-    let mut tx = ctx.store.begin().await?;
-    if !claim(&mut tx, row).await? {
-        return Ok(());
-    }
     let problem = failure.to_string();
     let reason = transition::common_reason(&ctx.regs, "invalid_request", &problem);
     let detail = json!({ "field": failure.field(), "problem": problem, "permanent": true });
-    let pending =
-        transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, Some(detail)).await?;
-    tx.commit().await?;
-    if let Some(p) = pending {
-        ctx.outbox.flush(p).await;
+    refuse_if_current(ctx, row, step_name, reason, detail).await.map(|_| ())
+}
+
+/// Refuses for its deadline a request still at this task's step.
+async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), Failure> {
+    let (step_name, reason, detail) = deadline_refusal(ctx, row, why);
+    if refuse_if_current(ctx, row, &step_name, reason, detail).await? {
+        crate::metrics::deadline_refusal(&step_name);
     }
     Ok(())
 }
 
-/// Refuses `deadline_exceeded` if the request is still at this task's step.
-async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), Failure> {
+/// Refuses a request, in a transaction of its own, if it is still where `row` saw it; then
+/// publishes the outcome. Whether it was refused here.
+async fn refuse_if_current(
+    ctx: &Ctx,
+    row: &RequestRow,
+    step_name: &str,
+    reason: crate::contract::Reason,
+    detail: serde_json::Value,
+) -> Result<bool, Failure> {
     let mut tx = ctx.store.begin().await?;
     if !claim(&mut tx, row).await? {
-        return Ok(());
+        return Ok(false);
     }
-    let pending = refuse_for_deadline(ctx, &mut tx, row, why).await?;
+    let pending =
+        transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, Some(detail)).await?;
     tx.commit().await?;
+    let refused = pending.is_some();
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// The refusal for a request whose step deadline passed: the step's own refusal where the
 /// regulation defines one for this case (no payment by the deadline → L2), otherwise
-/// `deadline_exceeded` naming the step and its deadline.
-pub async fn refuse_for_deadline(
-    ctx: &Ctx,
-    tx: &mut sqlx::PgConnection,
-    row: &RequestRow,
-    why: &str,
-) -> Result<Option<Pending>, Failure> {
+/// `deadline_exceeded` naming the step and its deadline. (step, reason, audit detail).
+fn deadline_refusal(ctx: &Ctx, row: &RequestRow, why: &str) -> (String, crate::contract::Reason, serde_json::Value) {
     let step_name = row.step.clone().unwrap_or_else(|| "intake".into());
     let deadline = row.step_deadline.map(crate::contract::to_local);
     let detail = json!({ "why": why, "deadline": deadline });
     let reason = match load(ctx, row) {
-        Ok((_, route)) => {
-            let step = route.step(row.step_index as usize);
-            match step {
-                Some(s) if s.pool == PoolName::Payment => {
-                    s.refusal.as_deref().map(|key| transition::regulation_reason(&route, key, None))
-                }
-                _ => None,
+        Ok((_, route)) => match route.step(row.step_index as usize) {
+            Some(s) if s.pool == PoolName::Payment => {
+                s.refusal.as_deref().map(|key| transition::regulation_reason(&route, key, None))
             }
-        }
+            _ => None,
+        },
         Err(_) => None,
     };
     let reason = reason.unwrap_or_else(|| {
         let when = deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
         transition::common_reason(&ctx.regs, "deadline_exceeded", &format!("{step_name} (deadline {when})"))
     });
+    (step_name, reason, detail)
+}
+
+/// Refuses, in the caller's transaction, a request whose step deadline passed (the sweeper).
+pub async fn refuse_for_deadline(
+    ctx: &Ctx,
+    tx: &mut sqlx::PgConnection,
+    row: &RequestRow,
+    why: &str,
+) -> Result<Option<Pending>, Failure> {
+    let (step_name, reason, detail) = deadline_refusal(ctx, row, why);
     let refused = transition::refuse(tx, &Head::from(row), row.step_index, &step_name, reason, Some(detail)).await?;
     if refused.is_some() {
         crate::metrics::deadline_refusal(&step_name);

@@ -368,6 +368,47 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Every durable queue of the pipeline, in the order work flows through them (the dead-letter
+/// queue last).
+pub fn pipeline_queues() -> Vec<String> {
+    let mut queues = vec![QUEUE_INTAKE.to_owned()];
+    queues.extend([PoolName::Registry, PoolName::Payment, PoolName::Review, PoolName::Result].map(task_queue));
+    queues.extend([QUEUE_PAYMENT_NOTICES, QUEUE_DECISIONS, QUEUE_DEAD].map(str::to_owned));
+    queues
+}
+
+/// Ready messages and consumers of one queue.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueStat {
+    /// Queue name.
+    pub queue: String,
+    /// Messages ready for delivery.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// [`QueueStat`]s of every pipeline queue, by passive declares on one channel. A queue that
+/// cannot be asked (missing, broker away) is left out.
+pub async fn queue_stats(broker: &Broker) -> Vec<QueueStat> {
+    let mut out = Vec::new();
+    let mut ch = None;
+    for queue in pipeline_queues() {
+        if ch.as_ref().is_none_or(|c: &Channel| !c.status().connected()) {
+            ch = broker.channel().await.ok();
+        }
+        let Some(c) = &ch else { break };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        if let Ok(q) = c.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+            out.push(QueueStat { queue, messages: q.message_count(), consumers: q.consumer_count() });
+        }
+    }
+    if let Some(c) = ch {
+        let _ = c.close(200, "ok".into()).await;
+    }
+    out
+}
+
 /// Ready and consumer counts of a queue, exactly (a passive declare); `(0, 0)` if it is missing
 /// or the broker cannot be reached.
 pub async fn queue_counts(broker: &Broker, queue: &str) -> (u32, u32) {

@@ -22,6 +22,16 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: String,
 
+    /// The operator accounts and API tokens of the console and status API
+    /// (`qyzmet operators --help`). Without it, `qyzmet run` serves no console.
+    #[arg(long, env = "QYZMET_OPERATORS_FILE")]
+    pub operators_file: Option<PathBuf>,
+
+    /// Mark the console's session cookie `Secure` (sent over HTTPS only): set it when a TLS
+    /// proxy serves the console.
+    #[arg(long, env = "QYZMET_CONSOLE_SECURE_COOKIE", default_value_t = false)]
+    pub console_secure_cookie: bool,
+
     /// PEM file of the CA certificates an `amqps://` broker's certificate must chain to. The
     /// certificate must name the URL's host; the connection fails otherwise.
     #[arg(long, env = "QYZMET_AMQP_CA_FILE")]
@@ -132,6 +142,8 @@ impl Settings {
             amqp_password_file: None,
             amqp_ca_file: None,
             http_addr: "127.0.0.1:0".into(),
+            operators_file: None,
+            console_secure_cookie: false,
             systems_file: None,
             database_url: database_url.to_owned(),
             migration_database_url: None,
@@ -178,6 +190,8 @@ impl Settings {
             ("QYZMET_AMQP_PASSWORD_FILE", path(&self.amqp_password_file)),
             ("QYZMET_AMQP_CA_FILE", path(&self.amqp_ca_file)),
             ("QYZMET_HTTP_ADDR", self.http_addr.clone()),
+            ("QYZMET_OPERATORS_FILE", path(&self.operators_file)),
+            ("QYZMET_CONSOLE_SECURE_COOKIE", if self.console_secure_cookie { "true".into() } else { String::new() }),
             ("QYZMET_SYSTEMS_FILE", path(&self.systems_file)),
             ("QYZMET_DATABASE_URL", self.database_url.clone()),
             ("QYZMET_MIGRATION_DATABASE_URL", self.migration_database_url.clone().unwrap_or_default()),

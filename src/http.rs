@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -30,6 +30,8 @@ pub struct Surface {
     pub expected_consumers: usize,
     /// The metrics recorder.
     pub metrics: PrometheusHandle,
+    /// The operator console and status API, when this process serves them.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// How long a readiness probe waits for PostgreSQL or the broker.
@@ -37,11 +39,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The routes.
 pub fn router(surface: Surface) -> Router {
-    Router::new()
+    let console = surface.console.clone();
+    let base = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(surface)
+        .with_state(surface);
+    match console {
+        Some(c) => base.merge(crate::console::router(c)).route("/", get(|| async { Redirect::to("/console") })),
+        None => base,
+    }
 }
 
 async fn readyz(State(s): State<Surface>) -> Response {
@@ -66,7 +73,12 @@ async fn readyz(State(s): State<Surface>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// Queue depths are read when Prometheus asks (a passive declare per queue), so they are as
+/// fresh as the scrape.
 async fn metrics(State(s): State<Surface>) -> Response {
+    if let Ok(stats) = tokio::time::timeout(PROBE_TIMEOUT, crate::broker::queue_stats(&s.broker)).await {
+        stats.iter().for_each(crate::metrics::queue);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
@@ -83,7 +95,7 @@ pub async fn serve(addr: &str, surface: Surface, shutdown: Shutdown) -> anyhow::
         Err(e) => return Err(anyhow::anyhow!("cannot listen on {addr} (QYZMET_HTTP_ADDR): {e}")),
     };
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+    tracing::info!(%bound, "serving /healthz, /readyz and /metrics (and /console when enabled)");
     tokio::spawn(async move {
         let served = axum::serve(listener, router(surface)).with_graceful_shutdown(shutdown.wait_owned()).await;
         if let Err(e) = served {

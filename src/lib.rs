@@ -19,6 +19,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod contract;
 pub mod http;
 pub mod ident;
@@ -37,5 +38,6 @@ pub mod startup;
 pub mod store;
 pub mod systems;
 pub mod telemetry;
+pub mod tracecontext;
 #[path = "../workers/mod.rs"]
 pub mod workers;

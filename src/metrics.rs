@@ -127,6 +127,18 @@ pub fn waiting(step: &str, count: i64, oldest: f64) {
     gauge!("qyzmet_oldest_wait_seconds", "step" => step.to_owned()).set(oldest);
 }
 
+/// Dead letters moved off the broker and not yet replayed or discarded.
+pub fn dead_letters_open(count: i64) {
+    gauge!("qyzmet_dead_letters_open").set(count as f64);
+}
+
+/// Ready messages and consumers of a pipeline queue (every process reports the same figures:
+/// aggregate with `max by (queue)`).
+pub fn queue(stat: &crate::broker::QueueStat) {
+    gauge!("qyzmet_queue_messages", "queue" => stat.queue.clone()).set(f64::from(stat.messages));
+    gauge!("qyzmet_queue_consumers", "queue" => stat.queue.clone()).set(f64::from(stat.consumers));
+}
+
 /// The broker connection was re-established.
 pub fn reconnect() {
     counter!("qyzmet_broker_reconnects_total").increment(1);

@@ -107,24 +107,40 @@ pub fn regulations_summary(regs: &Regulations) -> String {
 pub fn verify_file(settings: &crate::config::Settings, file: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
+    let trust = settings.trust_bundle.as_deref().context("give --trust-bundle (or QYZMET_TRUST_BUNDLE)")?;
+    let verifier =
+        crate::signature::x509::X509Verifier::new(trust, settings.crl_path.clone(), settings.staff_role_oids.clone())?;
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).context("the file is not JSON")?;
+    match verify_value(&verifier, &settings.shared_signer_bins, &value) {
+        Ok(lines) => {
+            println!("{lines}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}
+
+/// Verifies a signed result document (or an Outcome carrying one), Request or Decision against
+/// the verifier's trust bundle and CRLs; says what was checked, or why it is not valid.
+pub fn verify_value(
+    verifier: &dyn crate::signature::Verifier,
+    shared_signer_bins: &[String],
+    value: &serde_json::Value,
+) -> Result<String, String> {
     use crate::contract::SignatureBlock;
     use crate::ident::Identifier;
     use crate::regulations::IdKind;
-    use crate::signature::x509::X509Verifier;
-    use crate::signature::{ExpectedSigner, Verifier};
+    use crate::signature::ExpectedSigner;
 
-    let trust = settings.trust_bundle.as_deref().context("give --trust-bundle (or QYZMET_TRUST_BUNDLE)")?;
-    let verifier = X509Verifier::new(trust, settings.crl_path.clone(), settings.staff_role_oids.clone())?;
-    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let value: serde_json::Value = serde_json::from_slice(&text).context("the file is not JSON")?;
     // An Outcome carries the document; verify the document itself.
     let value = match value.get("document") {
-        Some(doc) if doc.is_object() => doc.clone(),
+        Some(doc) if doc.is_object() => doc,
         _ => value,
     };
-    let obj = value.as_object().context("the file is not a JSON object")?;
+    let obj = value.as_object().ok_or("not a JSON object")?;
     let sig: SignatureBlock = serde_json::from_value(obj.get("signature").cloned().unwrap_or_default())
-        .context("no readable `signature` member")?;
+        .map_err(|_| "no readable `signature` member".to_owned())?;
     let time = |key: &str| {
         obj.get(key)
             .and_then(|v| v.as_str())
@@ -137,7 +153,7 @@ pub fn verify_file(settings: &crate::config::Settings, file: &std::path::Path) -
             // for every provider (QYZMET_SHARED_SIGNER_BINS).
             let provider = value["content"]["provider"].as_str().unwrap_or_default().to_owned();
             let mut signers = vec![Identifier::Bin(provider)];
-            signers.extend(settings.shared_signer_bins.iter().map(|b| Identifier::Bin(b.clone())));
+            signers.extend(shared_signer_bins.iter().map(|b| Identifier::Bin(b.clone())));
             ("result document", "provider or shared signer", signers, vec![IdKind::Bin], time("issued_at"))
         } else if obj.contains_key("decision_id") {
             ("decision", "any", Vec::new(), vec![IdKind::Iin, IdKind::Bin], time("decided_at"))
@@ -155,20 +171,115 @@ pub fn verify_file(settings: &crate::config::Settings, file: &std::path::Path) -
         subjects: subjects.clone(),
         signed_at: signed_at.unwrap_or_else(chrono::Utc::now),
     };
-    let result = verifier.verify(obj, &sig, &expected);
-    let result = match result {
+    let result = match verifier.verify(obj, &sig, &expected) {
         // Without a named signer (a decision read offline), every check but the identifier applies.
         Err(crate::signature::SignatureFailure::IdentifierMismatch) if subjects.is_empty() => Ok(()),
         other => other,
     };
     match result {
         Ok(()) => {
-            println!("valid: {what} signed with {} by a certificate that chains to the trust bundle", sig.algorithm);
+            let mut out =
+                format!("valid: {what} signed with {} by a certificate that chains to the trust bundle", sig.algorithm);
             if role != "any" {
-                println!("the certificate names the expected {role}");
+                out.push_str(&format!("\nthe certificate names the expected {role}"));
             }
-            Ok(())
+            Ok(out)
         }
-        Err(f) => anyhow::bail!("NOT valid ({what}): {f}: {}", f.explain()),
+        Err(f) => Err(format!("NOT valid ({what}): {f}: {}", f.explain())),
     }
+}
+
+/// The instant a local (Asia/Almaty) date starts.
+pub fn day_start(d: chrono::NaiveDate) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone as _;
+    let midnight = d.and_time(chrono::NaiveTime::MIN);
+    chrono_tz::Asia::Almaty
+        .from_local_datetime(&midnight)
+        .earliest()
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| midnight.and_utc())
+}
+
+/// A `YYYY-MM-DD` local date as the instant it starts.
+pub fn local_day(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map(day_start)
+        .map_err(|_| format!("{s:?} is not a date like 2026-12-01"))
+}
+
+/// The period `[from, to]` of local dates as instants `[start of from, end of to)`; today when
+/// `from` is not given, one day when `to` is not.
+pub fn period(
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), String> {
+    let today = day_start(to_local(chrono::Utc::now()).date_naive());
+    let from = from.filter(|s| !s.trim().is_empty()).map(local_day).transpose()?.unwrap_or(today);
+    let to = match to.filter(|s| !s.trim().is_empty()) {
+        Some(t) => local_day(t)? + chrono::Duration::days(1),
+        None => from + chrono::Duration::days(1),
+    };
+    if to <= from {
+        return Err("the period ends before it starts".into());
+    }
+    Ok((from, to))
+}
+
+/// The deadline report as CSV (one row per service, region, channel and step; seconds).
+pub fn sla_csv(rows: &[crate::store::SlaRow]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record([
+        "service",
+        "region",
+        "channel",
+        "step",
+        "step_index",
+        "count",
+        "on_time_share",
+        "p50_seconds",
+        "p95_seconds",
+        "deadline_seconds",
+    ]);
+    for r in rows {
+        let _ = w.write_record([
+            r.service.clone(),
+            r.region.clone(),
+            r.channel.clone(),
+            r.step.clone(),
+            r.step_index.to_string(),
+            r.count.to_string(),
+            format!("{:.4}", r.on_time_share),
+            format!("{:.3}", r.p50_seconds),
+            format!("{:.3}", r.p95_seconds),
+            r.deadline_seconds.map(|d| format!("{d:.0}")).unwrap_or_default(),
+        ]);
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// The deadline report as an aligned table for a terminal.
+pub fn sla_table(rows: &[crate::store::SlaRow]) -> String {
+    let mut out = format!(
+        "{:<20} {:<7} {:<9} {:<9} {:>6} {:>8} {:>10} {:>10} {:>12}\n",
+        "service", "region", "channel", "step", "count", "on time", "p50 s", "p95 s", "deadline s"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<7} {:<9} {:<9} {:>6} {:>7.1}% {:>10.3} {:>10.3} {:>12}",
+            r.service,
+            r.region,
+            r.channel,
+            r.step,
+            r.count,
+            r.on_time_share * 100.0,
+            r.p50_seconds,
+            r.p95_seconds,
+            r.deadline_seconds.map(|d| format!("{d:.0}")).unwrap_or_else(|| "-".into())
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("(no step ended in this period)\n");
+    }
+    out
 }

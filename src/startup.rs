@@ -35,6 +35,9 @@ pub struct Options {
     pub sweeper: bool,
     /// Name shown in the broker's connection list.
     pub name: String,
+    /// Serve the operator console and status API, and move dead letters into PostgreSQL, when
+    /// an operators file is configured (`QYZMET_OPERATORS_FILE`).
+    pub console: bool,
 }
 
 impl Options {
@@ -44,7 +47,13 @@ impl Options {
             pools: ALL_POOLS.iter().map(|p| (*p, concurrency)).collect(),
             sweeper: true,
             name: "qyzmet run".into(),
+            console: true,
         }
+    }
+
+    /// The console alone: no pools, no sweeper (`qyzmet console`).
+    pub fn console_only() -> Options {
+        Options { pools: Vec::new(), sweeper: false, name: "qyzmet console".into(), console: true }
     }
 }
 
@@ -93,6 +102,34 @@ impl Deps {
         }
         Ok(Deps { verifier: Arc::new(verifier), signer: Arc::new(keyring), registry: None })
     }
+
+    /// What the console alone needs (`qyzmet console`): the verifier, to check documents on a
+    /// request's page, and no signing keys — a process that signs nothing holds no provider's
+    /// private key.
+    pub fn for_console(settings: &Settings) -> anyhow::Result<Deps> {
+        let trust =
+            settings.trust_bundle.as_deref().context("QYZMET_TRUST_BUNDLE is not set: documents cannot be verified")?;
+        let verifier = X509Verifier::new(trust, settings.crl_path.clone(), settings.staff_role_oids.clone())
+            .context("cannot configure signature verification")?;
+        Ok(Deps { verifier: Arc::new(verifier), signer: Arc::new(NoSigner), registry: None })
+    }
+}
+
+/// The signer of a process that issues no documents.
+struct NoSigner;
+
+impl Signer for NoSigner {
+    fn sign(
+        &self,
+        _provider: &str,
+        _document: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        Err("this process holds no signing keys".into())
+    }
+
+    fn can_sign(&self, _provider: &str) -> bool {
+        false
+    }
 }
 
 /// A running process.
@@ -140,6 +177,16 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         consuming: std::sync::atomic::AtomicUsize::new(0),
         max_deliveries: settings.max_deliveries(),
         retry_budget: Duration::from_secs(settings.retry_budget_secs),
+        process: crate::store::Heartbeat {
+            process_id: uuid::Uuid::new_v4(),
+            host: host_name(),
+            pid: i32::try_from(std::process::id()).unwrap_or(-1),
+            pools: opts.pools.iter().map(|(p, _)| crate::broker::pool_name(*p)).collect::<Vec<_>>().join(","),
+            concurrency: opts.pools.iter().map(|(_, c)| *c).max().unwrap_or(0).try_into().unwrap_or(i32::MAX),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: chrono::Utc::now(),
+            last_seen: chrono::Utc::now(),
+        },
     });
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();
@@ -167,13 +214,55 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     if opts.sweeper {
         tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
     }
+    let console = match (&settings.operators_file, opts.console) {
+        (Some(file), true) if !file.as_os_str().is_empty() => {
+            let operators =
+                crate::console::Operators::load(file).map_err(|e| anyhow::anyhow!("QYZMET_OPERATORS_FILE: {e}"))?;
+            let (accounts, tokens) = operators.counts();
+            tracing::info!(accounts, tokens, "console and status API enabled");
+            expected_consumers += 1;
+            tasks.spawn(runtime::consume(
+                ctx.clone(),
+                broker.clone(),
+                crate::broker::QUEUE_DEAD.into(),
+                16,
+                Arc::new(crate::console::dead_letters::DeadLetterMover),
+                shutdown.clone(),
+            ));
+            Some(Arc::new(crate::console::Console {
+                ctx: ctx.clone(),
+                broker: broker.clone(),
+                operators,
+                shared_signer_bins: settings.shared_signer_bins.clone(),
+                secure_cookie: settings.console_secure_cookie,
+                jobs: Default::default(),
+            }))
+        }
+        (_, true) if opts.pools.is_empty() => {
+            anyhow::bail!("the console needs QYZMET_OPERATORS_FILE: nobody could sign in")
+        }
+        (_, true) => {
+            tracing::warn!("no operators file (QYZMET_OPERATORS_FILE): no console or status API in this process");
+            None
+        }
+        _ => None,
+    };
     let metrics = crate::metrics::install().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
-    let pools: Vec<&str> = opts.pools.iter().map(|(p, _)| crate::broker::pool_name(*p)).collect();
-    let concurrency = opts.pools.iter().map(|(_, c)| *c).max().unwrap_or(0);
-    crate::metrics::process_info(&pools.join(","), concurrency);
-    let surface = crate::http::Surface { ctx: ctx.clone(), broker: broker.clone(), expected_consumers, metrics };
+    crate::metrics::process_info(&ctx.process.pools, ctx.process.concurrency.max(0) as usize);
+    let surface =
+        crate::http::Surface { ctx: ctx.clone(), broker: broker.clone(), expected_consumers, metrics, console };
     let http_addr = crate::http::serve(&settings.http_addr, surface, shutdown.clone()).await?;
     Ok(Running { trigger, tasks, marker, broker, ctx, http_addr })
+}
+
+/// This host's name, for heartbeats.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl Running {

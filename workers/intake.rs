@@ -192,7 +192,7 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
         signer: &*ctx.signer,
         centre_bins: &ctx.centre_bins,
         systems: ctx.systems.as_deref(),
-        submitter: msg.user_id.as_deref(),
+        submitter: msg.sender(ctx),
     };
     let examined = examine(&ctx.regs, &checks, env, received);
     // A refused request may be refused precisely because PostgreSQL cannot hold it as sent
@@ -222,6 +222,8 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
     let mut tx = ctx.store.begin().await?;
     let pending = match examined {
         Examined::Refused { reason, detail } => {
+            // Kept with the request: every Outcome carries a traceparent of this trace.
+            let trace = crate::tracecontext::for_request(msg.traceparent.as_deref());
             let new = NewRequest {
                 request_id: env.request_id,
                 number_prefix: None,
@@ -236,8 +238,8 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
                 service_deadline: None,
                 deadlines: json!([]),
                 body: &body,
-                submitter: msg.user_id.as_deref(),
-                traceparent: msg.traceparent.as_deref(),
+                submitter: msg.sender(ctx),
+                traceparent: Some(&trace),
                 submitted_at,
                 received_at: received,
             };
@@ -253,7 +255,7 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
                 region,
                 channel,
                 deadline: None,
-                traceparent: msg.traceparent.clone(),
+                traceparent: Some(trace),
                 received_at: Some(received),
             };
             transition::refuse(&mut tx, &head, 0, "intake", reason, Some(detail)).await?
@@ -304,6 +306,8 @@ async fn register(
     );
     let deadlines: Vec<String> = plan.steps.iter().map(|(_, t)| t.to_rfc3339()).collect();
     let first_name = pool_name(first.pool);
+    // Kept with the request: every Outcome carries a traceparent of this trace.
+    let trace = crate::tracecontext::for_request(msg.traceparent.as_deref());
     let new = NewRequest {
         request_id: env.request_id,
         number_prefix: Some(prefix),
@@ -318,8 +322,8 @@ async fn register(
         service_deadline: Some(plan.service),
         deadlines: json!(deadlines),
         body,
-        submitter: msg.user_id.as_deref(),
-        traceparent: msg.traceparent.as_deref(),
+        submitter: msg.sender(ctx),
+        traceparent: Some(&trace),
         submitted_at,
         received_at: received,
     };
@@ -344,7 +348,7 @@ async fn register(
         region: request.region.as_str().to_owned(),
         channel: request.channel.as_str().to_owned(),
         deadline: Some(plan.service),
-        traceparent: msg.traceparent.clone(),
+        traceparent: Some(trace.clone()),
         received_at: Some(received),
     };
     let (_, registered) = outcome_message(
@@ -356,7 +360,7 @@ async fn register(
         Utc::now(),
         format!("{}:0:registered", env.request_id),
     );
-    let task = task_message(env.request_id, 1, first.pool, msg.traceparent.as_deref());
+    let task = task_message(env.request_id, 1, first.pool, Some(&trace));
     let messages = vec![registered, task];
     let ids = Store::outbox_insert(tx, &messages).await?;
     Ok(Some(transition::Pending { ids, messages, finals: Vec::new() }))

@@ -38,11 +38,11 @@ impl Handler for NoticeHandler {
             };
             // Only the payment gateway's notices count; anyone else's is kept as evidence.
             if let Some(systems) = &ctx.systems
-                && let Err(e) = systems.may_pay(msg.user_id.as_deref())
+                && let Err(e) = systems.may_pay(msg.sender(ctx))
             {
                 return Disposition::DeadLetter { reason: "sender_not_allowed".into(), detail: e.to_string() };
             }
-            runtime::settle(record(ctx, &notice, msg.user_id.as_deref()).await, notice.request_id, "payment notice")
+            runtime::settle(record(ctx, &notice, msg.sender(ctx)).await, notice.request_id, "payment notice")
         })
     }
 }

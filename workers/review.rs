@@ -59,9 +59,7 @@ impl Handler for DecisionHandler {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
             match runtime::read(ctx, msg, Decision::from_envelope, "invalid_decision") {
-                Ok((env, d)) => {
-                    runtime::settle(decide(ctx, &env, &d, msg.user_id.as_deref()).await, d.request_id, "decision")
-                }
+                Ok((env, d)) => runtime::settle(decide(ctx, &env, &d, msg.sender(ctx)).await, d.request_id, "decision"),
                 Err(disposition) => disposition,
             }
         })
@@ -146,6 +144,7 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
         rejection.is_none(),
         rejection.as_deref(),
         submitter,
+        crate::signature::x509::signer_masked(&d.signature).as_deref(),
     )
     .await?;
     if let (Some(why), Some(row)) = (&rejection, &row) {

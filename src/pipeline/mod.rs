@@ -71,6 +71,9 @@ pub struct Ctx {
     /// pulling more work during an outage, and a return to the queue counts towards
     /// `max_deliveries`, so a short outage costs nothing and a message never circulates forever.
     pub retry_budget: Duration,
+    /// Who this process is (pools, host, version), for the heartbeat row its housekeeping pass
+    /// refreshes: the console lists live processes from those rows.
+    pub process: crate::store::Heartbeat,
 }
 
 /// The message a pool queue carries: "run step `step_index` of this request".

@@ -47,6 +47,11 @@ pub struct Incoming {
     /// How many times the broker handed it out before without it being settled
     /// (`x-delivery-count`, set by quorum queues; 0 on a first delivery).
     pub delivery_count: u32,
+    /// For a dead letter an operator replayed (`x-qyzmet-replayed-for`): the broker user that
+    /// first published it. Believed only from qyzmet's own broker user, see [`Incoming::sender`].
+    pub replayed_for: Option<String>,
+    /// Every header, as text (made storable and bounded): what a dead letter keeps.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Incoming {
@@ -64,6 +69,10 @@ impl Incoming {
             })
             .filter(|t| is_traceparent(t));
         let delivery_count = header("x-delivery-count").and_then(|v| amqp_count(&v)).unwrap_or(0);
+        let replayed_for = header("x-qyzmet-replayed-for").and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(storable_text(&s.to_string(), 255)),
+            _ => None,
+        });
         Incoming {
             data: d.data.clone(),
             user_id: d.properties.user_id().as_ref().map(|s| storable_text(s.as_str(), 255)),
@@ -72,6 +81,31 @@ impl Incoming {
             routing_key: storable_text(d.routing_key.as_str(), 255),
             redelivered: d.redelivered,
             delivery_count,
+            replayed_for,
+            headers: d
+                .properties
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .map(|(k, v)| (storable_text(k.as_str(), 255), storable_text(&amqp_text(v), 4096)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The system that sent this message, for the sender checks and the record: the
+    /// broker-validated `user_id`, except for a replayed dead letter, which qyzmet itself
+    /// re-published — then the system that first published it. The broker lets no one else
+    /// publish as qyzmet's user, so no upstream system can claim to replay for another.
+    pub fn sender<'a>(&'a self, ctx: &Ctx) -> Option<&'a str> {
+        match (&self.replayed_for, &ctx.systems) {
+            (Some(original), Some(systems)) if self.user_id.as_deref() == Some(systems.own_user()) => {
+                Some(original.as_str())
+            }
+            _ => self.user_id.as_deref(),
         }
     }
 }
@@ -88,6 +122,16 @@ pub fn is_traceparent(t: &str) -> bool {
         && hex(parts[2], 16)
         && parts[2].bytes().any(|b| b != b'0')
         && hex(parts[3], 2)
+}
+
+/// An AMQP header value as text: strings as they are, anything else (numbers, the broker's
+/// `x-death` tables) in a readable debug form.
+fn amqp_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => amqp_count(other).map(|n| n.to_string()).unwrap_or_else(|| format!("{other:?}")),
+    }
 }
 
 /// An AMQP integer header as a count (RabbitMQ sends `x-delivery-count` as a long or a
@@ -328,6 +372,10 @@ async fn process(ctx: &Ctx, queue: &str, handler: &dyn Handler, d: Delivery, shu
         delivery_count = msg.delivery_count,
         traceparent = msg.traceparent.as_deref().unwrap_or(""),
     );
+    // The sender's span is its OpenTelemetry parent (a no-op without the OpenTelemetry layer).
+    if let Some(tp) = &msg.traceparent {
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, crate::tracecontext::parent_context(tp));
+    }
     let disposition = tracing::Instrument::instrument(dispose(ctx, queue, handler, &msg, shutdown), span).await;
     crate::metrics::in_flight(queue, -1.0);
     let result = match disposition {

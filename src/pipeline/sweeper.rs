@@ -58,6 +58,9 @@ async fn observe(ctx: &Ctx) {
             crate::metrics::waiting(step, count, oldest);
         }
     }
+    if let Err(e) = ctx.store.beat(&ctx.process).await {
+        tracing::debug!(error = %e, "heartbeat row not written");
+    }
     crate::metrics::heartbeat();
 }
 

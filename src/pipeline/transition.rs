@@ -49,7 +49,8 @@ pub struct Head {
     pub channel: String,
     /// Service deadline.
     pub deadline: Option<DateTime<Utc>>,
-    /// Trace context to copy onto every Outcome.
+    /// Trace context of the request, copied onto every Outcome (contract v1); task messages
+    /// between pools carry a child of it ([`crate::tracecontext::child_of`]).
     pub traceparent: Option<String>,
     /// When intake received it (for the end-to-end time; `None` before it was stored).
     pub received_at: Option<DateTime<Utc>>,
@@ -146,7 +147,7 @@ pub fn task_message(
         routing_key: pool_name(pool).to_owned(),
         message_id: format!("{request_id}:{step_index}:task"),
         body: serde_json::to_vec(&task).unwrap_or_default(),
-        traceparent: traceparent.map(str::to_owned),
+        traceparent: traceparent.map(crate::tracecontext::child_of),
         headers: Vec::new(),
         must_route: true,
     }

@@ -267,6 +267,15 @@ pub fn certificate_identifiers(
     (iin, bin)
 }
 
+/// Who signed a message, masked, for screens: the IIN (else the BIN) its signer certificate
+/// names. `None` when the block has no readable certificate.
+pub fn signer_masked(signature: &SignatureBlock) -> Option<String> {
+    let der = b64decode(signature.certificate_chain.first()?).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let (iin, bin) = certificate_identifiers(&cert);
+    iin.or(bin).map(|id| crate::ident::mask(&id))
+}
+
 impl Verifier for X509Verifier {
     fn verify(
         &self,

@@ -130,7 +130,8 @@ async fn p46_sweeper_refuses_a_request_waiting_in_the_queue_of_a_stopped_pool() 
     let mut regs = regulations();
     regs.override_step_deadline(PoolName::Registry, Span::milliseconds(500));
     // Only intake and the sweeper run: no registry worker exists.
-    let opts = Options { pools: vec![(PoolName::Intake, 2)], sweeper: true, name: "intake only".into() };
+    let opts =
+        Options { pools: vec![(PoolName::Intake, 2)], sweeper: true, console: false, name: "intake only".into() };
     let app = env.start(regs, opts).await;
     let req = s1_provider();
     env.publish_request(&req).await;
@@ -140,7 +141,12 @@ async fn p46_sweeper_refuses_a_request_waiting_in_the_queue_of_a_stopped_pool() 
     let late = env
         .start(
             regulations(),
-            Options { pools: vec![(PoolName::Registry, 1)], sweeper: false, name: "late registry".into() },
+            Options {
+                pools: vec![(PoolName::Registry, 1)],
+                sweeper: false,
+                console: false,
+                name: "late registry".into(),
+            },
         )
         .await;
     env.wait_queue_empty("qyzmet.registry").await;

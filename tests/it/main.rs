@@ -2,10 +2,13 @@
 //! Test names carry the P-number of the behaviour they check (regulations.md §13).
 
 mod alarm;
+mod asyncapi;
 mod audit;
 mod bench;
+mod browser;
 mod cluster;
 mod common;
+mod console;
 mod deadlines;
 mod drill;
 mod intake;
@@ -16,3 +19,4 @@ mod services;
 mod signatures;
 mod systems;
 mod tls;
+mod traces;

@@ -60,6 +60,7 @@ async fn without_registry(
             Options {
                 pools: vec![(PoolName::Intake, 2), (PoolName::Review, 2), (PoolName::Result, 2)],
                 sweeper,
+                console: false,
                 name: "rest".into(),
             },
         )
@@ -95,7 +96,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
     let doomed = qyzmet::startup::start(
         &env.settings,
         regulations(),
-        Options { pools: vec![(PoolName::Registry, 5)], sweeper: false, name: "doomed".into() },
+        Options { pools: vec![(PoolName::Registry, 5)], sweeper: false, console: false, name: "doomed".into() },
         deps,
     )
     .await
@@ -112,7 +113,10 @@ async fn a_worker_killed_mid_step_loses_nothing_and_the_request_gets_one_outcome
     tokio::time::timeout(EVENT_TIMEOUT, inside).await.expect("all five requests are inside the registry step");
     doomed.abort().await;
     let survivor = env
-        .start(regulations(), Options { pools: vec![(PoolName::Registry, 2)], sweeper: false, name: "survivor".into() })
+        .start(
+            regulations(),
+            Options { pools: vec![(PoolName::Registry, 2)], sweeper: false, console: false, name: "survivor".into() },
+        )
         .await;
     for r in &reqs {
         let o = env.final_outcome(id_of(r)).await;
@@ -155,6 +159,7 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
                     (PoolName::Payment, 1),
                 ],
                 sweeper: true,
+                console: false,
                 name: "others".into(),
             },
         )
@@ -202,7 +207,12 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
     let replacement = env
         .start(
             regulations(),
-            Options { pools: vec![(PoolName::Registry, 4)], sweeper: false, name: "replacement".into() },
+            Options {
+                pools: vec![(PoolName::Registry, 4)],
+                sweeper: false,
+                console: false,
+                name: "replacement".into(),
+            },
         )
         .await;
     for r in &reqs {
@@ -249,7 +259,10 @@ async fn after_a_task_queue_is_lost_qyzmet_requeue_rebuilds_it_from_postgresql()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("6 task message(s) re-published"));
     let registry = env
-        .start(regulations(), Options { pools: vec![(PoolName::Registry, 2)], sweeper: false, name: "registry".into() })
+        .start(
+            regulations(),
+            Options { pools: vec![(PoolName::Registry, 2)], sweeper: false, console: false, name: "registry".into() },
+        )
         .await;
     for r in &reqs {
         assert_eq!(env.final_outcome(id_of(r)).await.status, Status::Completed);

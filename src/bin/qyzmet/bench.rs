@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Requests in flight in closed-loop mode.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Also measure every process count with each worker's `/metrics` scraped this often (ms),
+    /// as Prometheus would, and report the throughput against the run without: the metrics'
+    /// overhead, from a baseline taken in the same bench.
+    #[arg(long)]
+    pub scrape_ms: Option<u64>,
     /// Worker processes per pool to measure, e.g. `1,2,4`.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub processes: Vec<usize>,
@@ -108,6 +113,10 @@ fn latency(mut ms: Vec<f64>) -> Latency {
 pub struct Run {
     /// Worker processes per pool.
     pub processes: usize,
+    /// Every worker's `/metrics` was scraped this often (ms) during the run.
+    pub scraped_every_ms: Option<u64>,
+    /// Scrapes answered during the run.
+    pub scrapes: usize,
     /// Requests published.
     pub requests: usize,
     /// Final outcomes received.
@@ -257,6 +266,25 @@ struct Workers {
     children: Vec<(String, tokio::process::Child)>,
     peak_kib: Arc<Mutex<HashMap<u32, (String, u64)>>>,
     sampler: tokio::task::JoinHandle<()>,
+    /// Scrapes of `/metrics` answered so far (with `--scrape-ms`).
+    scrapes: Arc<std::sync::atomic::AtomicUsize>,
+    scraper: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A free loopback port (the probe socket is closed again; the worker binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `GET /metrics` over HTTP/1.1; whether a whole answer came back.
+async fn scrape(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return false };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut body = Vec::new();
+    s.write_all(req.as_bytes()).await.is_ok()
+        && s.read_to_end(&mut body).await.is_ok()
+        && body.starts_with(b"HTTP/1.1 200")
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -274,14 +302,19 @@ impl Workers {
         per_pool: usize,
         concurrency: usize,
         broker: &Broker,
+        scrape_ms: Option<u64>,
     ) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("own executable")?;
         let mut children = Vec::new();
+        let mut addrs = Vec::new();
         for pool in ALL_POOLS {
             for _ in 0..per_pool {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                addrs.push(addr);
                 let child = tokio::process::Command::new(&exe)
                     .args(["worker", pool_name(pool), "--concurrency", &concurrency.to_string()])
                     .envs(settings.to_env())
+                    .env("QYZMET_HTTP_ADDR", addr.to_string())
                     // Keep every process's connections within PostgreSQL's max_connections.
                     .env("QYZMET_DB_POOL_SIZE", (150 / (5 * per_pool)).clamp(4, 16).to_string())
                     .env("QYZMET_LOG", "warn")
@@ -333,7 +366,22 @@ impl Workers {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
-        Ok(Workers { children, peak_kib, sampler })
+        let scrapes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scraper = scrape_ms.map(|ms| {
+            let scrapes = scrapes.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(ms.max(1)));
+                loop {
+                    tick.tick().await;
+                    for addr in &addrs {
+                        if scrape(*addr).await {
+                            scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        });
+        Ok(Workers { children, peak_kib, sampler, scrapes, scraper })
     }
 
     async fn largest_rss_mib(&self) -> f64 {
@@ -342,6 +390,9 @@ impl Workers {
 
     async fn stop(mut self) -> BTreeMap<String, f64> {
         self.sampler.abort();
+        if let Some(s) = &self.scraper {
+            s.abort();
+        }
         terminate(self.children.iter_mut().map(|(_, c)| c)).await;
         let mut by_pool = BTreeMap::new();
         for (pool, kib) in self.peak_kib.lock().await.values() {
@@ -609,6 +660,8 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
     }
     let seconds = (last - started).as_secs_f64().max(0.001);
     Run {
+        scraped_every_ms: None,
+        scrapes: 0,
         processes,
         requests: n,
         finished: board.finished,
@@ -759,16 +812,7 @@ fn machine() -> String {
 
 pub(crate) async fn purge_pipeline_queues(broker: &Broker) -> anyhow::Result<()> {
     let ch = broker.channel().await?;
-    let queues = [
-        QUEUE_INTAKE.to_owned(),
-        QUEUE_PAYMENT_NOTICES.to_owned(),
-        QUEUE_DECISIONS.to_owned(),
-        task_queue(qyzmet::regulations::PoolName::Registry),
-        task_queue(qyzmet::regulations::PoolName::Payment),
-        task_queue(qyzmet::regulations::PoolName::Review),
-        task_queue(qyzmet::regulations::PoolName::Result),
-    ];
-    for q in queues {
+    for q in qyzmet::broker::pipeline_queues().into_iter().filter(|q| q != qyzmet::broker::QUEUE_DEAD) {
         ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()).await?;
     }
     let _ = ch.close(200, "ok".into()).await;
@@ -819,18 +863,29 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             );
             report.ceiling = Some(ceiling(args, &broker, &store, args.requests).await?);
         }
-        for &k in &args.processes {
+        let variants: Vec<(usize, Option<u64>)> = args
+            .processes
+            .iter()
+            .flat_map(|&k| std::iter::once((k, None)).chain(args.scrape_ms.map(|ms| (k, Some(ms)))))
+            .collect();
+        for (k, scrape_ms) in variants {
             let board = Arc::new(Mutex::new(Board::default()));
             let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
-            let workers = Workers::start(&settings, k, args.concurrency, &broker).await?;
-            let label = format!("{k} process(es)/pool");
+            let workers = Workers::start(&settings, k, args.concurrency, &broker, scrape_ms).await?;
+            let label = match scrape_ms {
+                Some(ms) => format!("{k} process(es)/pool, /metrics scraped every {ms} ms"),
+                None => format!("{k} process(es)/pool"),
+            };
             let (started, _) =
                 drive(&label, args, args.requests, &keys, &publisher, &board, args.rate.is_none()).await?;
             wait_all(&label, args.requests, started, &board, Duration::from_secs(args.timeout_secs)).await;
+            let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
             let peak = workers.stop().await;
             listener.abort();
             let mut run = summarise(k, args.requests, started, &*board.lock().await, peak).await;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
+            run.scraped_every_ms = scrape_ms;
+            run.scrapes = scrapes;
             report.runs.push(run);
             purge_pipeline_queues(&broker).await?;
         }
@@ -866,7 +921,7 @@ async fn backlog(
     let (published_at, _) = drive("backlog publish", args, n, keys, publisher, &board, false).await?;
     let publish_rate = n as f64 / published_at.elapsed().as_secs_f64().max(0.001);
     eprintln!("backlog: starting one process per pool and draining…");
-    let workers = Workers::start(settings, 1, args.concurrency, broker).await?;
+    let workers = Workers::start(settings, 1, args.concurrency, broker, None).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut rss = Vec::new();
@@ -949,13 +1004,27 @@ fn print_report(r: &Report) {
                 rss
             );
         }
-        if let (Some(a), Some(b)) = (r.runs.first(), r.runs.get(1)) {
+        let plain: Vec<&Run> = r.runs.iter().filter(|run| run.scraped_every_ms.is_none()).collect();
+        if let (Some(a), Some(b)) = (plain.first(), plain.get(1)) {
             println!(
                 "\nscaling {} → {} processes per pool: ×{:.2}",
                 a.processes,
                 b.processes,
                 b.throughput / a.throughput.max(0.001)
             );
+        }
+        for scraped in r.runs.iter().filter(|run| run.scraped_every_ms.is_some()) {
+            if let Some(base) = plain.iter().find(|p| p.processes == scraped.processes) {
+                let ratio = scraped.throughput / base.throughput.max(0.001);
+                println!(
+                    "metrics overhead, {} process(es)/pool, /metrics scraped every {} ms ({} scrapes): throughput ×{:.3} ({:+.1} %)",
+                    scraped.processes,
+                    scraped.scraped_every_ms.unwrap_or_default(),
+                    scraped.scrapes,
+                    ratio,
+                    (ratio - 1.0) * 100.0
+                );
+            }
         }
         for run in &r.runs {
             println!("\nper-step latency with {} process(es)/pool (ms, p50 / p95 / p99):", run.processes);

@@ -633,7 +633,32 @@ fn url_as(settings: &Settings, systems: &Systems, system: Option<&System>, passw
 /// Runs the demonstration end to end against the configured services. With a systems file in
 /// the settings, qyzmet runs as its own broker user and every message is published by the
 /// system that would send it, with the passwords in `passwords`.
-pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Path) -> anyhow::Result<()> {
+/// The demo's console account.
+const DEMO_OPERATOR: &str = "demo-operator";
+
+/// Writes the demo's operators file (one operator account whose password is generated once and
+/// kept under `passwords`); returns the file and the password.
+fn demo_operators(passwords: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let password_file = passwords.join(format!("console-{DEMO_OPERATOR}.password"));
+    let password = crate::read_or_make_password(&password_file, true).map_err(anyhow::Error::msg)?;
+    let hash = qyzmet::console::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let file = passwords.parent().unwrap_or(Path::new(".")).join("operators.toml");
+    let text = format!(
+        "# Written by `qyzmet demo`: the demo's console account (password in {}).\n\
+         [[operator]]\nname = \"{DEMO_OPERATOR}\"\nrole = \"operator\"\npassword_hash = \"{hash}\"\n",
+        password_file.display()
+    );
+    crate::write_private(&file, text.as_bytes())?;
+    Ok((file, password))
+}
+
+pub async fn run(
+    settings: &Settings,
+    dir: &Path,
+    pki_dir: &Path,
+    passwords: &Path,
+    keep_running: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     println!(
         "qyzmet demo — RabbitMQ {}, PostgreSQL {}",
@@ -675,6 +700,14 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
          (Табл. 1.1 д.4) to {}s so the no-payment refusal L2 shows without a long wait)",
         payment_wait.num_seconds()
     );
+    let console_password = match &settings.operators_file {
+        Some(_) => None,
+        None => {
+            let (file, password) = demo_operators(passwords)?;
+            settings.operators_file = Some(file);
+            Some(password)
+        }
+    };
     let running = startup::start(&settings, regs, Options::all(8), Deps::from_settings(&settings)?).await?;
 
     let broker = settings.broker("qyzmet demo").await?;
@@ -692,7 +725,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
         None => println!("   no systems file: every message is published as {}", senders.users[0].1),
     }
     let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker, 200).await?;
-    let dead_before = count_dead(&broker).await;
+    let dead_before = count_dead(&broker, &store).await;
 
     let mut keys = Keys::new(pki.clone());
     let mut scenarios = scenarios(&mut keys)?;
@@ -756,7 +789,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
             publish(&senders.staff, EXCHANGE_DECISIONS, &key, format!("dec-{id}"), body).await?;
         }
     }
-    let dead_after = count_dead(&broker).await;
+    let dead_after = count_dead(&broker, &store).await;
 
     println!("\n6. final outcomes\n");
     println!(
@@ -845,7 +878,7 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
         );
     }
     println!(
-        "\n{ok} of {} scenarios ended as expected; {} message(s) dead-lettered in qyzmet.dead-letter during the demo; {:.1}s.",
+        "\n{ok} of {} scenarios ended as expected; {} message(s) dead-lettered during the demo; {:.1}s.",
         scenarios.len(),
         dead_after.saturating_sub(dead_before),
         started.elapsed().as_secs_f64()
@@ -853,9 +886,25 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
     if let Some(id) = scenarios.iter().filter_map(|s| s.id).next() {
         println!("Inspect any request with: qyzmet status {id}");
     }
+    let console = format!("http://{}/console", running.http_addr);
+    match &console_password {
+        Some(pw) => println!("\nConsole: {console} — sign in as {DEMO_OPERATOR} / {pw}"),
+        None => println!(
+            "\nConsole: {console} (accounts of {})",
+            settings.operators_file.as_deref().unwrap_or(Path::new("")).display()
+        ),
+    }
     let _ = ch.close(200, "bye".into()).await;
     senders.close().await;
     broker.close().await;
+    if keep_running {
+        println!("The pipeline and the console keep running; Ctrl-C stops them.");
+        crate::wait_for_signal().await;
+    } else {
+        println!(
+            "To look around the console with these requests, run `make console` (the demo, then the pipeline and console keep running until Ctrl-C)."
+        );
+    }
     running.shutdown(Duration::from_secs(10)).await;
     store.close().await;
     if ok != scenarios.len() {
@@ -864,6 +913,8 @@ pub async fn run(settings: &Settings, dir: &Path, pki_dir: &Path, passwords: &Pa
     Ok(())
 }
 
-pub(crate) async fn count_dead(broker: &Broker) -> u32 {
-    qyzmet::broker::queue_counts(broker, qyzmet::broker::QUEUE_DEAD).await.0
+/// Dead letters on the broker plus those the console moved into PostgreSQL.
+pub(crate) async fn count_dead(broker: &Broker, store: &Store) -> u64 {
+    let queued = qyzmet::broker::queue_counts(broker, qyzmet::broker::QUEUE_DEAD).await.0;
+    u64::from(queued) + store.open_dead_letters().await.map_or(0, |n| n.max(0) as u64)
 }

@@ -56,6 +56,22 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Serves the operator console and the status API (and moves dead letters into
+    /// PostgreSQL) without running any pool. Needs `QYZMET_OPERATORS_FILE`.
+    Console {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Reports for operators.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Operator accounts and API tokens for the operators file.
+    Operators {
+        #[command(subcommand)]
+        command: OperatorsCommand,
+    },
     /// Re-publishes the task message of every request queued at a step (after task queues were
     /// deleted or lost: PostgreSQL holds the state, a duplicate task is recognised and ignored).
     Requeue {
@@ -108,6 +124,9 @@ enum Command {
         /// Password files of the systems' broker users (with `--systems-file`).
         #[arg(long, default_value = ".qyzmet/secrets")]
         passwords: PathBuf,
+        /// After the demo, keep the pipeline and the console running until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Verifies a signed message offline — a result document (or an Outcome carrying one), a
     /// Request or a Decision — against the trust bundle and CRLs, and says why it fails.
@@ -152,6 +171,34 @@ enum Command {
         #[command(subcommand)]
         command: SystemsCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The deadline report (P-46): per service, region, channel and step, how many steps ended
+    /// in the period, the share by their legal deadline, p50/p95 duration and the deadline.
+    /// The same figures as the console's Deadlines page.
+    Sla {
+        /// First local date (YYYY-MM-DD); today when omitted.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last local date, included; `--from` when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorsCommand {
+    /// Reads a password from standard input and prints its argon2id hash for `password_hash`.
+    HashPassword,
+    /// Prints a new random API token (give it to the system) and its SHA-256 (for `sha256`).
+    NewToken,
 }
 
 #[derive(Subcommand)]
@@ -232,7 +279,7 @@ enum RegulationsCommand {
 }
 
 /// Reads a password file, or (with `generate`) creates one with a random password.
-fn read_or_make_password(path: &std::path::Path, generate: bool) -> Result<String, String> {
+pub(crate) fn read_or_make_password(path: &std::path::Path, generate: bool) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(p) => Ok(p.trim_end_matches(['\r', '\n']).to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
@@ -245,7 +292,7 @@ fn read_or_make_password(path: &std::path::Path, generate: bool) -> Result<Strin
 }
 
 /// Writes a file only its owner can read.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -263,7 +310,7 @@ fn load_regulations(dir: &std::path::Path) -> anyhow::Result<Regulations> {
     Regulations::load(dir).map_err(|e| anyhow::anyhow!("regulation data is not valid: {e}"))
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -286,7 +333,7 @@ async fn wait_for_signal() {
 async fn serve(settings: Settings, opts: Options) -> anyhow::Result<()> {
     let mut regs = load_regulations(&settings.regulations_dir)?;
     settings.apply_overrides(&mut regs)?;
-    let deps = Deps::from_settings(&settings)?;
+    let deps = if opts.pools.is_empty() { Deps::for_console(&settings)? } else { Deps::from_settings(&settings)? };
     let running = startup::start(&settings, regs, opts, deps).await?;
     tracing::info!("running; SIGTERM or Ctrl-C stops after in-flight work");
     wait_for_signal().await;
@@ -305,9 +352,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker { pool, settings, concurrency } => {
             let pool = qyzmet::broker::parse_pool(&pool)?;
-            let opts =
-                Options { pools: vec![(pool, concurrency)], sweeper: true, name: format!("qyzmet worker {pool:?}") };
+            let opts = Options {
+                pools: vec![(pool, concurrency)],
+                sweeper: true,
+                name: format!("qyzmet worker {pool:?}"),
+                console: false,
+            };
             serve(settings, opts).await
+        }
+        Command::Console { settings } => serve(settings, Options::console_only()).await,
+        Command::Report { command: ReportCommand::Sla { from, to, format, settings } } => {
+            let (from, to) = qyzmet::report::period(from.as_deref(), to.as_deref()).map_err(anyhow::Error::msg)?;
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let rows = store.sla(from, to).await?;
+            match format.as_str() {
+                "table" => print!("{}", qyzmet::report::sla_table(&rows)),
+                "csv" => print!("{}", qyzmet::report::sla_csv(&rows)),
+                "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+                other => bail!("--format {other:?}: use table, csv or json"),
+            }
+            Ok(())
+        }
+        Command::Operators { command: OperatorsCommand::HashPassword } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.len() < 12 {
+                bail!("use a password of at least 12 characters");
+            }
+            println!("{}", qyzmet::console::auth::hash_password(password).map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
+        Command::Operators { command: OperatorsCommand::NewToken } => {
+            let token = qyzmet::console::auth::random_hex(32).map_err(anyhow::Error::msg)?;
+            println!("token   {token}");
+            println!("sha256  {}", qyzmet::console::auth::to_hex(&qyzmet::console::auth::digest(&token)));
+            Ok(())
         }
         Command::Requeue { settings } => {
             let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
@@ -395,8 +475,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "demo")]
-        Command::Demo { settings, demo_dir, pki_dir, passwords } => {
-            demo::run(&settings, &demo_dir, &pki_dir, &passwords).await
+        Command::Demo { settings, demo_dir, pki_dir, passwords, keep_running } => {
+            demo::run(&settings, &demo_dir, &pki_dir, &passwords, keep_running).await
         }
         #[cfg(feature = "demo")]
         Command::Drill { settings, args } => drill::run(&settings, &args).await,
@@ -472,7 +552,8 @@ fn main() -> ExitCode {
         Command::Drill { .. } => "error",
         _ => "warn",
     };
-    qyzmet::telemetry::init(default);
+    // OTLP trace export when OTEL_EXPORTER_OTLP_ENDPOINT asks for it; flushed before exiting.
+    let telemetry = qyzmet::telemetry::init_with_export(default);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -480,11 +561,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -197,6 +197,49 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     exchange(stream, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
 }
 
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to a qyzmet process with extra header lines and a body.
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the HTTP address answers");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+    Reply { status, headers, body }
+}
+
 /// Sends one HTTP/1.1 request and reads the whole answer: (status, body).
 async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -378,6 +421,30 @@ impl TestEnv {
     /// Starts qyzmet in this process with the given regulations and options.
     pub async fn start(&self, regs: Regulations, opts: Options) -> Running {
         startup::start(&self.settings, regs, opts, self.deps()).await.expect("qyzmet starts")
+    }
+
+    /// Lets this test's qyzmet role use the console's tables too (as `qyzmet run` with a
+    /// console needs), and points the settings at an operators file with these accounts
+    /// (name, role, password) and tokens (name, role, token).
+    pub async fn enable_console(&mut self, accounts: &[(&str, &str, &str)], tokens: &[(&str, &str, &str)]) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("GRANT qyzmet_console TO {}", self.worker_role)))
+            .execute(self.store.pool())
+            .await
+            .expect("console role");
+        let mut file = String::new();
+        for (name, role, password) in accounts {
+            let hash = qyzmet::console::auth::hash_password(password).expect("hash");
+            file.push_str(&format!(
+                "[[operator]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n\n"
+            ));
+        }
+        for (name, role, token) in tokens {
+            let digest = qyzmet::console::auth::to_hex(&qyzmet::console::auth::digest(token));
+            file.push_str(&format!("[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{digest}\"\n\n"));
+        }
+        let path = std::env::temp_dir().join(format!("qyzmet-operators-{}.toml", self.db_name));
+        std::fs::write(&path, file).expect("operators file");
+        self.settings.operators_file = Some(path);
     }
 
     /// Environment for a `qyzmet` child process pointed at this test's services and PKI.

@@ -14,6 +14,13 @@ use uuid::Uuid;
 
 use crate::broker::Message;
 
+pub mod console;
+
+pub use console::{
+    ActionRow, AwaitingDecision, DeadLetter, DeadLetterGroup, DecisionRow, Heartbeat, NewDeadLetter, PaymentRow,
+    RequestFilter, RequestSummary, SearchKey, ServiceDay, SessionRow, SlaRow, StepActivity,
+};
+
 /// Errors from the store: sqlx's own. Which of them are worth retrying is decided in one place,
 /// [`crate::pipeline::failure::db_class`].
 pub type StoreError = sqlx::Error;
@@ -788,10 +795,11 @@ impl Store {
         applied: bool,
         rejection: Option<&str>,
         submitter: Option<&str>,
+        signer_masked: Option<&str>,
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "INSERT INTO decisions (decision_id, request_id, verdict, reason, decided_at, applied, rejection, submitter) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (decision_id) DO NOTHING",
+            "INSERT INTO decisions (decision_id, request_id, verdict, reason, decided_at, applied, rejection, submitter, \
+                 signer_masked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (decision_id) DO NOTHING",
         )
         .bind(decision_id)
         .bind(request_id)
@@ -801,6 +809,7 @@ impl Store {
         .bind(applied)
         .bind(rejection)
         .bind(submitter)
+        .bind(signer_masked)
         .execute(&mut *tx)
         .await?
         .rows_affected();

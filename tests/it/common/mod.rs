@@ -614,24 +614,8 @@ impl TestEnv {
         let ch = self.broker.channel().await.expect("channel");
         let got =
             ch.basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic.get")?;
-        let headers = got
-            .delivery
-            .properties
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner()
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            lapin::types::AMQPValue::LongString(s) => s.to_string(),
-                            other => format!("{other:?}"),
-                        };
-                        (k.to_string(), v)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Headers as text, the way the pipeline reads them.
+        let headers = qyzmet::pipeline::runtime::Incoming::from_delivery(&got.delivery).headers.into_iter().collect();
         Some((got.delivery.data.clone(), headers))
     }
 

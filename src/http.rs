@@ -32,7 +32,16 @@ pub struct Surface {
     pub metrics: PrometheusHandle,
     /// The operator console and status API, when this process serves them.
     pub console: Option<Arc<crate::console::Console>>,
+    /// Queue figures read from the broker, and when: refreshed at most every
+    /// [`QUEUE_STATS_EVERY`], so frequent scrapes of many processes cost the broker little.
+    pub queue_stats: Arc<tokio::sync::Mutex<Option<QueueStats>>>,
 }
+
+/// Queue figures and when they were read.
+pub type QueueStats = (std::time::Instant, Vec<crate::broker::QueueStat>);
+
+/// How fresh the queue gauges on `/metrics` are at least.
+pub const QUEUE_STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a readiness probe waits for PostgreSQL or the broker.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,11 +82,17 @@ async fn readyz(State(s): State<Surface>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-/// Queue depths are read when Prometheus asks (a passive declare per queue), so they are as
-/// fresh as the scrape.
+/// Queue depths are read from the broker when Prometheus asks (a passive declare per queue),
+/// at most every [`QUEUE_STATS_EVERY`].
 async fn metrics(State(s): State<Surface>) -> Response {
-    if let Ok(stats) = tokio::time::timeout(PROBE_TIMEOUT, crate::broker::queue_stats(&s.broker)).await {
-        stats.iter().for_each(crate::metrics::queue);
+    {
+        let mut cached = s.queue_stats.lock().await;
+        if cached.as_ref().is_none_or(|(at, _)| at.elapsed() >= QUEUE_STATS_EVERY)
+            && let Ok(stats) = tokio::time::timeout(PROBE_TIMEOUT, crate::broker::queue_stats(&s.broker)).await
+        {
+            stats.iter().for_each(crate::metrics::queue);
+            *cached = Some((std::time::Instant::now(), stats));
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }

@@ -249,8 +249,14 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     };
     let metrics = crate::metrics::install().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     crate::metrics::process_info(&ctx.process.pools, ctx.process.concurrency.max(0) as usize);
-    let surface =
-        crate::http::Surface { ctx: ctx.clone(), broker: broker.clone(), expected_consumers, metrics, console };
+    let surface = crate::http::Surface {
+        ctx: ctx.clone(),
+        broker: broker.clone(),
+        expected_consumers,
+        metrics,
+        console,
+        queue_stats: Default::default(),
+    };
     let http_addr = crate::http::serve(&settings.http_addr, surface, shutdown.clone()).await?;
     Ok(Running { trigger, tasks, marker, broker, ctx, http_addr })
 }

@@ -181,6 +181,11 @@ fn left(deadline: Option<DateTime<Utc>>) -> Markup {
     }
 }
 
+/// "1 request", "2 requests".
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn share(v: Option<f64>) -> Markup {
     match v {
         None => html! { "—" },
@@ -546,21 +551,21 @@ async fn request_page(State(c): State<Arc<Console>>, who: Principal, Path(id): P
         h2 { "Timeline" }
         p.note { "Every step with its legal deadline (P-46) and when it actually happened." }
         table id="timeline" {
-            thead { tr { th { "#" } th { "Step" } th { "Event" } th { "At" } th { "Deadline" } th { "" } th { "Detail" } } }
+            thead { tr { th { "#" } th { "Step" } th { "Event" } th { "At" } th { "Deadline" } th { "" } th { "Outcome sent" } th { "Detail" } } }
             tbody {
-                @for h in &history {
+                @for (i, h) in history.iter().enumerate() {
                     @let late = h.deadline.is_some_and(|d| h.at > d);
+                    @let previous = i.checked_sub(1).and_then(|p| history.get(p)).map(|p| p.event.as_str());
                     tr class=[late.then_some("late")] {
                         td.num { (h.step_index) } td { (h.step) } td { (h.event) } td { (at(h.at)) }
                         td { (at_opt(h.deadline)) }
                         td { @if h.deadline.is_some() { @if late { span.late { "late" } } @else { span.ok { "on time" } } } }
+                        td { @if let Some(s) = outcome_sent(&h.event, previous) { code { (s) } } }
                         td.mono.small { (h.detail.as_ref().map(|d| dead_letters::mask_digits(&d.to_string())).unwrap_or_default()) }
                     }
                 }
             }
         }
-        p.note { "Outcomes sent: " code { "registered" } ", " code { "in_progress" } " at every queued step, then the final "
-                 code { (r.state) } @if r.finished_at.is_none() { " (not yet)" } "." }
         h2 { "Payments" }
         @if payments.is_empty() { p { "None." } } @else {
             table { thead { tr { th { "Payment" } th { "Amount" } th { "Paid at" } th { "Payer" } th { "Sent by" } } }
@@ -590,6 +595,19 @@ async fn request_page(State(c): State<Arc<Console>>, who: Principal, Path(id): P
         }
     };
     Ok(layout(&title, &who, "/console/requests", None, body))
+}
+
+/// The Outcome status the pipeline publishes in the same transaction as an audit-trail event:
+/// `registered` at intake, `in_progress` whenever a later step is queued (the first step after
+/// registration is announced by `registered` itself), and the final status.
+fn outcome_sent(event: &str, previous: Option<&str>) -> Option<&'static str> {
+    match event {
+        "registered" => Some("registered"),
+        "queued" if previous != Some("registered") => Some("in_progress"),
+        "completed" => Some("completed"),
+        "refused" => Some("refused"),
+        _ => None,
+    }
 }
 
 async fn document(State(c): State<Arc<Console>>, who: Principal, Path(id): Path<Uuid>) -> Page {
@@ -694,7 +712,7 @@ async fn waiting(State(c): State<Arc<Console>>, who: Principal) -> Page {
     providers.sort_unstable();
     providers.dedup();
     let body = html! {
-        p.note { (rows.len()) " requests await a staff decision. Soonest deadline first, per provider (BIN of the organisation)." }
+        p.note { (plural(rows.len(), "request awaits", "requests await")) " a staff decision. Soonest deadline first, per provider (BIN of the organisation)." }
         @for p in &providers {
             @let mine: Vec<_> = rows.iter().filter(|r| r.provider.as_deref().unwrap_or("—") == *p).collect();
             h2 { "Provider " span.mono { (p) } " (" (mine.len()) ")" }

@@ -863,12 +863,26 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             );
             report.ceiling = Some(ceiling(args, &broker, &store, args.requests).await?);
         }
-        let variants: Vec<(usize, Option<u64>)> = args
+        // With scraping: a warm-up run (not reported: the first run on fresh tables is the
+        // fastest), then plain, scraped, scraped, plain, so that a drift during the runs (tables
+        // growing, a checkpoint) weighs on both sides alike.
+        let variants: Vec<(usize, Option<u64>, bool)> = args
             .processes
             .iter()
-            .flat_map(|&k| std::iter::once((k, None)).chain(args.scrape_ms.map(|ms| (k, Some(ms)))))
+            .flat_map(|&k| match args.scrape_ms {
+                Some(ms) => {
+                    vec![
+                        (k, None, true),
+                        (k, None, false),
+                        (k, Some(ms), false),
+                        (k, Some(ms), false),
+                        (k, None, false),
+                    ]
+                }
+                None => vec![(k, None, false)],
+            })
             .collect();
-        for (k, scrape_ms) in variants {
+        for (k, scrape_ms, warm_up) in variants {
             let board = Arc::new(Mutex::new(Board::default()));
             let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
             let workers = Workers::start(&settings, k, args.concurrency, &broker, scrape_ms).await?;
@@ -886,8 +900,13 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
             run.scraped_every_ms = scrape_ms;
             run.scrapes = scrapes;
-            report.runs.push(run);
             purge_pipeline_queues(&broker).await?;
+            if warm_up {
+                eprintln!("warm-up run: {:.1} req/s (not reported)", run.throughput);
+                anyhow::ensure!(run.lost == 0 && run.answered_twice == 0, "the warm-up run lost or doubled requests");
+                continue;
+            }
+            report.runs.push(run);
         }
     }
     broker.close().await;
@@ -1005,7 +1024,12 @@ fn print_report(r: &Report) {
             );
         }
         let plain: Vec<&Run> = r.runs.iter().filter(|run| run.scraped_every_ms.is_none()).collect();
-        if let (Some(a), Some(b)) = (plain.first(), plain.get(1)) {
+        let first_of = |k: usize| plain.iter().find(|p| p.processes == k);
+        let mut counts: Vec<usize> = plain.iter().map(|p| p.processes).collect();
+        counts.dedup();
+        if let (Some(a), Some(b)) =
+            (counts.first().and_then(|k| first_of(*k)), counts.get(1).and_then(|k| first_of(*k)))
+        {
             println!(
                 "\nscaling {} → {} processes per pool: ×{:.2}",
                 a.processes,
@@ -1013,15 +1037,25 @@ fn print_report(r: &Report) {
                 b.throughput / a.throughput.max(0.001)
             );
         }
-        for scraped in r.runs.iter().filter(|run| run.scraped_every_ms.is_some()) {
-            if let Some(base) = plain.iter().find(|p| p.processes == scraped.processes) {
-                let ratio = scraped.throughput / base.throughput.max(0.001);
+        for k in counts {
+            let mean = |scraped: bool| {
+                let t: Vec<f64> = r
+                    .runs
+                    .iter()
+                    .filter(|run| run.processes == k && run.scraped_every_ms.is_some() == scraped)
+                    .map(|run| run.throughput)
+                    .collect();
+                (!t.is_empty()).then(|| t.iter().sum::<f64>() / t.len() as f64)
+            };
+            let scraped: Vec<&Run> =
+                r.runs.iter().filter(|run| run.processes == k && run.scraped_every_ms.is_some()).collect();
+            if let (Some(with), Some(without), Some(first)) = (mean(true), mean(false), scraped.first()) {
+                let ratio = with / without.max(0.001);
                 println!(
-                    "metrics overhead, {} process(es)/pool, /metrics scraped every {} ms ({} scrapes): throughput ×{:.3} ({:+.1} %)",
-                    scraped.processes,
-                    scraped.scraped_every_ms.unwrap_or_default(),
-                    scraped.scrapes,
-                    ratio,
+                    "metrics overhead, {k} process(es)/pool, /metrics of every worker scraped every {} ms ({} scrapes): \
+                     throughput {with:.1} vs {without:.1} req/s without, ×{ratio:.3} ({:+.1} %)",
+                    first.scraped_every_ms.unwrap_or_default(),
+                    scraped.iter().map(|run| run.scrapes).sum::<usize>(),
                     (ratio - 1.0) * 100.0
                 );
             }

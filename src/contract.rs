@@ -24,6 +24,13 @@ pub const EXCHANGE_PAYMENTS: &str = "qyzmet.payments";
 pub const EXCHANGE_DECISIONS: &str = "qyzmet.decisions";
 /// Exchange qyzmet publishes Outcomes to.
 pub const EXCHANGE_OUTCOMES: &str = "qyzmet.outcomes";
+/// Routing key of every PaymentNotice on [`EXCHANGE_PAYMENTS`].
+pub const ROUTING_KEY_PAYMENT: &str = "payment.confirmed";
+
+/// Routing key of a Decision on [`EXCHANGE_DECISIONS`] for a service (`decision.<service>`).
+pub fn decision_routing_key(service: &str) -> String {
+    format!("decision.{service}")
+}
 
 macro_rules! code_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {

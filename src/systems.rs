@@ -347,10 +347,11 @@ impl Systems {
             user(&s.user)?;
             let (exchange, keys): (&str, Vec<String>) = match s.kind {
                 Kind::Portal | Kind::ProviderWorkstation | Kind::Centre => (EXCHANGE_REQUESTS, services_of(s)),
-                Kind::PaymentGateway => (EXCHANGE_PAYMENTS, vec!["payment.confirmed".into()]),
-                Kind::StaffApplication => {
-                    (EXCHANGE_DECISIONS, services_of(s).iter().map(|x| format!("decision.{x}")).collect())
-                }
+                Kind::PaymentGateway => (EXCHANGE_PAYMENTS, vec![crate::contract::ROUTING_KEY_PAYMENT.into()]),
+                Kind::StaffApplication => (
+                    EXCHANGE_DECISIONS,
+                    services_of(s).iter().map(|x| crate::contract::decision_routing_key(x)).collect(),
+                ),
                 Kind::OutcomeReader => {
                     let names: Vec<String> = s.queues.iter().map(|q| q.name.clone()).collect();
                     permissions.push(json!({ "user": s.user, "vhost": vhost,

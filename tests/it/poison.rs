@@ -370,8 +370,18 @@ async fn staff_decisions_and_payment_notices_that_parse_are_not_poison() {
     for i in 0..BATCH {
         let mut huge = payment(target, &format!("P-{i}"));
         huge["amount"] = json!("99999999999999.99");
-        env.publish_raw(EXCHANGE_PAYMENTS, "payment.confirmed", serde_json::to_vec(&huge).expect("json")).await;
-        env.publish_raw(EXCHANGE_DECISIONS, "decision.medical-licence", b"{\"request_id\": 1}".to_vec()).await;
+        env.publish_raw(
+            EXCHANGE_PAYMENTS,
+            qyzmet::contract::ROUTING_KEY_PAYMENT,
+            serde_json::to_vec(&huge).expect("json"),
+        )
+        .await;
+        env.publish_raw(
+            EXCHANGE_DECISIONS,
+            &qyzmet::contract::decision_routing_key("medical-licence"),
+            b"{\"request_id\": 1}".to_vec(),
+        )
+        .await;
     }
     let reasons = dead_letter_reasons(&env, 2 * BATCH).await;
     assert_eq!(reasons.iter().filter(|r| *r == "invalid_payment_notice").count(), BATCH, "{reasons:?}");

@@ -146,7 +146,9 @@ async fn each_system_may_publish_only_where_the_systems_file_says_and_the_broker
         Ok(())
     );
     // A portal may not write to the payments exchange …
-    let e = publish_as(&portal, EXCHANGE_PAYMENTS, "payment.confirmed", &payment(id_of(&ok), "P-1")).await.unwrap_err();
+    let e = publish_as(&portal, EXCHANGE_PAYMENTS, qyzmet::contract::ROUTING_KEY_PAYMENT, &payment(id_of(&ok), "P-1"))
+        .await
+        .unwrap_err();
     assert!(e.contains("ACCESS_REFUSED"), "{e}");
     // … nor use a service routing key it was not given (topic permission) …
     let e = publish_as(&portal, EXCHANGE_REQUESTS, "archive-certificate", &ok).await.unwrap_err();
@@ -161,7 +163,7 @@ async fn each_system_may_publish_only_where_the_systems_file_says_and_the_broker
     let e = publish_as(&pshep, EXCHANGE_REQUESTS, "doctor-appointment", &ok).await.unwrap_err();
     assert!(e.contains("ACCESS_REFUSED"), "{e}");
     let staff = world.connect(&env, "staff").await;
-    let e = publish_as(&staff, EXCHANGE_PAYMENTS, "payment.confirmed", &ok).await.unwrap_err();
+    let e = publish_as(&staff, EXCHANGE_PAYMENTS, qyzmet::contract::ROUTING_KEY_PAYMENT, &ok).await.unwrap_err();
     assert!(e.contains("ACCESS_REFUSED"), "{e}");
 
     // The allowed request went through, and its submitter is recorded.
@@ -294,7 +296,9 @@ async fn payment_notices_and_decisions_count_only_from_the_gateway_and_staff_app
     assert_eq!(headers.get("x-qyzmet-reason").map(String::as_str), Some("sender_not_allowed"), "{headers:?}");
     assert!(payments_of(&env, id_of(&lic)).await.is_empty(), "the fake payment was not recorded");
     // The gateway's notice is.
-    publish_as(&pshep, EXCHANGE_PAYMENTS, "payment.confirmed", &payment(id_of(&lic), "P-REAL")).await.expect("publish");
+    publish_as(&pshep, EXCHANGE_PAYMENTS, qyzmet::contract::ROUTING_KEY_PAYMENT, &payment(id_of(&lic), "P-REAL"))
+        .await
+        .expect("publish");
     env.wait_step(id_of(&lic), "review").await;
     env.wait_state(id_of(&lic), "waiting").await;
     // A decision published by someone other than a staff application is recorded, not applied.
@@ -305,7 +309,9 @@ async fn payment_notices_and_decisions_count_only_from_the_gateway_and_staff_app
     // The staff application's decision is applied.
     let mut d = decision(id_of(&lic), "approve");
     sign_as(&format!("staff-{}", who::AKTOBE_HEALTH), &mut d);
-    publish_as(&staff, EXCHANGE_DECISIONS, "decision.medical-licence", &d).await.expect("publish");
+    publish_as(&staff, EXCHANGE_DECISIONS, &qyzmet::contract::decision_routing_key("medical-licence"), &d)
+        .await
+        .expect("publish");
     assert_eq!(env.final_outcome(id_of(&lic)).await.status, Status::Completed);
     for b in [portal, pshep, staff] {
         b.close().await;

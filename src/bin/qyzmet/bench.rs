@@ -488,14 +488,18 @@ async fn outcome_listener(
             // Answer as the payment gateway and as staff.
             let id = o.request_id;
             let msg = match act.as_str() {
-                "payment" => Some((EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), demo::payment_notice(id))),
+                "payment" => Some((
+                    EXCHANGE_PAYMENTS,
+                    qyzmet::contract::ROUTING_KEY_PAYMENT.to_owned(),
+                    demo::payment_notice(id),
+                )),
                 "review" if matches!(service.as_str(), "medical-licence" | "archive-certificate") => {
                     let provider =
                         if service == "medical-licence" { demo::AKTOBE_HEALTH } else { demo::ASTANA_ARCHIVES };
                     let mut k = keys.lock().await;
                     demo::staff_decision(&mut k, &format!("staff-{provider}"), id, true)
                         .ok()
-                        .map(|b| (EXCHANGE_DECISIONS, format!("decision.{service}"), b))
+                        .map(|b| (EXCHANGE_DECISIONS, qyzmet::contract::decision_routing_key(&service), b))
                 }
                 _ => None,
             };

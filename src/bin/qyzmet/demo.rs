@@ -735,8 +735,14 @@ pub async fn run(
     );
     for s in &scenarios {
         if let (Some(id), Act::PayFirstApprove) = (s.id, s.act) {
-            publish(&senders.gateway, EXCHANGE_PAYMENTS, "payment.confirmed", format!("pay-{id}"), payment_notice(id))
-                .await?;
+            publish(
+                &senders.gateway,
+                EXCHANGE_PAYMENTS,
+                qyzmet::contract::ROUTING_KEY_PAYMENT,
+                format!("pay-{id}"),
+                payment_notice(id),
+            )
+            .await?;
         }
     }
     for s in &mut scenarios {
@@ -770,8 +776,14 @@ pub async fn run(
             && matches!(act, Act::PayApprove | Act::PayRefuse)
             && answered.insert((id, "pay"), ()).is_none()
         {
-            publish(&senders.gateway, EXCHANGE_PAYMENTS, "payment.confirmed", format!("pay-{id}"), payment_notice(id))
-                .await?;
+            publish(
+                &senders.gateway,
+                EXCHANGE_PAYMENTS,
+                qyzmet::contract::ROUTING_KEY_PAYMENT,
+                format!("pay-{id}"),
+                payment_notice(id),
+            )
+            .await?;
         }
         if step == "review"
             && act != Act::None
@@ -779,7 +791,7 @@ pub async fn run(
             && answered.insert((id, "decide"), ()).is_none()
         {
             let staff = format!("staff-{provider}");
-            let key = format!("decision.{service}");
+            let key = qyzmet::contract::decision_routing_key(&service);
             if act == Act::ImpostorThenApprove {
                 let fake = staff_decision(&mut keys, "impostor-011040000330", id, true)?;
                 publish(&senders.staff, EXCHANGE_DECISIONS, &key, format!("fake-{id}"), fake).await?;

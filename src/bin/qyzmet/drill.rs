@@ -148,13 +148,25 @@ fn poison_parts(keys: &mut Keys, kind: &'static str, i: usize) -> anyhow::Result
         "huge_payment_amount" => {
             let v = json!({ "payment_id": id, "request_id": Uuid::new_v4().to_string(), "amount": "99999999999999.00",
                 "currency": "KZT", "paid_at": qyzmet::contract::now_local().to_rfc3339(), "payer": { "bin": demo::CLINIC } });
-            (EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), id.clone(), serde_json::to_vec(&v)?, None)
+            (
+                EXCHANGE_PAYMENTS,
+                qyzmet::contract::ROUTING_KEY_PAYMENT.to_owned(),
+                id.clone(),
+                serde_json::to_vec(&v)?,
+                None,
+            )
         }
         _ => {
             let mut v = json!({ "decision_id": id, "request_id": Uuid::new_v4().to_string(), "decision": "refuse",
                 "reason": { "ru": "\u{0}", "kk": "жоқ" }, "decided_at": qyzmet::contract::now_local().to_rfc3339() });
             keys.sign(&format!("staff-{}", demo::AKTOBE_HEALTH), &mut v)?;
-            (EXCHANGE_DECISIONS, "decision.medical-licence".to_owned(), id.clone(), serde_json::to_vec(&v)?, None)
+            (
+                EXCHANGE_DECISIONS,
+                qyzmet::contract::decision_routing_key("medical-licence"),
+                id.clone(),
+                serde_json::to_vec(&v)?,
+                None,
+            )
         }
     })
 }
@@ -266,7 +278,7 @@ async fn answer(
             let m = if step == "payment" {
                 message(
                     EXCHANGE_PAYMENTS,
-                    "payment.confirmed".into(),
+                    qyzmet::contract::ROUTING_KEY_PAYMENT.into(),
                     format!("drill-pay-{id}"),
                     demo::payment_notice(id),
                 )
@@ -274,7 +286,12 @@ async fn answer(
                 let provider = if service == "medical-licence" { demo::AKTOBE_HEALTH } else { demo::ASTANA_ARCHIVES };
                 let mut k = keys.lock().await;
                 let Ok(body) = demo::staff_decision(&mut k, &format!("staff-{provider}"), id, true) else { continue };
-                message(EXCHANGE_DECISIONS, format!("decision.{service}"), format!("drill-dec-{id}"), body)
+                message(
+                    EXCHANGE_DECISIONS,
+                    qyzmet::contract::decision_routing_key(&service),
+                    format!("drill-dec-{id}"),
+                    body,
+                )
             };
             if publish_surely(broker, m, stop).await {
                 answered.insert((id, step), Instant::now());

@@ -440,10 +440,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let value: serde_json::Value = serde_json::from_slice(&bytes).context("the file is not JSON")?;
             let id = value.get("request_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let (exchange, key, message_id) = if let Some(p) = value.get("payment_id").and_then(|v| v.as_str()) {
-                (EXCHANGE_PAYMENTS, "payment.confirmed".to_owned(), p.to_owned())
+                (EXCHANGE_PAYMENTS, qyzmet::contract::ROUTING_KEY_PAYMENT.to_owned(), p.to_owned())
             } else if let Some(d) = value.get("decision_id").and_then(|v| v.as_str()) {
                 let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("any");
-                (EXCHANGE_DECISIONS, format!("decision.{service}"), d.to_owned())
+                (EXCHANGE_DECISIONS, qyzmet::contract::decision_routing_key(service), d.to_owned())
             } else {
                 let service = value.get("service").and_then(|v| v.as_str()).unwrap_or("unknown");
                 (EXCHANGE_REQUESTS, service.to_owned(), id.clone())

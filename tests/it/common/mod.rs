@@ -494,7 +494,12 @@ impl TestEnv {
 
     /// Publishes a PaymentNotice.
     pub async fn publish_payment(&self, notice: &Value) {
-        self.publish_raw(EXCHANGE_PAYMENTS, "payment.confirmed", serde_json::to_vec(notice).expect("json")).await;
+        self.publish_raw(
+            EXCHANGE_PAYMENTS,
+            qyzmet::contract::ROUTING_KEY_PAYMENT,
+            serde_json::to_vec(notice).expect("json"),
+        )
+        .await;
     }
 
     /// Publishes a Decision, signed by staff of the request's provider unless it already carries
@@ -509,7 +514,7 @@ impl TestEnv {
         let decision = &decision;
         self.publish_raw(
             EXCHANGE_DECISIONS,
-            &format!("decision.{service}"),
+            &qyzmet::contract::decision_routing_key(service),
             serde_json::to_vec(decision).expect("json"),
         )
         .await;

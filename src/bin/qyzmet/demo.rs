@@ -523,6 +523,12 @@ pub(crate) async fn publish(p: &Publisher, exchange: &str, key: &str, id: String
     p.publish_all(&[m]).await.context("publish")
 }
 
+/// Publishes the payment gateway's notice for a request.
+async fn pay(gateway: &Publisher, id: Uuid) -> anyhow::Result<()> {
+    publish(gateway, EXCHANGE_PAYMENTS, qyzmet::contract::ROUTING_KEY_PAYMENT, format!("pay-{id}"), payment_notice(id))
+        .await
+}
+
 pub(crate) fn payment_notice(id: Uuid) -> Vec<u8> {
     let v = json!({ "payment_id": format!("PSHEP-{}", &id.simple().to_string()[..10]), "request_id": id.to_string(),
         "amount": "20000.00", "currency": "KZT", "paid_at": now_local().to_rfc3339(), "payer": { "bin": CLINIC } });
@@ -735,14 +741,7 @@ pub async fn run(
     );
     for s in &scenarios {
         if let (Some(id), Act::PayFirstApprove) = (s.id, s.act) {
-            publish(
-                &senders.gateway,
-                EXCHANGE_PAYMENTS,
-                qyzmet::contract::ROUTING_KEY_PAYMENT,
-                format!("pay-{id}"),
-                payment_notice(id),
-            )
-            .await?;
+            pay(&senders.gateway, id).await?;
         }
     }
     for s in &mut scenarios {
@@ -776,14 +775,7 @@ pub async fn run(
             && matches!(act, Act::PayApprove | Act::PayRefuse)
             && answered.insert((id, "pay"), ()).is_none()
         {
-            publish(
-                &senders.gateway,
-                EXCHANGE_PAYMENTS,
-                qyzmet::contract::ROUTING_KEY_PAYMENT,
-                format!("pay-{id}"),
-                payment_notice(id),
-            )
-            .await?;
+            pay(&senders.gateway, id).await?;
         }
         if step == "review"
             && act != Act::None

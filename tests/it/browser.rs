@@ -153,6 +153,14 @@ async fn a_person_signs_in_sees_the_traffic_finds_a_request_with_its_deadlines_a
     c.goto(&format!("{base}/console/requests")).await.expect("goto");
     c.find(Locator::Css("input[name=q]")).await.expect("search box").send_keys(&number).await.expect("type");
     c.find(Locator::Css("form.search button")).await.expect("search").click().await.expect("click");
+    // The unfiltered list already shows the request: wait for the results page, or the link
+    // found could belong to the page being left.
+    let searched = async {
+        while !c.current_url().await.expect("url").as_str().contains("q=") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, searched).await.expect("the search results load");
     c.wait()
         .for_element(Locator::LinkText(&number))
         .await

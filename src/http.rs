@@ -83,7 +83,7 @@ async fn readyz(State(s): State<Surface>) -> Response {
 }
 
 /// Queue depths are read from the broker when Prometheus asks (a passive declare per queue),
-/// at most every [`QUEUE_STATS_EVERY`].
+/// and the console's open dead letters from PostgreSQL, at most every [`QUEUE_STATS_EVERY`].
 async fn metrics(State(s): State<Surface>) -> Response {
     {
         let mut cached = s.queue_stats.lock().await;
@@ -91,6 +91,12 @@ async fn metrics(State(s): State<Surface>) -> Response {
             && let Ok(stats) = tokio::time::timeout(PROBE_TIMEOUT, crate::broker::queue_stats(&s.broker)).await
         {
             stats.iter().for_each(crate::metrics::queue);
+            // The console's open dead letters, on the same schedule (not once per moved letter).
+            if let Some(c) = &s.console
+                && let Ok(open) = c.ctx.store.open_dead_letters().await
+            {
+                crate::metrics::dead_letters_open(open);
+            }
             *cached = Some((std::time::Instant::now(), stats));
         }
     }

@@ -26,14 +26,8 @@ pub struct DeadLetterMover;
 impl Handler for DeadLetterMover {
     fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
         Box::pin(async move {
-            let row = new_dead_letter(msg);
-            match ctx.store.insert_dead_letter(&row).await {
-                Ok(_) => {
-                    if let Ok(open) = ctx.store.open_dead_letters().await {
-                        crate::metrics::dead_letters_open(open);
-                    }
-                    Disposition::Ack
-                }
+            match ctx.store.insert_dead_letter(&new_dead_letter(msg)).await {
+                Ok(_) => Disposition::Ack,
                 Err(e) => Disposition::Retry { error: format!("cannot store a dead letter: {e}") },
             }
         })
@@ -44,7 +38,7 @@ impl Handler for DeadLetterMover {
 /// `x-qyzmet-*` headers; those the broker dead-lettered (its delivery limit) carry
 /// `x-first-death-*`.
 pub fn new_dead_letter(msg: &Incoming) -> NewDeadLetter {
-    let header = |name: &str| msg.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let header = |name: &str| msg.header(name).map(str::to_owned);
     let reason =
         header("x-qyzmet-reason").or_else(|| header("x-first-death-reason")).unwrap_or_else(|| "unknown".into());
     let source_queue =

@@ -707,18 +707,18 @@ async fn deadlines_csv(State(c): State<Arc<Console>>, _who: Principal, Query(q):
 
 async fn waiting(State(c): State<Arc<Console>>, who: Principal) -> Page {
     let rows = c.ctx.store.awaiting_decisions().await?;
-    let mut providers: Vec<&str> = rows.iter().map(|r| r.provider.as_deref().unwrap_or("—")).collect();
-    providers.dedup();
-    providers.sort_unstable();
-    providers.dedup();
+    // Rows come soonest deadline first; grouping keeps that order within each provider.
+    let mut providers: std::collections::BTreeMap<&str, Vec<&crate::store::AwaitingDecision>> = Default::default();
+    for r in &rows {
+        providers.entry(r.provider.as_deref().unwrap_or("—")).or_default().push(r);
+    }
     let body = html! {
         p.note { (plural(rows.len(), "request awaits", "requests await")) " a staff decision. Soonest deadline first, per provider (BIN of the organisation)." }
-        @for p in &providers {
-            @let mine: Vec<_> = rows.iter().filter(|r| r.provider.as_deref().unwrap_or("—") == *p).collect();
+        @for (p, mine) in &providers {
             h2 { "Provider " span.mono { (p) } " (" (mine.len()) ")" }
             table {
                 thead { tr { th { "Number" } th { "Service" } th { "Region" } th { "Waiting since" } th { "Deadline" } th { "Left" } } }
-                tbody { @for r in &mine { tr {
+                tbody { @for r in mine.iter() { tr {
                     td { a href={ "/console/requests/" (r.request_id) } { (r.request_number.as_deref().unwrap_or("—")) } }
                     td { (r.service) } td { (r.region) } td { (at(r.since)) } td { (at_opt(r.step_deadline)) }
                     td { (left(r.step_deadline)) } } } }
@@ -801,13 +801,16 @@ async fn dead_letter_list(State(c): State<Arc<Console>>, who: Principal, Query(q
     Ok(layout("Dead letters", &who, "/console/dead-letters", refresh, body))
 }
 
+/// One dead letter, or 404.
+async fn letter(c: &Console, id: i64) -> Result<crate::store::DeadLetter, ConsoleError> {
+    c.ctx.store.dead_letter(id).await?.ok_or_else(|| ConsoleError::NotFound(format!("no dead letter {id}")))
+}
+
 /// Most characters of a body the preview shows.
 const PREVIEW_CHARS: usize = 4000;
 
 async fn dead_letter_page(State(c): State<Arc<Console>>, who: Principal, Path(id): Path<i64>) -> Page {
-    let Some(d) = c.ctx.store.dead_letter(id).await? else {
-        return Err(ConsoleError::NotFound(format!("no dead letter {id}")));
-    };
+    let d = letter(&c, id).await?;
     let csrf = who.csrf.clone().unwrap_or_default();
     let operator = who.role == super::Role::Operator && who.csrf.is_some();
     let headers: Vec<(String, String)> = d
@@ -856,7 +859,7 @@ async fn replay_one(
 ) -> Page {
     who.check_csrf(&f.csrf)?;
     who.require_operator()?;
-    let d = c.ctx.store.dead_letter(id).await?.ok_or_else(|| ConsoleError::NotFound(format!("no dead letter {id}")))?;
+    let d = letter(&c, id).await?;
     dead_letters::replay(&c, &who, &d).await?;
     Ok(Redirect::to(&format!("/console/dead-letters/{id}")).into_response())
 }
@@ -875,7 +878,7 @@ async fn discard_one(
 ) -> Page {
     who.check_csrf(&f.csrf)?;
     who.require_operator()?;
-    let d = c.ctx.store.dead_letter(id).await?.ok_or_else(|| ConsoleError::NotFound(format!("no dead letter {id}")))?;
+    let d = letter(&c, id).await?;
     let why = crate::contract::storable_text(&f.why, 1000);
     dead_letters::discard(&c, &who, &d, &why).await?;
     Ok(Redirect::to(&format!("/console/dead-letters/{id}")).into_response())

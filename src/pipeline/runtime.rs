@@ -47,10 +47,8 @@ pub struct Incoming {
     /// How many times the broker handed it out before without it being settled
     /// (`x-delivery-count`, set by quorum queues; 0 on a first delivery).
     pub delivery_count: u32,
-    /// For a dead letter an operator replayed (`x-qyzmet-replayed-for`): the broker user that
-    /// first published it. Believed only from qyzmet's own broker user, see [`Incoming::sender`].
-    pub replayed_for: Option<String>,
-    /// Every header, as text (made storable and bounded): what a dead letter keeps.
+    /// Every header, as text (made storable and bounded): what a dead letter keeps, and where
+    /// [`Incoming::sender`] finds `x-qyzmet-replayed-for`.
     pub headers: Vec<(String, String)>,
 }
 
@@ -69,10 +67,6 @@ impl Incoming {
             })
             .filter(|t| is_traceparent(t));
         let delivery_count = header("x-delivery-count").and_then(|v| amqp_count(&v)).unwrap_or(0);
-        let replayed_for = header("x-qyzmet-replayed-for").and_then(|v| match v {
-            AMQPValue::LongString(s) => Some(storable_text(&s.to_string(), 255)),
-            _ => None,
-        });
         Incoming {
             data: d.data.clone(),
             user_id: d.properties.user_id().as_ref().map(|s| storable_text(s.as_str(), 255)),
@@ -81,7 +75,6 @@ impl Incoming {
             routing_key: storable_text(d.routing_key.as_str(), 255),
             redelivered: d.redelivered,
             delivery_count,
-            replayed_for,
             headers: d
                 .properties
                 .headers()
@@ -101,12 +94,15 @@ impl Incoming {
     /// re-published — then the system that first published it. The broker lets no one else
     /// publish as qyzmet's user, so no upstream system can claim to replay for another.
     pub fn sender<'a>(&'a self, ctx: &Ctx) -> Option<&'a str> {
-        match (&self.replayed_for, &ctx.systems) {
-            (Some(original), Some(systems)) if self.user_id.as_deref() == Some(systems.own_user()) => {
-                Some(original.as_str())
-            }
+        match (self.header("x-qyzmet-replayed-for"), &ctx.systems) {
+            (Some(original), Some(systems)) if self.user_id.as_deref() == Some(systems.own_user()) => Some(original),
             _ => self.user_id.as_deref(),
         }
+    }
+
+    /// A header's text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 

@@ -3,19 +3,15 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` set the binary exports its spans over OTLP/HTTP with the
 //! sender's span as their parent.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use qyzmet::broker::Message;
-use qyzmet::contract::{EXCHANGE_OUTCOMES, EXCHANGE_REQUESTS, Outcome, Status};
+use qyzmet::contract::{EXCHANGE_REQUESTS, Status};
 use qyzmet::pipeline::runtime::is_traceparent;
 
 use crate::common::*;
@@ -32,70 +28,6 @@ fn unique_traceparent() -> String {
     let t = Uuid::new_v4().simple().to_string();
     let s = &Uuid::new_v4().simple().to_string()[..16];
     format!("00-{t}-{s}-01")
-}
-
-/// An Outcome's status and its `traceparent` header.
-type Traced = (Status, Option<String>);
-
-/// Every Outcome delivery with its `traceparent` header, by request.
-#[derive(Clone, Default)]
-struct OutcomeHeaders {
-    seen: Arc<Mutex<HashMap<Uuid, Vec<Traced>>>>,
-    arrived: Arc<Notify>,
-}
-
-impl OutcomeHeaders {
-    async fn listen(env: &TestEnv) -> OutcomeHeaders {
-        let me = OutcomeHeaders::default();
-        let ch = env.broker().channel().await.expect("channel");
-        ch.queue_declare("test.traces".into(), QueueDeclareOptions::default(), FieldTable::default())
-            .await
-            .expect("queue");
-        ch.queue_bind(
-            "test.traces".into(),
-            EXCHANGE_OUTCOMES.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-        let mut consumer = ch
-            .basic_consume("test.traces".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .expect("consume");
-        let (seen, arrived) = (me.seen.clone(), me.arrived.clone());
-        tokio::spawn(async move {
-            let _keep = ch;
-            while let Some(Ok(d)) = consumer.next().await {
-                let tp = d.properties.headers().as_ref().and_then(|h| match h.inner().get("traceparent") {
-                    Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                    Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
-                    _ => None,
-                });
-                if let Ok(out) = serde_json::from_slice::<Outcome>(&d.data) {
-                    seen.lock().await.entry(out.request_id).or_default().push((out.status, tp));
-                }
-                arrived.notify_waiters();
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
-            }
-        });
-        me
-    }
-
-    /// The request's Outcomes with their `traceparent`s, once its final one arrived here.
-    async fn until_final(&self, id: Uuid) -> Vec<Traced> {
-        let wait = async {
-            loop {
-                let notified = self.arrived.notified();
-                if let Some(v) = self.seen.lock().await.get(&id).filter(|v| v.iter().any(|(s, _)| s.is_final())) {
-                    return v.clone();
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(EVENT_TIMEOUT, wait).await.unwrap_or_else(|_| panic!("no final Outcome of {id}"))
-    }
 }
 
 fn signed_request() -> Value {
@@ -123,7 +55,6 @@ async fn publish(env: &TestEnv, request: &Value, traceparent: Option<String>) {
 #[tokio::test]
 async fn every_outcome_carries_a_traceparent_of_the_requests_trace_new_or_continued() {
     let env = TestEnv::new().await;
-    let headers = OutcomeHeaders::listen(&env).await;
     let app = env.start_all().await;
     let incoming = unique_traceparent();
     let (trace, _, _) = parts(&incoming);
@@ -134,7 +65,7 @@ async fn every_outcome_carries_a_traceparent_of_the_requests_trace_new_or_contin
     assert_eq!(env.final_outcome(id_of(&traced)).await.status, Status::Completed);
     assert_eq!(env.final_outcome(id_of(&untraced)).await.status, Status::Completed);
 
-    let outcomes = headers.until_final(id_of(&traced)).await;
+    let outcomes = env.outcome_traceparents(id_of(&traced)).await;
     assert!(outcomes.len() >= 3, "registered, in progress and completed: {outcomes:?}");
     for (status, tp) in &outcomes {
         let tp = tp.as_deref().unwrap_or_else(|| panic!("{status:?} Outcome without a traceparent"));
@@ -147,7 +78,7 @@ async fn every_outcome_carries_a_traceparent_of_the_requests_trace_new_or_contin
     assert_eq!(row.traceparent.as_deref(), Some(incoming.as_str()), "the incoming traceparent is kept");
 
     // Without one, intake starts a trace, keeps it with the request, and every Outcome is of it.
-    let outcomes = headers.until_final(id_of(&untraced)).await;
+    let outcomes = env.outcome_traceparents(id_of(&untraced)).await;
     let row = env.store.get_request(id_of(&untraced)).await.expect("row").expect("stored");
     let kept = row.traceparent.expect("a new trace is stored at intake");
     assert!(is_traceparent(&kept), "{kept}");
@@ -260,7 +191,6 @@ impl Receiver {
 #[tokio::test]
 async fn with_an_otlp_endpoint_the_binary_exports_its_spans_under_the_senders_span_and_flushes_them_on_sigterm() {
     let env = TestEnv::new().await;
-    let headers = OutcomeHeaders::listen(&env).await;
     let (receiver, addr) = Receiver::start().await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
         .args(["run", "--concurrency", "2"])
@@ -312,7 +242,7 @@ async fn with_an_otlp_endpoint_the_binary_exports_its_spans_under_the_senders_sp
     let r = signed_request();
     publish(&env, &r, Some(incoming.clone())).await;
     assert_eq!(env.final_outcome(id_of(&r)).await.status, Status::Completed);
-    let outcomes = headers.until_final(id_of(&r)).await;
+    let outcomes = env.outcome_traceparents(id_of(&r)).await;
     assert!(receiver.spans().is_empty(), "the batch delay holds spans until shutdown");
 
     // Stop it as an orchestrator does, by its pid.

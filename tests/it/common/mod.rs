@@ -173,28 +173,26 @@ async fn containers() -> Services {
     }
 }
 
+/// An Outcome's status and its `traceparent` header.
+pub type Traced = (Status, Option<String>);
+
 /// A minimal HTTP/1.1 client for the RabbitMQ management API (creating and deleting virtual
 /// hosts, reading queue depths) — enough for tests, without an HTTP dependency.
 pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let base = &services().await.mgmt_url;
     let rest = base.strip_prefix("http://").expect("management URL must be http://user:pass@host:port");
     let (auth, host) = rest.split_once('@').expect("management URL must carry user:pass@");
-    let stream = tokio::net::TcpStream::connect(host).await.expect("management API reachable");
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        base64(auth.as_bytes()),
-        payload.len()
-    );
-    let (status, body) = exchange(stream, &request).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    let basic = format!("Basic {}", base64(auth.as_bytes()));
+    let headers = [("Authorization", basic.as_str()), ("Content-Type", "application/json")];
+    let reply = exchange(host, method, path, &headers, &payload).await;
+    (reply.status, serde_json::from_str(&reply.body).unwrap_or(Value::Null))
 }
 
 /// `GET path` on a qyzmet process's HTTP address: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("the HTTP address answers");
-    exchange(stream, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+    let reply = http(addr, "GET", path, &[], "").await;
+    (reply.status, reply.body)
 }
 
 /// An HTTP answer.
@@ -217,10 +215,15 @@ impl Reply {
 
 /// One HTTP/1.1 request to a qyzmet process with extra header lines and a body.
 pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the HTTP address answers");
+    exchange(&addr.to_string(), method, path, headers, body).await
+}
+
+/// Sends one HTTP/1.1 request to `host` (host:port) and reads the whole answer.
+async fn exchange(host: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("the HTTP address answers");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -238,19 +241,6 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers:
     let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked { dechunk(rest) } else { rest.to_owned() };
     Reply { status, headers, body }
-}
-
-/// Sends one HTTP/1.1 request and reads the whole answer: (status, body).
-async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> (u16, String) {
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
-    (status, body)
 }
 
 fn dechunk(s: &str) -> String {
@@ -303,6 +293,8 @@ pub struct TestEnv {
     /// Every Outcome delivery by `message_id`, repeats included: a repeat must be identical to
     /// the first (the contract allows redelivery, never a different message under one id).
     deliveries: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>,
+    /// The `traceparent` header of every Outcome, by request, in arrival order.
+    traceparents: Arc<Mutex<HashMap<Uuid, Vec<Traced>>>>,
     arrived: Arc<Notify>,
     /// Provider of each published request, to sign decisions as its staff.
     providers: Mutex<HashMap<String, String>>,
@@ -383,7 +375,8 @@ impl TestEnv {
             .await
             .expect("consume outcomes");
         let deliveries: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>> = Arc::new(Mutex::new(HashMap::new()));
-        let (o, a, all) = (outcomes.clone(), arrived.clone(), deliveries.clone());
+        let traceparents: Arc<Mutex<HashMap<Uuid, Vec<Traced>>>> = Default::default();
+        let (o, a, all, tps) = (outcomes.clone(), arrived.clone(), deliveries.clone(), traceparents.clone());
         tokio::spawn(async move {
             let _keep = ch;
             while let Some(Ok(d)) = consumer.next().await {
@@ -397,6 +390,8 @@ impl TestEnv {
                     copies.len() == 1
                 };
                 if first && let Ok(out) = serde_json::from_slice::<Outcome>(&d.data) {
+                    let tp = qyzmet::pipeline::runtime::Incoming::from_delivery(&d).traceparent;
+                    tps.lock().await.entry(out.request_id).or_default().push((out.status, tp));
                     o.lock().await.entry(out.request_id).or_default().push(out);
                 }
                 a.notify_waiters();
@@ -410,6 +405,7 @@ impl TestEnv {
             publisher,
             outcomes,
             deliveries,
+            traceparents,
             arrived,
             providers: Mutex::new(HashMap::new()),
             vhost,
@@ -518,6 +514,13 @@ impl TestEnv {
             serde_json::to_vec(decision).expect("json"),
         )
         .await;
+    }
+
+    /// The status and `traceparent` header of every Outcome of a request, once its final one
+    /// arrived.
+    pub async fn outcome_traceparents(&self, id: Uuid) -> Vec<Traced> {
+        self.final_outcome(id).await;
+        self.traceparents.lock().await.get(&id).cloned().unwrap_or_default()
     }
 
     /// Every Outcome received so far for a request.

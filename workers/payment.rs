@@ -71,10 +71,9 @@ async fn record(ctx: &Ctx, n: &PaymentNotice, submitter: Option<&str>) -> Result
         let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
         if at_payment && let Ok((_, route)) = load(ctx, &row) {
             let facts = json!({ "paid": true, "payment_id": n.payment_id });
-            pending = Some(
+            pending =
                 transition::advance(&mut tx, &row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id })))
-                    .await?,
-            );
+                    .await?;
         }
     }
     tracing::info!(request_id = %n.request_id, payment_id = %n.payment_id, payer = %payer, applied = pending.is_some(), "payment recorded");

@@ -108,7 +108,9 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                 } else {
                     let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
                     pending = Some(match d.decision {
-                        Verdict::Approve => transition::advance(&mut tx, row, &route, None, Some(detail)).await?,
+                        Verdict::Approve => {
+                            transition::advance(&mut tx, row, &route, None, Some(detail)).await?.unwrap_or_default()
+                        }
                         Verdict::Refuse => {
                             let key = step.and_then(|s| s.refusal.clone()).unwrap_or_default();
                             let reason = transition::regulation_reason(&route, &key, d.reason.as_ref());

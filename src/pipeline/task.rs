@@ -134,7 +134,7 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     crate::metrics::step_duration(step_name, started.elapsed());
     match outcome {
-        Ok(Ok(Ok(result))) => match apply(ctx, &row, step_name, result).await {
+        Ok(Ok(Ok(result))) => match apply(ctx, &row, &route, step_name, result).await {
             Err(e) if !e.is_transient() => refuse_invalid(ctx, &row, step_name, &e).await,
             other => other,
         },
@@ -167,32 +167,46 @@ fn run_step<'a>(
     }
 }
 
-/// Applies a step's answer under the row lock.
-async fn apply(ctx: &Ctx, row: &RequestRow, step_name: &str, outcome: StepOutcome) -> Result<(), Failure> {
-    let mut tx = ctx.store.begin().await?;
-    if step_name == "payment" {
-        Store::lock_request_id(&mut tx, row.request_id).await?;
+/// Applies a step's answer, if the request is still where the step saw it.
+///
+/// Going on to the next step — three hops in four — is one statement guarded by the request's
+/// position, so it takes no lock beforehand and commits on its own. Every other answer locks
+/// the row and checks the position first ([`claim`]).
+///
+/// Waiting is the same for every step that waits: the row becomes `waiting`, and the event
+/// it waits for (a PaymentNotice, a staff Decision) moves it on. The event's handler locks the
+/// row after recording the event, so an event recorded while the step was looking either finds
+/// the request still queued and moves it on itself (this task then finds it moved), or finds it
+/// waiting once this transaction commits.
+async fn apply(
+    ctx: &Ctx,
+    row: &RequestRow,
+    route: &Route<'_>,
+    step_name: &str,
+    outcome: StepOutcome,
+) -> Result<(), Failure> {
+    if let StepOutcome::Pass { facts } = outcome {
+        let mut conn = ctx.store.pool().acquire().await?;
+        if let Some(p) = transition::advance(&mut conn, row, route, facts, None).await? {
+            drop(conn);
+            ctx.outbox.flush(p).await;
+        }
+        return Ok(());
     }
+    let mut tx = ctx.store.begin().await?;
     if !claim(&mut tx, row).await? {
         return Ok(());
     }
-    let (_, route) = load(ctx, row)?;
     let pending = match outcome {
-        StepOutcome::Pass { facts } => Some(transition::advance(&mut tx, row, &route, facts, None).await?),
+        StepOutcome::Pass { .. } => None,
         StepOutcome::Refuse { refusal, note, detail } => {
-            let reason = transition::regulation_reason(&route, &refusal, note.as_ref());
+            let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
             transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
-            // A payment committed after the step looked is visible now (the advisory lock
-            // orders this against the notice handler).
-            if step_name == "payment" && !Store::payments_for(&mut tx, row.request_id).await?.is_empty() {
-                Some(transition::advance(&mut tx, row, &route, Some(json!({ "paid": true })), None).await?)
-            } else {
-                transition::wait(&mut tx, row, step_name, None).await?;
-                None
-            }
+            transition::wait(&mut tx, row, step_name, None).await?;
+            None
         }
         StepOutcome::Complete { document } => {
             let year = now_local().format("%Y");
@@ -277,22 +291,17 @@ async fn refuse_if_current(
     Ok(refused)
 }
 
-/// The refusal for a request whose step deadline passed: the step's own refusal where the
-/// regulation defines one for this case (no payment by the deadline → L2), otherwise
+/// The refusal for a request whose step deadline passed: the step's `deadline_refusal` where the
+/// regulation defines one (no payment by the deadline → L2), otherwise
 /// `deadline_exceeded` naming the step and its deadline. (step, reason, audit detail).
 fn deadline_refusal(ctx: &Ctx, row: &RequestRow, why: &str) -> (String, crate::contract::Reason, serde_json::Value) {
     let step_name = row.step.clone().unwrap_or_else(|| "intake".into());
     let deadline = row.step_deadline.map(crate::contract::to_local);
     let detail = json!({ "why": why, "deadline": deadline });
-    let reason = match load(ctx, row) {
-        Ok((_, route)) => match route.step(row.step_index as usize) {
-            Some(s) if s.pool == PoolName::Payment => {
-                s.refusal.as_deref().map(|key| transition::regulation_reason(&route, key, None))
-            }
-            _ => None,
-        },
-        Err(_) => None,
-    };
+    let reason = load(ctx, row).ok().and_then(|(_, route)| {
+        let key = route.step(row.step_index as usize)?.deadline_refusal.as_deref()?;
+        Some(transition::regulation_reason(&route, key, None))
+    });
     let reason = reason.unwrap_or_else(|| {
         let when = deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
         transition::common_reason(&ctx.regs, "deadline_exceeded", &format!("{step_name} (deadline {when})"))

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::broker::{EXCHANGE_WORK, Message, pool_name};
 use crate::contract::{EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local};
 use crate::regulations::{Regulations, Route, code_of};
-use crate::store::{FinalOutcome, RequestRow, Store};
+use crate::store::{FinalOutcome, RequestRow, StepExit, Store};
 
 use super::{Failure, Task};
 
@@ -220,14 +220,16 @@ pub fn common_reason(regs: &Regulations, kind: &str, detail: &str) -> Reason {
     }
 }
 
-/// Moves a request from its current step to the next one and queues it.
+/// Moves a request from its current step to the next one and queues it, if it is still where
+/// `row` saw it; `None` if it had moved (a duplicate task, a payment or a decision that came
+/// first). One statement: on a plain connection it is its own transaction.
 pub async fn advance(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     row: &RequestRow,
     route: &Route<'_>,
     add_facts: Option<Value>,
     detail: Option<Value>,
-) -> Result<Pending, Failure> {
+) -> Result<Option<Pending>, Failure> {
     let now = Utc::now();
     let current = route.step(row.step_index as usize).map(|s| pool_name(s.pool)).unwrap_or("?");
     let next_index = row.step_index + 1;
@@ -249,16 +251,19 @@ pub async fn advance(
     );
     let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
     let messages = vec![status, task];
-    let ids = Store::advance(
-        tx,
-        row.request_id,
-        (row.step_index, current, row.step_deadline, detail.as_ref()),
-        (next_index, next_name, deadline),
-        &facts,
-        &messages,
-    )
-    .await?;
-    Ok(Pending { ids, messages, finals: Vec::new() })
+    let from = StepExit {
+        state: &row.state,
+        step_index: row.step_index,
+        attempts: row.attempts,
+        step: current,
+        deadline: row.step_deadline,
+        detail: detail.as_ref(),
+    };
+    let ids = Store::advance(conn, row.request_id, &from, (next_index, next_name, deadline), &facts, &messages).await?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Pending { ids, messages, finals: Vec::new() }))
 }
 
 /// Ends a request with a refusal. Returns `None` if it already had its final outcome.

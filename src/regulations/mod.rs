@@ -545,6 +545,7 @@ fn validate_steps(c: &Checker<'_>, cf: &str, required: &[String], steps: &[StepD
             return Err(c.err(format!("{sf}.deadline_source"), "must quote the step table"));
         }
         check_behaviours(c.path, &format!("{sf}.behaviours"), &s.behaviours)?;
+        c.refusal(&format!("{sf}.deadline_refusal"), &s.deadline_refusal, false)?;
         match s.pool {
             PoolName::Registry => {
                 if s.lookups.is_empty() {
@@ -553,7 +554,7 @@ fn validate_steps(c: &Checker<'_>, cf: &str, required: &[String], steps: &[StepD
                 let needs_refusal = s.lookups.iter().any(|l| *l != Lookup::Attachment);
                 c.refusal(&format!("{sf}.not_found_refusal"), &s.not_found_refusal, needs_refusal)?;
             }
-            PoolName::Payment => c.refusal(&format!("{sf}.refusal"), &s.refusal, true)?,
+            PoolName::Payment => c.refusal(&format!("{sf}.deadline_refusal"), &s.deadline_refusal, true)?,
             PoolName::Review => match s.mode {
                 None => return Err(c.err(format!("{sf}.mode"), "is required: rules or decision")),
                 Some(ReviewMode::Decision) => c.refusal(&format!("{sf}.refusal"), &s.refusal, true)?,

@@ -223,9 +223,13 @@ pub struct StepDef {
     /// Refusal code when a looked-up record is missing (registry pool).
     #[serde(default)]
     pub not_found_refusal: Option<String>,
-    /// Refusal code when the step gives up (payment: no payment; review: staff refusal).
+    /// Refusal code of a staff refusal (review pool, `decision` mode).
     #[serde(default)]
     pub refusal: Option<String>,
+    /// Refusal code when the step's deadline passes while the request waits at it (payment:
+    /// L2 «no payment», P-24); without one the request is refused `deadline_exceeded`.
+    #[serde(default)]
+    pub deadline_refusal: Option<String>,
     /// `rules` or `decision` (review pool).
     #[serde(default)]
     pub mode: Option<ReviewMode>,

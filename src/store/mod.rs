@@ -184,6 +184,23 @@ pub struct FinalOutcome<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// Where a request stands as it leaves a step, and what the audit trail records of it.
+#[derive(Debug)]
+pub struct StepExit<'a> {
+    /// State the request must still be in (`queued`, `waiting`).
+    pub state: &'a str,
+    /// Index of the step it leaves.
+    pub step_index: i32,
+    /// Attempts of that step so far: a retry scheduled meanwhile changes them.
+    pub attempts: i32,
+    /// Pool of the step.
+    pub step: &'a str,
+    /// Deadline of the step, recorded with "passed".
+    pub deadline: Option<DateTime<Utc>>,
+    /// Detail recorded with "passed" (the payment or decision that moved it on).
+    pub detail: Option<&'a Value>,
+}
+
 /// A step-history row for the status screen.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HistoryRow {
@@ -297,8 +314,12 @@ impl Store {
             ])
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+        // No test query before every acquire: it would cost a round trip per statement, and a
+        // connection that broke meanwhile fails its statement, which is a transient error the
+        // caller retries anyway.
         let pool = PgPoolOptions::new()
             .max_connections(o.pool_size)
+            .test_before_acquire(false)
             .acquire_timeout(o.acquire_timeout)
             .connect_with(options)
             .await?;
@@ -414,12 +435,14 @@ impl Store {
 
     /// The commonest transition in one statement: queue the request at its next step, append
     /// "step passed" and "next step queued" to the audit trail, and write the outbox messages.
-    /// Returns the outbox ids. (One round trip instead of three on every hop.)
-    #[allow(clippy::too_many_arguments)]
+    /// It applies only while the request is still where the caller saw it (`from`: state, step
+    /// index and attempts), so it needs no lock taken beforehand: run on its own it is its own
+    /// transaction, and of two deliveries of the same task the second finds the request moved
+    /// and changes nothing. Returns the outbox ids, none when the request had moved.
     pub async fn advance(
-        tx: &mut PgConnection,
+        conn: &mut PgConnection,
         id: Uuid,
-        (from_index, from_step, from_deadline, from_detail): (i32, &str, Option<DateTime<Utc>>, Option<&Value>),
+        from: &StepExit<'_>,
         (to_index, to_step, to_deadline): (i32, &str, DateTime<Utc>),
         facts: &Value,
         messages: &[Message],
@@ -429,14 +452,15 @@ impl Store {
             "WITH upd AS ( \
                  UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
                      attempts = 0, next_attempt_at = NULL, updated_at = now() \
-                 WHERE request_id = $1 RETURNING request_id), \
+                 WHERE request_id = $1 AND state = $15 AND step_index = $6 AND attempts = $16 \
+                 RETURNING request_id), \
              hist AS ( \
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
                  SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd, \
                      (VALUES ($6::integer, $7::text, 'passed', $8::timestamptz, $9::jsonb), \
                              ($2, $3, 'queued', $4, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
              INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-             SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::bytea[], $14::text[]) \
+             SELECT m.* FROM upd, unnest($10::text[], $11::text[], $12::text[], $13::bytea[], $14::text[]) AS m \
              RETURNING id",
         )
         .bind(id)
@@ -444,16 +468,18 @@ impl Store {
         .bind(to_step)
         .bind(to_deadline)
         .bind(facts)
-        .bind(from_index)
-        .bind(from_step)
-        .bind(from_deadline)
-        .bind(from_detail)
+        .bind(from.step_index)
+        .bind(from.step)
+        .bind(from.deadline)
+        .bind(from.detail)
         .bind(exchanges)
         .bind(keys)
         .bind(ids)
         .bind(bodies)
         .bind(traces)
-        .fetch_all(&mut *tx)
+        .bind(from.state)
+        .bind(from.attempts)
+        .fetch_all(&mut *conn)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -705,15 +731,13 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Marks outbox rows as published.
+    /// Removes outbox rows whose messages were published: the outbox holds only what is in
+    /// flight, so it stays small however many requests went through.
     pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -724,7 +748,7 @@ impl Store {
         sqlx::query_as(
             "UPDATE outbox SET relay_claimed_at = now() WHERE id IN ( \
                  SELECT id FROM outbox \
-                 WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+                 WHERE created_at < now() - make_interval(secs => $1) \
                    AND (relay_claimed_at IS NULL OR relay_claimed_at < now() - make_interval(secs => $1)) \
                  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              RETURNING id, exchange, routing_key, message_id, body, traceparent",
@@ -737,8 +761,7 @@ impl Store {
 
     /// Number of unpublished outbox rows.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?;
         Ok(n)
     }
 

@@ -19,7 +19,7 @@ use crate::pipeline::transition::{self, Head, outcome_message, task_message};
 use crate::pipeline::{Ctx, Failure};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
 use crate::signature::{ExpectedSigner, SignatureFailure, Signer, Verifier};
-use crate::store::{NewRequest, Store};
+use crate::store::{NewRequest, Position, Store};
 use crate::systems::Systems;
 
 /// What intake decided about a readable Request.
@@ -219,14 +219,14 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
         },
         other => other,
     };
-    let mut tx = ctx.store.begin().await?;
     let pending = match examined {
         Examined::Refused { reason, detail } => {
+            let mut tx = ctx.store.begin().await?;
             // Kept with the request: every Outcome carries a traceparent of this trace.
             let trace = crate::tracecontext::for_request(msg.traceparent.as_deref());
             let new = NewRequest {
                 request_id: env.request_id,
-                number_prefix: None,
+                request_number: None,
                 service: &service,
                 region: &region,
                 channel: &channel,
@@ -243,39 +243,40 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
                 submitted_at,
                 received_at: received,
             };
-            if Store::insert_request(&mut tx, &new).await?.is_none() {
+            if !Store::insert_request(&mut tx, &new).await? {
                 republished(env);
                 return Ok(());
             }
             tracing::info!(request_id = %env.request_id, kind = %reason.kind, code = ?reason.code, applicant = %applicant, "refused at intake");
+            let at = Position { state: "queued", step_index: 0, attempts: 0 };
             let head = Head {
                 request_id: env.request_id,
                 request_number: None,
-                service,
-                region,
-                channel,
+                service: service.clone(),
+                region: region.clone(),
+                channel: channel.clone(),
                 deadline: None,
-                traceparent: Some(trace),
+                traceparent: Some(trace.clone()),
                 received_at: Some(received),
             };
-            transition::refuse(&mut tx, &head, 0, "intake", reason, Some(detail)).await?
+            let pending = transition::refuse(&mut tx, &head, at, "intake", reason, Some(detail)).await?;
+            tx.commit().await?;
+            pending
         }
         Examined::Accepted { request, route, plan } => {
             let registered = Registration { env, msg, request: &request, route: &route, plan: &plan, body: &body };
-            match register(&mut tx, ctx, &registered, &applicant, submitted_at, received).await? {
+            match register(ctx, &registered, &applicant, submitted_at, received).await? {
                 Some(p) => Some(p),
                 None => return Ok(()),
             }
         }
     };
-    tx.commit().await?;
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
     Ok(())
 }
 
-/// What registration needs to know about an accepted request.
 struct Registration<'a> {
     env: &'a Envelope,
     msg: &'a Incoming,
@@ -285,8 +286,9 @@ struct Registration<'a> {
     body: &'a Value,
 }
 
+/// Registers an accepted request with its number and queues its first step, in one statement;
+/// `None` if its id was already registered (a republished request).
 async fn register(
-    tx: &mut sqlx::PgConnection,
     ctx: &Ctx,
     r: &Registration<'_>,
     applicant: &str,
@@ -298,11 +300,12 @@ async fn register(
         return Err(Failure::permanent("service", "its route has no step after intake"));
     };
     let first_deadline = plan.steps[1].1;
-    let prefix = format!(
-        "{}-{}-{}-",
+    let number = format!(
+        "{}-{}-{}-{:07}",
         route.service.code,
         region_abbrev(request.region.as_str()),
-        received.with_timezone(&ctx.regs.calendar().tz()).format("%Y%m%d")
+        received.with_timezone(&ctx.regs.calendar().tz()).format("%Y%m%d"),
+        ctx.store.next_request_serial().await?
     );
     let deadlines: Vec<String> = plan.steps.iter().map(|(_, t)| t.to_rfc3339()).collect();
     let first_name = pool_name(first.pool);
@@ -310,7 +313,7 @@ async fn register(
     let trace = crate::tracecontext::for_request(msg.traceparent.as_deref());
     let new = NewRequest {
         request_id: env.request_id,
-        number_prefix: Some(prefix),
+        request_number: Some(number.clone()),
         service: request.service.as_str(),
         region: request.region.as_str(),
         channel: request.channel.as_str(),
@@ -327,23 +330,10 @@ async fn register(
         submitted_at,
         received_at: received,
     };
-    let Some(number) = Store::insert_request(tx, &new).await? else {
-        republished(env);
-        return Ok(None);
-    };
     let detail = json!({ "request_number": number, "service_deadline": crate::contract::to_local(plan.service) });
-    Store::history_transition(
-        tx,
-        env.request_id,
-        (0, "intake", "registered", Some(plan.steps[0].1), Some(&detail)),
-        (1, first_name, first_deadline),
-    )
-    .await?;
-    tracing::info!(request_id = %env.request_id, number = ?number, service = %request.service, region = %request.region,
-        channel = %request.channel, applicant = %applicant, "registered");
     let head = Head {
         request_id: env.request_id,
-        request_number: number,
+        request_number: Some(number.clone()),
         service: request.service.as_str().to_owned(),
         region: request.region.as_str().to_owned(),
         channel: request.channel.as_str().to_owned(),
@@ -362,6 +352,13 @@ async fn register(
     );
     let task = task_message(env.request_id, 1, first.pool, Some(&trace));
     let messages = vec![registered, task];
-    let ids = Store::outbox_insert(tx, &messages).await?;
+    let mut conn = ctx.store.pool().acquire().await?;
+    let ids = Store::register(&mut conn, &new, (Some(plan.steps[0].1), &detail), &messages).await?;
+    if ids.is_empty() {
+        republished(env);
+        return Ok(None);
+    }
+    tracing::info!(request_id = %env.request_id, number = %number, service = %request.service, region = %request.region,
+        channel = %request.channel, applicant = %applicant, "registered");
     Ok(Some(transition::Pending { ids, messages, finals: Vec::new() }))
 }

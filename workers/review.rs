@@ -117,7 +117,7 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                             transition::refuse(
                                 &mut tx,
                                 &Head::from(row),
-                                row.step_index,
+                                row.position(),
                                 "review",
                                 reason,
                                 Some(detail),

@@ -1,5 +1,5 @@
 //! The broker loop, written once: consume a queue with prefetch and bounded concurrency, hand
-//! each delivery to a [`Handler`], catch panics, then ack, dead-letter (with the reason in
+//! each delivery to a [`Handler`] as a task of its own, catch panics, then ack, dead-letter (with the reason in
 //! headers) or retry. Re-consumes when the broker cancels the consumer or the connection is
 //! lost; stops taking deliveries on shutdown and lets the in-flight ones finish (unstarted
 //! prefetched deliveries return to the queue when the channel closes).
@@ -268,21 +268,27 @@ pub async fn consume(
         tracing::info!(%queue, concurrency, "consuming");
         ctx.consuming.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         backoff = pauses(Duration::from_millis(200), Duration::from_secs(10));
-        consumer
-            .take_until(shutdown.clone().wait_owned())
-            .for_each_concurrent(concurrency, |delivery| {
-                let ctx = ctx.clone();
-                let handler = handler.clone();
-                let queue = queue.clone();
-                let shutdown = shutdown.clone();
-                async move {
-                    match delivery {
-                        Ok(d) => process(&ctx, &queue, &*handler, d, &shutdown).await,
-                        Err(e) => tracing::warn!(%queue, error = %e, "consumer error"),
-                    }
+        // Every delivery is a task of its own, so that a pool's work (parsing, signature checks)
+        // spreads over every core; `concurrency` slots bound them, as the prefetch does.
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut deliveries = std::pin::pin!(consumer.take_until(shutdown.clone().wait_owned()));
+        while let Some(delivery) = deliveries.next().await {
+            let d = match delivery {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%queue, error = %e, "consumer error");
+                    continue;
                 }
-            })
-            .await;
+            };
+            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let (ctx, handler, queue, shutdown) = (ctx.clone(), handler.clone(), queue.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                process(&ctx, &queue, &*handler, d, &shutdown).await;
+                drop(slot);
+            });
+        }
+        // The deliveries in flight finish before their channel closes.
+        let _ = slots.acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX)).await;
         ctx.consuming.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::time::timeout(SETTLE_TIMEOUT, channel.close(200, "bye".into())).await;
         if !shutdown.is_shutdown() {

@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 use crate::broker::pool_name;
 use crate::contract::{Request, now_local};
 use crate::regulations::{PoolName, Route};
-use crate::store::{RequestRow, Store, StoreError};
+use crate::store::{RequestRow, Store};
 
 use super::runtime::{self, Disposition, Handler, Incoming, panic_text};
 use super::transition::{self, Head, Pending};
@@ -58,16 +58,6 @@ impl Handler for TaskHandler {
 /// Whether a row is still waiting for this task.
 fn is_current(row: &RequestRow, task: &Task) -> bool {
     row.state == "queued" && row.step_index == task.step_index
-}
-
-/// Locks the request and confirms it is still where `row` saw it — queued at the same step
-/// with the same attempt count — so nothing moved between the unlocked read and now. (A narrow
-/// read: the wide row was read once already.)
-async fn claim(tx: &mut sqlx::PgConnection, row: &RequestRow) -> Result<bool, StoreError> {
-    let now = Store::lock_position(tx, row.request_id).await?;
-    Ok(now.is_some_and(|(state, index, attempts)| {
-        state == row.state && index == row.step_index && attempts == row.attempts
-    }))
 }
 
 /// Back-off before attempt `n` (1-based) of a step.
@@ -169,15 +159,15 @@ fn run_step<'a>(
 
 /// Applies a step's answer, if the request is still where the step saw it.
 ///
-/// Going on to the next step — three hops in four — is one statement guarded by the request's
-/// position, so it takes no lock beforehand and commits on its own. Every other answer locks
-/// the row and checks the position first ([`claim`]).
+/// Every answer is one statement guarded by the request's position (state, step, attempts),
+/// so nothing is locked while the step runs or beforehand, each commits on its own, and a
+/// duplicate delivery changes nothing the second time.
 ///
-/// Waiting is the same for every step that waits: the row becomes `waiting`, and the event
-/// it waits for (a PaymentNotice, a staff Decision) moves it on. The event's handler locks the
-/// row after recording the event, so an event recorded while the step was looking either finds
-/// the request still queued and moves it on itself (this task then finds it moved), or finds it
-/// waiting once this transaction commits.
+/// Waiting is the same for every step that waits: the row becomes `waiting`, and the event it
+/// waits for (a PaymentNotice, a staff Decision) moves it on. The event's handler locks the row
+/// after recording the event, so an event recorded while the step was looking either finds the
+/// request still queued and moves it on itself (this answer then finds it moved), or finds it
+/// waiting.
 async fn apply(
     ctx: &Ctx,
     row: &RequestRow,
@@ -185,33 +175,28 @@ async fn apply(
     step_name: &str,
     outcome: StepOutcome,
 ) -> Result<(), Failure> {
-    if let StepOutcome::Pass { facts } = outcome {
-        let mut conn = ctx.store.pool().acquire().await?;
-        if let Some(p) = transition::advance(&mut conn, row, route, facts, None).await? {
-            drop(conn);
-            ctx.outbox.flush(p).await;
-        }
-        return Ok(());
-    }
-    let mut tx = ctx.store.begin().await?;
-    if !claim(&mut tx, row).await? {
-        return Ok(());
-    }
     let pending = match outcome {
-        StepOutcome::Pass { .. } => None,
+        StepOutcome::Pass { facts } => {
+            let mut conn = ctx.store.pool().acquire().await?;
+            transition::advance(&mut conn, row, route, facts, None).await?
+        }
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
-            transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, detail).await?
+            let mut conn = ctx.store.pool().acquire().await?;
+            transition::refuse(&mut conn, &Head::from(row), row.position(), step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
-            transition::wait(&mut tx, row, step_name, None).await?;
+            let mut conn = ctx.store.pool().acquire().await?;
+            transition::wait(&mut conn, row, step_name).await?;
             None
         }
         StepOutcome::Complete { document } => {
+            // The number is taken on its own, so that no completion holds the counter's row
+            // while it signs; a completion that then finds the request moved leaves a gap.
             let year = now_local().format("%Y");
             let scope = format!("{}-{year}", document.number_prefix);
-            let n = Store::next_document_number(&mut tx, &scope).await?;
+            let n = ctx.store.next_document_number(&scope).await?;
             let number = format!("{scope}-{n:06}");
             let mut doc = Map::new();
             doc.insert("kind".into(), json!(document.kind));
@@ -221,10 +206,10 @@ async fn apply(
             let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
             let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
             doc.insert("signature".into(), signature);
-            transition::complete(&mut tx, row, doc).await?
+            let mut conn = ctx.store.pool().acquire().await?;
+            transition::complete(&mut conn, row, doc).await?
         }
     };
-    tx.commit().await?;
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
@@ -239,14 +224,12 @@ async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &st
         let why = format!("transient failures until the deadline: {error}");
         return refuse_overdue(ctx, row, &why).await;
     }
-    let mut tx = ctx.store.begin().await?;
-    if !claim(&mut tx, row).await? {
-        return Ok(());
+    let mut conn = ctx.store.pool().acquire().await?;
+    if transition::retry(&mut conn, row, step_name, next, error).await? {
+        tracing::warn!(request_id = %row.request_id, pool = step_name, attempt, ?delay, %error, "step failed; retry scheduled");
+        crate::metrics::retry(step_name);
     }
-    tracing::warn!(request_id = %row.request_id, pool = step_name, attempt, ?delay, %error, "step failed; retry scheduled");
-    crate::metrics::retry(step_name);
-    transition::retry(&mut tx, row, step_name, next, error).await?;
-    Ok(tx.commit().await?)
+    Ok(())
 }
 
 /// Refuses `invalid_request`, naming the field, a request whose step failed permanently —
@@ -268,8 +251,8 @@ async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), Fa
     Ok(())
 }
 
-/// Refuses a request, in a transaction of its own, if it is still where `row` saw it; then
-/// publishes the outcome. Whether it was refused here.
+/// Refuses a request if it is still where `row` saw it, then publishes the outcome. Whether
+/// it was refused here.
 async fn refuse_if_current(
     ctx: &Ctx,
     row: &RequestRow,
@@ -277,13 +260,10 @@ async fn refuse_if_current(
     reason: crate::contract::Reason,
     detail: serde_json::Value,
 ) -> Result<bool, Failure> {
-    let mut tx = ctx.store.begin().await?;
-    if !claim(&mut tx, row).await? {
-        return Ok(false);
-    }
+    let mut conn = ctx.store.pool().acquire().await?;
     let pending =
-        transition::refuse(&mut tx, &Head::from(row), row.step_index, step_name, reason, Some(detail)).await?;
-    tx.commit().await?;
+        transition::refuse(&mut conn, &Head::from(row), row.position(), step_name, reason, Some(detail)).await?;
+    drop(conn);
     let refused = pending.is_some();
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
@@ -292,8 +272,8 @@ async fn refuse_if_current(
 }
 
 /// The refusal for a request whose step deadline passed: the step's `deadline_refusal` where the
-/// regulation defines one (no payment by the deadline → L2), otherwise
-/// `deadline_exceeded` naming the step and its deadline. (step, reason, audit detail).
+/// regulation defines one (no payment by the deadline → L2), otherwise `deadline_exceeded`
+/// naming the step and its deadline. (step, reason, audit detail).
 fn deadline_refusal(ctx: &Ctx, row: &RequestRow, why: &str) -> (String, crate::contract::Reason, serde_json::Value) {
     let step_name = row.step.clone().unwrap_or_else(|| "intake".into());
     let deadline = row.step_deadline.map(crate::contract::to_local);
@@ -317,7 +297,7 @@ pub async fn refuse_for_deadline(
     why: &str,
 ) -> Result<Option<Pending>, Failure> {
     let (step_name, reason, detail) = deadline_refusal(ctx, row, why);
-    let refused = transition::refuse(tx, &Head::from(row), row.step_index, &step_name, reason, Some(detail)).await?;
+    let refused = transition::refuse(tx, &Head::from(row), row.position(), &step_name, reason, Some(detail)).await?;
     if refused.is_some() {
         crate::metrics::deadline_refusal(&step_name);
     }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::broker::{EXCHANGE_WORK, Message, pool_name};
 use crate::contract::{EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local};
 use crate::regulations::{Regulations, Route, code_of};
-use crate::store::{FinalOutcome, RequestRow, StepExit, Store};
+use crate::store::{FinalOutcome, Position, RequestRow, StepExit, Store};
 
 use super::{Failure, Task};
 
@@ -251,14 +251,7 @@ pub async fn advance(
     );
     let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
     let messages = vec![status, task];
-    let from = StepExit {
-        state: &row.state,
-        step_index: row.step_index,
-        attempts: row.attempts,
-        step: current,
-        deadline: row.step_deadline,
-        detail: detail.as_ref(),
-    };
+    let from = StepExit { at: row.position(), step: current, deadline: row.step_deadline, detail: detail.as_ref() };
     let ids = Store::advance(conn, row.request_id, &from, (next_index, next_name, deadline), &facts, &messages).await?;
     if ids.is_empty() {
         return Ok(None);
@@ -266,11 +259,12 @@ pub async fn advance(
     Ok(Some(Pending { ids, messages, finals: Vec::new() }))
 }
 
-/// Ends a request with a refusal. Returns `None` if it already had its final outcome.
+/// Ends a request with a refusal, if it still stands `at` that position; `None` if it had
+/// moved (or already had its final outcome). One statement.
 pub async fn refuse(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     head: &Head,
-    step_index: i32,
+    at: Position<'_>,
     step: &str,
     reason: Reason,
     detail: Option<Value>,
@@ -295,23 +289,24 @@ pub async fn refuse(
         body: &body,
         at: now,
     };
-    if !Store::finish(tx, head.request_id, &final_row).await? {
-        return Ok(None);
-    }
     let mut detail = detail.unwrap_or_else(|| json!({}));
     if let Some(obj) = detail.as_object_mut() {
         obj.insert("code".into(), json!(reason.code));
         obj.insert("kind".into(), json!(reason.kind));
     }
-    Store::history(tx, head.request_id, step_index, step, "refused", head.deadline, Some(&detail)).await?;
-    let mut pending = stage(tx, vec![message]).await?;
-    pending.finals.push(final_labels(head, "refused", Some(&reason), now));
-    Ok(Some(pending))
+    let exit = StepExit { at, step, deadline: head.deadline, detail: Some(&detail) };
+    let messages = vec![message];
+    let ids = Store::finish(conn, head.request_id, &exit, &final_row, &messages).await?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Pending { ids, messages, finals: vec![final_labels(head, "refused", Some(&reason), now)] }))
 }
 
-/// Ends a request with its result document. Returns `None` if it already had its final outcome.
+/// Ends a request with its result document, if it still stands where `row` saw it; `None` if
+/// it had moved. One statement.
 pub async fn complete(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     row: &RequestRow,
     document: Map<String, Value>,
 ) -> Result<Option<Pending>, Failure> {
@@ -337,34 +332,35 @@ pub async fn complete(
         body: &body,
         at: now,
     };
-    if !Store::finish(tx, row.request_id, &final_row).await? {
+    let detail = json!({ "document": document.get("number") });
+    let exit = StepExit { at: row.position(), step: "result", deadline: row.step_deadline, detail: Some(&detail) };
+    let messages = vec![message];
+    let ids = Store::finish(conn, row.request_id, &exit, &final_row, &messages).await?;
+    if ids.is_empty() {
         return Ok(None);
     }
-    let detail = json!({ "document": document.get("number") });
-    Store::history(tx, row.request_id, row.step_index, "result", "completed", row.step_deadline, Some(&detail)).await?;
-    let mut pending = stage(tx, vec![message]).await?;
-    pending.finals.push(final_labels(&head, "completed", None, now));
-    Ok(Some(pending))
+    Ok(Some(Pending { ids, messages, finals: vec![final_labels(&head, "completed", None, now)] }))
 }
 
-/// Parks a request until an external event (payment, staff decision) or its deadline.
-pub async fn wait(tx: &mut PgConnection, row: &RequestRow, step: &str, detail: Option<Value>) -> Result<(), Failure> {
-    Store::set_waiting(tx, row.request_id).await?;
-    Ok(Store::history(tx, row.request_id, row.step_index, step, "waiting", row.step_deadline, detail.as_ref()).await?)
+/// Parks a request until an external event (payment, staff decision) or its deadline, if it
+/// is still where `row` saw it; whether it was.
+pub async fn wait(conn: &mut PgConnection, row: &RequestRow, step: &str) -> Result<bool, Failure> {
+    let exit = StepExit { at: row.position(), step, deadline: row.step_deadline, detail: None };
+    Ok(Store::set_waiting(conn, row.request_id, &exit).await?)
 }
 
-/// Schedules another attempt of the current step after a transient failure.
+/// Schedules another attempt of the current step after a transient failure, if the request is
+/// still where `row` saw it; whether it was.
 pub async fn retry(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     row: &RequestRow,
     step: &str,
     next_attempt_at: DateTime<Utc>,
     error: &str,
-) -> Result<(), Failure> {
-    let attempts = row.attempts + 1;
-    Store::set_retry(tx, row.request_id, attempts, next_attempt_at).await?;
-    let detail = json!({ "attempt": attempts, "error": error, "next_attempt_at": next_attempt_at });
-    Ok(Store::history(tx, row.request_id, row.step_index, step, "retry", row.step_deadline, Some(&detail)).await?)
+) -> Result<bool, Failure> {
+    let detail = json!({ "attempt": row.attempts + 1, "error": error, "next_attempt_at": next_attempt_at });
+    let exit = StepExit { at: row.position(), step, deadline: row.step_deadline, detail: Some(&detail) };
+    Ok(Store::set_retry(conn, row.request_id, &exit, next_attempt_at).await?)
 }
 
 /// Puts a request whose retry is due back on its pool's queue.

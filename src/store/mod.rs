@@ -57,6 +57,10 @@ impl StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Request serials taken from the sequence ahead of use, a block at a time, so that
+    /// registering a request costs no round trip of its own for its number. Numbers stay unique;
+    /// with several intake processes they are not in order of arrival across processes.
+    serials: std::sync::Arc<tokio::sync::Mutex<Vec<i64>>>,
 }
 
 /// A request's row as the pipeline needs it.
@@ -105,13 +109,48 @@ macro_rules! request_columns {
     };
 }
 
+/// Request serials taken from the sequence at a time ([`Store::next_request_serial`]).
+const SERIAL_BLOCK: i64 = 32;
+
+/// The request row's insert ($1–$17), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
+macro_rules! insert_request {
+    () => {
+        "INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, state, \
+             step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
+             submitted_at, received_at, registered_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                 CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
+                 CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
+         ON CONFLICT (request_id) DO NOTHING"
+    };
+}
+
+const INSERT_REQUEST: &str = insert_request!();
+
+/// Registration: the row, two audit rows (registered at step 0 with deadline $18 and detail
+/// $19; step $8 queued), and the outbox messages ($20–$24).
+const REGISTER_REQUEST: &str = concat!(
+    "WITH ins AS (",
+    insert_request!(),
+    " RETURNING request_id), \
+     hist AS ( \
+         INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+         SELECT ins.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM ins, \
+             (VALUES (0, 'intake', 'registered', $18::timestamptz, $19::jsonb), \
+                     ($8, $9, 'queued', $10, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
+     INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
+     SELECT m.* FROM ins, unnest($20::text[], $21::text[], $22::text[], $23::bytea[], $24::text[]) AS m \
+     RETURNING id"
+);
+
 /// A new request to insert at intake.
 #[derive(Debug)]
 pub struct NewRequest<'a> {
     /// Id.
     pub request_id: Uuid,
-    /// Prefix of the request number (`S4-AKT-20261123-`); `None` for requests refused at intake.
-    pub number_prefix: Option<String>,
+    /// The request number (`S4-AKT-20261123-0000042`, from [`Store::next_request_serial`]);
+    /// `None` for requests refused at intake.
+    pub request_number: Option<String>,
     /// Service as sent.
     pub service: &'a str,
     /// Region as sent.
@@ -184,20 +223,37 @@ pub struct FinalOutcome<'a> {
     pub at: DateTime<Utc>,
 }
 
-/// Where a request stands as it leaves a step, and what the audit trail records of it.
-#[derive(Debug)]
-pub struct StepExit<'a> {
-    /// State the request must still be in (`queued`, `waiting`).
+/// Where a request stands. A state change applies only while the request still stands there,
+/// which is what makes a duplicate delivery, or two events racing for the same request, change
+/// nothing the second time — without a lock taken beforehand.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    /// `queued`, `waiting` or `retry`.
     pub state: &'a str,
-    /// Index of the step it leaves.
+    /// Index of the current step.
     pub step_index: i32,
     /// Attempts of that step so far: a retry scheduled meanwhile changes them.
     pub attempts: i32,
+}
+
+impl RequestRow {
+    /// Where this row saw the request.
+    pub fn position(&self) -> Position<'_> {
+        Position { state: &self.state, step_index: self.step_index, attempts: self.attempts }
+    }
+}
+
+/// A request leaving a step, and what the audit trail records of it.
+#[derive(Debug)]
+pub struct StepExit<'a> {
+    /// Where it must still stand.
+    pub at: Position<'a>,
     /// Pool of the step.
     pub step: &'a str,
-    /// Deadline of the step, recorded with "passed".
+    /// Deadline recorded with the audit row.
     pub deadline: Option<DateTime<Utc>>,
-    /// Detail recorded with "passed" (the payment or decision that moved it on).
+    /// Detail recorded with the audit row (the payment or decision that moved it on; the
+    /// refusal's code).
     pub detail: Option<&'a Value>,
 }
 
@@ -323,7 +379,7 @@ impl Store {
             .acquire_timeout(o.acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(Store { pool })
+        Ok(Store { pool, serials: Default::default() })
     }
 
     /// Applies the embedded migrations.
@@ -348,44 +404,71 @@ impl Store {
 
     // ---- requests -------------------------------------------------------------------------
 
-    /// Inserts a request unless its id exists; returns its number (or `Some(None)` for an
-    /// unnumbered one), `None` when it was a duplicate.
-    pub async fn insert_request(
-        tx: &mut PgConnection,
+    /// The next serial for a request number (a block of [`SERIAL_BLOCK`] is taken from the
+    /// sequence when the last is used up).
+    pub async fn next_request_serial(&self) -> Result<i64, StoreError> {
+        let mut serials = self.serials.lock().await;
+        if serials.is_empty() {
+            let block: Vec<(i64,)> = sqlx::query_as("SELECT nextval('request_number_seq') FROM generate_series(1, $1)")
+                .bind(SERIAL_BLOCK)
+                .fetch_all(&self.pool)
+                .await?;
+            serials.extend(block.into_iter().rev().map(|(n,)| n));
+        }
+        serials.pop().ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Inserts a request unless its id exists; `false` when it was a duplicate.
+    pub async fn insert_request(tx: &mut PgConnection, r: &NewRequest<'_>) -> Result<bool, StoreError> {
+        let inserted = Store::insert_request_query(INSERT_REQUEST, r).execute(&mut *tx).await?.rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Registers a request in one statement: the row (unless its id exists), "registered" and
+    /// "first step queued" in the audit trail, and the outbox messages. Returns the outbox ids,
+    /// none when the request id existed (a republished request).
+    pub async fn register(
+        conn: &mut PgConnection,
         r: &NewRequest<'_>,
-    ) -> Result<Option<Option<String>>, StoreError> {
-        let row: Option<(Option<String>,)> = sqlx::query_as(
-            "INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, state, \
-                 step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
-                 submitted_at, received_at, registered_at, finished_at) \
-             VALUES ($1, CASE WHEN $2::text IS NULL THEN NULL \
-                              ELSE $2 || request_serial(nextval('request_number_seq')) END, \
-                     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                     CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
-                     CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
-             ON CONFLICT (request_id) DO NOTHING \
-             RETURNING request_number",
-        )
-        .bind(r.request_id)
-        .bind(r.number_prefix.as_deref())
-        .bind(r.service)
-        .bind(r.region)
-        .bind(r.channel)
-        .bind(r.applicant_masked)
-        .bind(r.state)
-        .bind(r.step_index)
-        .bind(r.step)
-        .bind(r.step_deadline)
-        .bind(r.service_deadline)
-        .bind(&r.deadlines)
-        .bind(r.body)
-        .bind(r.submitter)
-        .bind(r.traceparent)
-        .bind(r.submitted_at)
-        .bind(r.received_at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        Ok(row.map(|(n,)| n))
+        registered: (Option<DateTime<Utc>>, &Value),
+        messages: &[Message],
+    ) -> Result<Vec<i64>, StoreError> {
+        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
+        let rows = Store::insert_request_query(REGISTER_REQUEST, r)
+            .bind(registered.0)
+            .bind(registered.1)
+            .bind(exchanges)
+            .bind(keys)
+            .bind(ids)
+            .bind(bodies)
+            .bind(traces)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(|row| sqlx::Row::try_get::<i64, _>(row, 0)).collect()
+    }
+
+    fn insert_request_query<'q>(
+        sql: &'static str,
+        r: &'q NewRequest<'q>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql)
+            .bind(r.request_id)
+            .bind(r.request_number.as_deref())
+            .bind(r.service)
+            .bind(r.region)
+            .bind(r.channel)
+            .bind(r.applicant_masked)
+            .bind(r.state)
+            .bind(r.step_index)
+            .bind(r.step)
+            .bind(r.step_deadline)
+            .bind(r.service_deadline)
+            .bind(&r.deadlines)
+            .bind(r.body)
+            .bind(r.submitter)
+            .bind(r.traceparent)
+            .bind(r.submitted_at)
+            .bind(r.received_at)
     }
 
     /// Reads a request without locking it.
@@ -399,14 +482,6 @@ impl Store {
     /// Locks a request for a state change (waits for a concurrent holder).
     pub async fn lock_request(tx: &mut PgConnection, id: Uuid) -> Result<Option<RequestRow>, StoreError> {
         sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = $1 FOR UPDATE"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-    }
-
-    /// Locks a request and returns where it stands: (state, step index, attempts).
-    pub async fn lock_position(tx: &mut PgConnection, id: Uuid) -> Result<Option<(String, i32, i32)>, StoreError> {
-        sqlx::query_as("SELECT state, step_index, attempts FROM requests WHERE request_id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
@@ -468,7 +543,7 @@ impl Store {
         .bind(to_step)
         .bind(to_deadline)
         .bind(facts)
-        .bind(from.step_index)
+        .bind(from.at.step_index)
         .bind(from.step)
         .bind(from.deadline)
         .bind(from.detail)
@@ -477,46 +552,91 @@ impl Store {
         .bind(ids)
         .bind(bodies)
         .bind(traces)
-        .bind(from.state)
-        .bind(from.attempts)
+        .bind(from.at.state)
+        .bind(from.at.attempts)
         .fetch_all(&mut *conn)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Marks a request as waiting for an external event (payment, staff decision).
-    pub async fn set_waiting(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("UPDATE requests SET state = 'waiting', updated_at = now() WHERE request_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+    /// Parks a request at its step until an external event (payment, staff decision) or its
+    /// deadline, with the audit row — if it still stands where `from` says; `false` if it had
+    /// moved. One statement.
+    pub async fn set_waiting(conn: &mut PgConnection, id: Uuid, from: &StepExit<'_>) -> Result<bool, StoreError> {
+        Store::park(conn, id, from, "waiting", None).await
     }
 
-    /// Schedules another attempt of the current step.
+    /// Schedules another attempt of the current step at `next_attempt_at`, with the audit row —
+    /// if the request still stands where `from` says; `false` if it had moved. One statement.
     pub async fn set_retry(
-        tx: &mut PgConnection,
+        conn: &mut PgConnection,
         id: Uuid,
-        attempts: i32,
+        from: &StepExit<'_>,
         next_attempt_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE requests SET state = 'retry', attempts = $2, next_attempt_at = $3, updated_at = now() \
-             WHERE request_id = $1",
+    ) -> Result<bool, StoreError> {
+        Store::park(conn, id, from, "retry", Some(next_attempt_at)).await
+    }
+
+    /// Moves a request to `waiting` or `retry` at its step and records the event.
+    async fn park(
+        conn: &mut PgConnection,
+        id: Uuid,
+        from: &StepExit<'_>,
+        state: &str,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let rows = sqlx::query(
+            "WITH upd AS ( \
+                 UPDATE requests SET state = $2, \
+                     attempts = CASE WHEN $2 = 'retry' THEN attempts + 1 ELSE attempts END, \
+                     next_attempt_at = $3, updated_at = now() \
+                 WHERE request_id = $1 AND state = $4 AND step_index = $5 AND attempts = $6 \
+                 RETURNING request_id) \
+             INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+             SELECT request_id, $5, $7, $2, $8, $9 FROM upd",
         )
         .bind(id)
-        .bind(attempts)
+        .bind(state)
         .bind(next_attempt_at)
-        .execute(&mut *tx)
+        .bind(from.at.state)
+        .bind(from.at.step_index)
+        .bind(from.at.attempts)
+        .bind(from.step)
+        .bind(from.deadline)
+        .bind(from.detail)
+        .execute(&mut *conn)
         .await?;
-        Ok(())
+        Ok(rows.rows_affected() == 1)
     }
 
-    /// Records the final outcome; `false` if one already exists (it never gets a second).
-    pub async fn finish(tx: &mut PgConnection, id: Uuid, o: &FinalOutcome<'_>) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
+    /// Ends a request, in one statement: its final state, the one final outcome (the primary
+    /// key makes a second impossible), the audit row and the outbox messages — if the request
+    /// still stands where `from` says. Returns the outbox ids, none when it had moved.
+    ///
+    /// The result document is stored once, in `outcomes.document`; the stored Outcome body
+    /// leaves it out and [`Store::outcome_of`] puts it back.
+    pub async fn finish(
+        conn: &mut PgConnection,
+        id: Uuid,
+        from: &StepExit<'_>,
+        o: &FinalOutcome<'_>,
+        messages: &[Message],
+    ) -> Result<Vec<i64>, StoreError> {
+        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "WITH upd AS ( \
+                 UPDATE requests SET state = $2, finished_at = $8, next_attempt_at = NULL, updated_at = now() \
+                 WHERE request_id = $1 AND state = $9 AND step_index = $10 AND attempts = $11 \
+                 RETURNING request_id), \
+             fin AS ( \
+                 INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
+                 SELECT request_id, $2, $3, $4, $5, $6, $7 - 'document', $8 FROM upd RETURNING request_id), \
+             hist AS ( \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+                 SELECT request_id, $10, $12, $2, $13, $14 FROM fin) \
+             INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
+             SELECT m.* FROM fin, unnest($15::text[], $16::text[], $17::text[], $18::bytea[], $19::text[]) AS m \
+             RETURNING id",
         )
         .bind(id)
         .bind(o.status)
@@ -526,22 +646,20 @@ impl Store {
         .bind(o.document)
         .bind(o.body)
         .bind(o.at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            sqlx::query(
-                "UPDATE requests SET state = $2, finished_at = $3, next_attempt_at = NULL, updated_at = now() \
-                 WHERE request_id = $1",
-            )
-            .bind(id)
-            .bind(o.status)
-            .bind(o.at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Ok(inserted)
+        .bind(from.at.state)
+        .bind(from.at.step_index)
+        .bind(from.at.attempts)
+        .bind(from.step)
+        .bind(from.deadline)
+        .bind(from.detail)
+        .bind(exchanges)
+        .bind(keys)
+        .bind(ids)
+        .bind(bodies)
+        .bind(traces)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Appends to the audit trail.
@@ -615,10 +733,13 @@ impl Store {
 
     /// The final outcome message of a request, if any.
     pub async fn outcome_of(&self, id: Uuid) -> Result<Option<Value>, StoreError> {
-        let row: Option<(Value,)> = sqlx::query_as("SELECT body FROM outcomes WHERE request_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(Value,)> = sqlx::query_as(
+            "SELECT CASE WHEN document IS NULL THEN body ELSE body || jsonb_build_object('document', document) END \
+             FROM outcomes WHERE request_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|(b,)| b))
     }
 
@@ -859,13 +980,13 @@ impl Store {
     }
 
     /// Next document number in a scope (prefix and year).
-    pub async fn next_document_number(tx: &mut PgConnection, scope: &str) -> Result<i64, StoreError> {
+    pub async fn next_document_number(&self, scope: &str) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as(
             "INSERT INTO document_counters (scope, value) VALUES ($1, 1) \
              ON CONFLICT (scope) DO UPDATE SET value = document_counters.value + 1 RETURNING value",
         )
         .bind(scope)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
         Ok(n)
     }

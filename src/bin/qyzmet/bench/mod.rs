@@ -20,14 +20,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, QueuePurgeOptions};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::demo::{self, Keys};
+
+mod ceiling;
+mod cpu;
+
+use ceiling::Ceiling;
+use cpu::{CpuSplit, Parties};
 use qyzmet::broker::{
     Broker, Message, Publisher, QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, pool_name, task_queue,
 };
@@ -142,19 +147,8 @@ pub struct Run {
     pub peak_rss_mib: BTreeMap<String, f64>,
     /// Throughput ÷ ceiling throughput, when measured.
     pub ratio_to_ceiling: Option<f64>,
-}
-
-/// The bare ceiling.
-#[derive(Debug, Clone, Serialize)]
-pub struct Ceiling {
-    /// Hops per message.
-    pub hops: usize,
-    /// Messages.
-    pub messages: usize,
-    /// Messages per second through all hops.
-    pub throughput: f64,
-    /// First publish to last hop.
-    pub end_to_end_ms: Latency,
+    /// Where the machine's CPU went during the run.
+    pub cpu: Option<CpuSplit>,
 }
 
 /// Backlog drain.
@@ -382,6 +376,10 @@ impl Workers {
             })
         });
         Ok(Workers { children, peak_kib, sampler, scrapes, scraper })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|(_, c)| c.id()).collect()
     }
 
     async fn largest_rss_mib(&self) -> f64 {
@@ -679,120 +677,8 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
         outcomes,
         peak_rss_mib: peak,
         ratio_to_ceiling: None,
+        cpu: None,
     }
-}
-
-// ---- the ceiling -----------------------------------------------------------------------------
-
-const CEILING_HOPS: usize = 5;
-
-async fn ceiling(args: &BenchArgs, broker: &Arc<Broker>, store: &Store, n: usize) -> anyhow::Result<Ceiling> {
-    ceiling_prepare(store).await?;
-    let ch = broker.channel().await?;
-    let queue = |h: usize| format!("qyzmet.bench.hop{h}");
-    for h in 0..=CEILING_HOPS {
-        ch.queue_declare(
-            queue(h).as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-        ch.queue_purge(queue(h).as_str().into(), QueuePurgeOptions::default()).await?;
-    }
-    let (stop_tx, stop) = qyzmet::shutdown::channel();
-    let mut tasks = Vec::new();
-    for h in 0..CEILING_HOPS {
-        let (broker, store, from, to, stop) = (broker.clone(), store.clone(), queue(h), queue(h + 1), stop.clone());
-        let concurrency = args.concurrency;
-        tasks.push(tokio::spawn(async move {
-            let publisher = Arc::new(broker.publisher().await?);
-            let ch = broker.channel().await?;
-            ch.basic_qos(concurrency as u16, BasicQosOptions::default()).await?;
-            let consumer = ch
-                .basic_consume(from.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-                .await?;
-            consumer
-                .take_until(stop.wait_owned())
-                .for_each_concurrent(concurrency, |d| {
-                    let (publisher, store, to) = (publisher.clone(), store.clone(), to.clone());
-                    async move {
-                        let Ok(d) = d else { return };
-                        let id = Uuid::from_slice(&d.data[..16.min(d.data.len())]).unwrap_or_default();
-                        let _ = ceiling_write(&store, id, h as i32).await;
-                        let m = Message {
-                            exchange: String::new(),
-                            routing_key: to,
-                            message_id: id.to_string(),
-                            body: d.data.clone(),
-                            traceparent: None,
-                            headers: Vec::new(),
-                            must_route: true,
-                        };
-                        let _ = publisher.publish_all(&[m]).await;
-                        let _ = d.acker.ack(BasicAckOptions::default()).await;
-                    }
-                })
-                .await;
-            anyhow::Ok(())
-        }));
-    }
-    // The last queue is drained by the driver, which measures.
-    let done_ch = broker.channel().await?;
-    let mut done = done_ch
-        .basic_consume(
-            queue(CEILING_HOPS).as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publisher = broker.publisher().await?;
-    let mut sent: HashMap<Uuid, Instant> = HashMap::new();
-    let mut lat = Vec::with_capacity(n);
-    let started = Instant::now();
-    let (mut published, mut finished) = (0usize, 0usize);
-    let body_pad = vec![b' '; 1500];
-    while finished < n {
-        let room = args.window.saturating_sub(published - finished).min(n - published);
-        if room > 0 {
-            let mut batch = Vec::with_capacity(room);
-            for _ in 0..room {
-                let id = Uuid::new_v4();
-                sent.insert(id, Instant::now());
-                let mut body = id.as_bytes().to_vec();
-                body.extend_from_slice(&body_pad);
-                batch.push(Message {
-                    exchange: String::new(),
-                    routing_key: queue(0),
-                    message_id: id.to_string(),
-                    body,
-                    traceparent: None,
-                    headers: Vec::new(),
-                    must_route: true,
-                });
-            }
-            publisher.publish_all(&batch).await?;
-            published += room;
-        }
-        match tokio::time::timeout(Duration::from_secs(30), done.next()).await {
-            Ok(Some(Ok(d))) => {
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
-                let id = Uuid::from_slice(&d.data[..16]).unwrap_or_default();
-                if let Some(t) = sent.remove(&id) {
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    finished += 1;
-                }
-            }
-            _ => anyhow::bail!("the ceiling stalled after {finished} of {n} messages"),
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    stop_tx.fire();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = done_ch.close(200, "ok".into()).await;
-    Ok(Ceiling { hops: CEILING_HOPS, messages: n, throughput: n as f64 / seconds, end_to_end_ms: latency(lat) })
 }
 
 // ---- the command -----------------------------------------------------------------------------
@@ -857,15 +743,19 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         None => format!("{} requests per run, {mix_name}, {load}", args.requests),
     };
     let mut report = Report { machine: machine(), load, ceiling: None, runs: Vec::new(), backlog: None };
+    let parties = Parties::find(&settings.amqp_url, &settings.database_url);
 
     if let Some(n) = args.backlog {
         report.backlog = Some(backlog(&settings, args, n, &broker, &publisher, &keys).await?);
     } else {
         if !args.no_ceiling {
             eprintln!(
-                "measuring the ceiling: {CEILING_HOPS} hops of publish-confirm-consume-ack with one PostgreSQL write each…"
+                "measuring the ceiling: {} quorum-queue hops of publish-confirm-consume-ack with one PostgreSQL write \
+                 each, at prefetch {:?}…",
+                ceiling::HOPS,
+                ceiling::IN_FLIGHT
             );
-            report.ceiling = Some(ceiling(args, &broker, &store, args.requests).await?);
+            report.ceiling = Some(ceiling::measure(&broker, &settings, args.requests, args.window, &parties).await?);
         }
         // With scraping: a warm-up run (not reported: the first run on fresh tables is the
         // fastest), then plain, scraped, scraped, plain, so that a drift during the runs (tables
@@ -894,14 +784,18 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 Some(ms) => format!("{k} process(es)/pool, /metrics scraped every {ms} ms"),
                 None => format!("{k} process(es)/pool"),
             };
+            let parties = parties.with_workers(workers.pids());
+            let before = parties.snapshot();
             let (started, _) =
                 drive(&label, args, args.requests, &keys, &publisher, &board, args.rate.is_none()).await?;
             wait_all(&label, args.requests, started, &board, Duration::from_secs(args.timeout_secs)).await;
+            let cpu = CpuSplit::between(&before, &parties.snapshot(), board.lock().await.finished);
             let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
             let peak = workers.stop().await;
             listener.abort();
             let mut run = summarise(k, args.requests, started, &*board.lock().await, peak).await;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
+            run.cpu = Some(cpu);
             run.scraped_every_ms = scrape_ms;
             run.scrapes = scrapes;
             purge_pipeline_queues(&broker).await?;
@@ -991,8 +885,14 @@ fn print_report(r: &Report) {
     println!("\nqyzmet bench — {}\nmachine: {}\n", r.load, r.machine);
     if let Some(c) = &r.ceiling {
         println!(
-            "ceiling ({} hops, publish-confirm-consume-ack + 1 PostgreSQL write per hop): {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms",
-            c.hops, c.throughput, c.end_to_end_ms.p50, c.end_to_end_ms.p99
+            "ceiling ({} quorum-queue hops, publish-confirm-consume-ack + 1 PostgreSQL write per hop): {:.0} msg/s \
+             at prefetch {} (tried {}), p50 {:.1} ms, p99 {:.1} ms",
+            c.hops,
+            c.throughput,
+            c.in_flight,
+            c.tried.iter().map(|(p, t)| format!("{p}: {t:.0}")).collect::<Vec<_>>().join(", "),
+            c.end_to_end_ms.p50,
+            c.end_to_end_ms.p99
         );
     }
     if !r.runs.is_empty() {
@@ -1027,6 +927,7 @@ fn print_report(r: &Report) {
                 rss
             );
         }
+        print_cpu(r);
         let plain: Vec<&Run> = r.runs.iter().filter(|run| run.scraped_every_ms.is_none()).collect();
         let first_of = |k: usize| plain.iter().find(|p| p.processes == k);
         let mut counts: Vec<usize> = plain.iter().map(|p| p.processes).collect();
@@ -1089,25 +990,50 @@ fn print_report(r: &Report) {
     }
 }
 
-/// Creates the table the ceiling writes to (one durable row per hop). It is the benchmark's, not
-/// the pipeline's: it lives in the benchmark's database session only and no migration has it.
-async fn ceiling_prepare(store: &Store) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_hops (id bigserial PRIMARY KEY, message uuid NOT NULL, hop integer NOT NULL, \
-         at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(store.pool())
-    .await?;
-    sqlx::query("TRUNCATE bench_hops").execute(store.pool()).await?;
-    Ok(())
-}
-
-/// The ceiling's one write per hop.
-async fn ceiling_write(store: &Store, message: Uuid, hop: i32) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO bench_hops (message, hop) VALUES ($1, $2)")
-        .bind(message)
-        .bind(hop)
-        .execute(store.pool())
-        .await?;
-    Ok(())
+/// Where the machine's CPU went, per request, for the ceiling and every run.
+fn print_cpu(r: &Report) {
+    let ceiling_ms = r.ceiling.as_ref().map(|c| c.cpu.per_request_ms());
+    println!(
+        "\nmachine CPU per request (ms; broker, database, workers, bench, other — the sum over all cores):\n{:>22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "", "broker", "database", "workers", "bench", "other", "total", "÷ceiling"
+    );
+    let row = |label: String, c: &CpuSplit| {
+        println!(
+            "{label:>22} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9}",
+            c.ms(c.broker_s),
+            c.ms(c.database_s),
+            c.ms(c.workers_s),
+            c.ms(c.bench_s),
+            c.ms(c.other_s),
+            c.per_request_ms(),
+            ceiling_ms.map(|m| format!("×{:.2}", c.per_request_ms() / m.max(0.001))).unwrap_or_else(|| "-".into())
+        );
+    };
+    if let Some(c) = &r.ceiling {
+        row("ceiling".into(), &c.cpu);
+        if !c.cpu.broker_seen || !c.cpu.database_seen {
+            println!(
+                "{:>22} (the broker or the database is not on this machine: its share is in none of the columns)",
+                ""
+            );
+        }
+    }
+    for run in &r.runs {
+        if let Some(c) = &run.cpu {
+            let scraped = if run.scraped_every_ms.is_some() { ", scraped" } else { "" };
+            row(format!("{} proc/pool{scraped}", run.processes), c);
+        }
+    }
+    if let Some(c) = r.runs.iter().rev().find_map(|run| run.cpu.as_ref()) {
+        let busy = c.machine_s / c.wall_s.max(0.001);
+        println!(
+            "{:>22} over the last run the machine was busy {busy:.2} cores of {}; workers {:.0} %, broker {:.0} %, \
+             database {:.0} % of the busy time",
+            "",
+            std::thread::available_parallelism().map_or(0, usize::from),
+            100.0 * c.workers_s / c.machine_s.max(0.001),
+            100.0 * c.broker_s / c.machine_s.max(0.001),
+            100.0 * c.database_s / c.machine_s.max(0.001),
+        );
+    }
 }

@@ -165,13 +165,17 @@ fn text_of(env: &Envelope, key: &str) -> String {
     storable_text(env.body.get(key).and_then(Value::as_str).unwrap_or(""), 64)
 }
 
-fn masked_applicant(env: &Envelope) -> String {
+/// The applicant's IIN or BIN as sent (bounded and storable), whatever else is wrong with it.
+fn applicant_id(env: &Envelope) -> Option<String> {
     env.body
         .get("applicant")
         .and_then(|a| a.get("iin").or_else(|| a.get("bin")))
         .and_then(Value::as_str)
-        .map(|id| storable_text(&ident::mask(id), 32))
-        .unwrap_or_else(|| "-".into())
+        .map(|id| storable_text(id, 32))
+}
+
+fn masked_applicant(id: Option<&str>) -> String {
+    id.map(|id| storable_text(&ident::mask(id), 32)).unwrap_or_else(|| "-".into())
 }
 
 fn region_abbrev(region: &str) -> &'static str {
@@ -204,7 +208,8 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
     let service = text_of(env, "service");
     let region = text_of(env, "region");
     let channel = text_of(env, "channel");
-    let applicant = masked_applicant(env);
+    let applicant_id = applicant_id(env);
+    let applicant = masked_applicant(applicant_id.as_deref());
     let submitted_at = env
         .body
         .get("submitted_at")
@@ -231,6 +236,7 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
                 region: &region,
                 channel: &channel,
                 applicant_masked: &applicant,
+                applicant_id: applicant_id.as_deref(),
                 state: "queued",
                 step_index: 0,
                 step: Some("intake"),
@@ -309,6 +315,7 @@ async fn register(
     );
     let deadlines: Vec<String> = plan.steps.iter().map(|(_, t)| t.to_rfc3339()).collect();
     let first_name = pool_name(first.pool);
+    let applicant_id = request.applicant_id();
     // Kept with the request: every Outcome carries a traceparent of this trace.
     let trace = crate::tracecontext::for_request(msg.traceparent.as_deref());
     let new = NewRequest {
@@ -318,6 +325,7 @@ async fn register(
         region: request.region.as_str(),
         channel: request.channel.as_str(),
         applicant_masked: applicant,
+        applicant_id: Some(applicant_id.digits()),
         state: "queued",
         step_index: 1,
         step: Some(first_name),

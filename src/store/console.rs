@@ -327,7 +327,7 @@ impl Store {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{SUMMARY} WHERE ($1::text IS NULL OR r.request_number = $1) \
                AND ($2::uuid IS NULL OR r.request_id = $2) \
-               AND ($3::text IS NULL OR coalesce(r.body #>> '{{applicant,iin}}', r.body #>> '{{applicant,bin}}') = $3) \
+               AND ($3::text IS NULL OR r.applicant_id = $3) \
                AND ($4::text IS NULL OR r.service = $4) AND ($5::text IS NULL OR r.region = $5) \
                AND ($6::text IS NULL OR r.channel = $6) AND ($7::text IS NULL OR r.state = $7) \
                AND ($8::text IS NULL OR r.step = $8) \

@@ -112,13 +112,13 @@ macro_rules! request_columns {
 /// Request serials taken from the sequence at a time ([`Store::next_request_serial`]).
 const SERIAL_BLOCK: i64 = 32;
 
-/// The request row's insert ($1–$17), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
+/// The request row's insert ($1–$18), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
 macro_rules! insert_request {
     () => {
         "INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, state, \
              step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
-             submitted_at, received_at, registered_at, finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             submitted_at, received_at, applicant_id, registered_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
                  CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
                  CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
          ON CONFLICT (request_id) DO NOTHING"
@@ -127,8 +127,8 @@ macro_rules! insert_request {
 
 const INSERT_REQUEST: &str = insert_request!();
 
-/// Registration: the row, two audit rows (registered at step 0 with deadline $18 and detail
-/// $19; step $8 queued), and the outbox messages ($20–$24).
+/// Registration: the row, two audit rows (registered at step 0 with deadline $19 and detail
+/// $20; step $8 queued), and the outbox messages ($21–$25).
 const REGISTER_REQUEST: &str = concat!(
     "WITH ins AS (",
     insert_request!(),
@@ -136,10 +136,10 @@ const REGISTER_REQUEST: &str = concat!(
      hist AS ( \
          INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
          SELECT ins.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM ins, \
-             (VALUES (0, 'intake', 'registered', $18::timestamptz, $19::jsonb), \
+             (VALUES (0, 'intake', 'registered', $19::timestamptz, $20::jsonb), \
                      ($8, $9, 'queued', $10, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
      INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-     SELECT m.* FROM ins, unnest($20::text[], $21::text[], $22::text[], $23::bytea[], $24::text[]) AS m \
+     SELECT m.* FROM ins, unnest($21::text[], $22::text[], $23::text[], $24::bytea[], $25::text[]) AS m \
      RETURNING id"
 );
 
@@ -159,6 +159,8 @@ pub struct NewRequest<'a> {
     pub channel: &'a str,
     /// Masked applicant.
     pub applicant_masked: &'a str,
+    /// The applicant's IIN or BIN as sent, for an operator's search by it (never logged).
+    pub applicant_id: Option<&'a str>,
     /// Initial state.
     pub state: &'a str,
     /// Index of the first queued step.
@@ -469,6 +471,7 @@ impl Store {
             .bind(r.traceparent)
             .bind(r.submitted_at)
             .bind(r.received_at)
+            .bind(r.applicant_id)
     }
 
     /// Reads a request without locking it.

@@ -370,3 +370,261 @@ async fn register(
         channel = %request.channel, applicant = %applicant, "registered");
     Ok(Some(transition::Pending { ids, messages, finals: Vec::new() }))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+    use serde_json::{Value, json};
+
+    use super::{Checks, Examined, examine};
+    use crate::contract::{Channel, Reason, ServiceCode};
+    use crate::pki::DEMO_CENTRE_BIN;
+    use crate::regulations::PoolName;
+    use crate::signature::keys::Keyring;
+    use crate::signature::{SignatureFailure, Signer};
+    use crate::systems::Systems;
+    use crate::workers::test_support::{
+        archive_form, bin, body, envelope, iin, licence_form, pki, regs, signed, signed_by, who,
+    };
+
+    /// Examines `body` as intake would, with the demo PKI and the demo centre.
+    fn examine_with(
+        body: &Value,
+        signer: &dyn Signer,
+        systems: Option<&Systems>,
+        submitter: Option<&str>,
+        received: DateTime<Utc>,
+    ) -> Examined<'static> {
+        let centre_bins = [DEMO_CENTRE_BIN.to_owned()];
+        let checks = Checks { verifier: &pki().verifier, signer, centre_bins: &centre_bins, systems, submitter };
+        examine(regs(), &checks, &envelope(body), received)
+    }
+
+    /// Examines `body` received now, with the demo's signing keys and no systems file.
+    fn examined(body: &Value) -> Examined<'static> {
+        examine_with(body, &pki().keyring, None, None, Utc::now())
+    }
+
+    fn refused(e: Examined<'_>) -> (Reason, Value) {
+        match e {
+            Examined::Refused { reason, detail } => (reason, detail),
+            Examined::Accepted { request, .. } => panic!("expected a refusal, {} was accepted", request.request_id),
+        }
+    }
+
+    /// The refusal `invalid_request` naming `field` with `problem`, in the common wording.
+    fn assert_invalid(e: Examined<'_>, field: &str, problem: &str) {
+        let (reason, detail) = refused(e);
+        assert_eq!((reason.kind.as_str(), reason.code.as_deref()), ("invalid_request", None));
+        assert_eq!(
+            reason.en,
+            format!("The request is refused: it does not meet the established requirements ({field}: {problem}).")
+        );
+        assert_eq!(detail["field"], field, "{detail}");
+        assert_eq!(detail["problem"], problem, "{detail}");
+    }
+
+    /// The refusal `unsupported_service` with this explanation.
+    fn assert_unsupported(e: Examined<'_>, why: &str) {
+        let (reason, detail) = refused(e);
+        assert_eq!((reason.kind.as_str(), reason.code.as_deref()), ("unsupported_service", None));
+        assert!(reason.ru.contains(why), "{}", reason.ru);
+        assert_eq!(detail, json!({ "why": why }));
+    }
+
+    /// The regulation's signature refusal `code` of `service`, with its texts, for `failure`.
+    fn assert_signature_refusal(e: Examined<'_>, service: ServiceCode, code: &str, failure: SignatureFailure) {
+        let def = &regs().service(service).expect("service").refusals[code];
+        let (reason, detail) = refused(e);
+        assert_eq!(reason.code.as_deref(), Some(code));
+        assert_eq!(reason.kind, "signature_not_confirmed");
+        assert_eq!((reason.ru.as_str(), reason.kk.as_str()), (def.texts.ru.as_str(), def.texts.kk.as_str()));
+        assert_eq!(detail, json!({ "signature": failure.to_string() }));
+    }
+
+    fn appointment(channel: &str, applicant: Value) -> Value {
+        body("doctor-appointment", "akmola", channel, applicant, who::AKMOLA_PHC, json!({}))
+    }
+
+    fn licence(channel: &str, form: Value) -> Value {
+        body("medical-licence", "aktobe", channel, bin(who::CLINIC), who::AKTOBE_HEALTH, form)
+    }
+
+    #[test]
+    fn p11_p46_signed_portal_appointment_is_accepted_with_cumulative_step_deadlines() {
+        let b = signed(appointment("portal", iin(who::CITIZEN)));
+        let received = Utc::now();
+        let Examined::Accepted { request, route, plan } = examine_with(&b, &pki().keyring, None, None, received) else {
+            panic!("a properly signed request is accepted");
+        };
+        assert_eq!(request.applicant.iin.as_deref(), Some(who::CITIZEN));
+        assert_eq!(route.channel.channel, Channel::Portal);
+        // 2m intake, 1m30s registry, 10m review, result shared with the review (regulation data).
+        let m = Duration::minutes;
+        let due = [
+            (PoolName::Intake, received + m(2)),
+            (PoolName::Registry, received + m(2) + Duration::seconds(90)),
+            (PoolName::Review, received + m(13) + Duration::seconds(30)),
+            (PoolName::Result, received + m(13) + Duration::seconds(30)),
+        ];
+        assert_eq!(plan.steps, due);
+        assert_eq!(plan.service, received + m(13) + Duration::seconds(30));
+    }
+
+    #[test]
+    fn p14_provider_request_signed_by_the_providers_employee_is_accepted() {
+        let b = signed(appointment("provider", iin(who::CITIZEN)));
+        assert!(matches!(examined(&b), Examined::Accepted { .. }));
+    }
+
+    #[test]
+    fn p14_centre_request_signed_by_an_operator_of_a_listed_centre_is_accepted() {
+        let b = signed(licence("centre", licence_form("issue")));
+        assert!(matches!(examined(&b), Examined::Accepted { .. }));
+    }
+
+    #[test]
+    fn p14_centre_request_signed_by_staff_of_a_centre_not_listed_is_refused_signature_not_confirmed_without_a_code() {
+        // The provider's own employee is no centre operator.
+        let b = signed_by(&format!("staff-{}", who::AKTOBE_HEALTH), licence("centre", licence_form("issue")));
+        let (reason, detail) = refused(examined(&b));
+        assert_eq!((reason.kind.as_str(), reason.code.as_deref()), ("signature_not_confirmed", None));
+        assert_eq!(detail, json!({ "signature": SignatureFailure::IdentifierMismatch.to_string() }));
+    }
+
+    #[test]
+    fn p7_applicant_iin_with_a_bad_check_digit_is_refused_invalid_request_naming_applicant_iin() {
+        let b = signed_by("iin-850401300125", appointment("portal", iin("850401300126")));
+        assert_invalid(examined(&b), "applicant.iin", "bad check digit");
+    }
+
+    #[test]
+    fn p7_licence_without_its_kind_is_refused_invalid_request_naming_form_kind() {
+        let b = signed(licence("portal", json!({ "activity": "стоматология" })));
+        assert_invalid(examined(&b), "form.kind", "is missing");
+    }
+
+    #[test]
+    fn p33_licence_kind_outside_the_deadline_table_is_refused_invalid_request_naming_form_kind() {
+        let b = signed(licence("portal", licence_form("renewal")));
+        assert_invalid(examined(&b), "form.kind", "must be one of duplicate, issue, reissue");
+    }
+
+    #[test]
+    fn p13_bin_applicant_on_an_iin_only_variant_is_refused_invalid_request_naming_applicant_bin() {
+        let b = signed(appointment("portal", bin(who::CLINIC)));
+        assert_invalid(
+            examined(&b),
+            "applicant.bin",
+            "doctor-appointment in akmola is provided to applicants identified by IIN only",
+        );
+    }
+
+    #[test]
+    fn unknown_service_code_is_refused_invalid_request_naming_service() {
+        let b = signed(body("passport", "akmola", "portal", iin(who::CITIZEN), who::AKMOLA_PHC, json!({})));
+        let (reason, detail) = refused(examined(&b));
+        assert_eq!((reason.kind.as_str(), reason.code.as_deref()), ("invalid_request", None));
+        assert_eq!(detail["field"], "service", "{detail}");
+        assert!(detail["problem"].as_str().is_some_and(|p| p.starts_with("unknown code \"passport\"")), "{detail}");
+    }
+
+    #[test]
+    fn p47_licence_in_akmola_is_refused_unsupported_service() {
+        let b = signed(body(
+            "medical-licence",
+            "akmola",
+            "portal",
+            bin(who::CLINIC),
+            who::AKMOLA_PHC,
+            licence_form("issue"),
+        ));
+        assert_unsupported(examined(&b), "medical-licence has no regulation in akmola");
+    }
+
+    #[test]
+    fn p1_doctor_appointment_through_a_centre_is_refused_unsupported_service() {
+        let b = signed(appointment("centre", iin(who::CITIZEN)));
+        assert_unsupported(examined(&b), "doctor-appointment in akmola is not offered through the centre channel");
+    }
+
+    #[test]
+    fn p12_p13_p16_portal_appointment_signed_by_another_person_is_refused_r2() {
+        let b = signed_by("iin-921212500674", appointment("portal", iin(who::CITIZEN)));
+        assert_signature_refusal(
+            examined(&b),
+            ServiceCode::DoctorAppointment,
+            "R2",
+            SignatureFailure::IdentifierMismatch,
+        );
+    }
+
+    #[test]
+    fn p12_p16_licence_signed_with_an_expired_certificate_is_refused_l3() {
+        let b =
+            body("medical-licence", "aktobe", "portal", iin(who::CITIZEN), who::AKTOBE_HEALTH, licence_form("issue"));
+        let b = signed_by("expired-850401300125", b);
+        assert_signature_refusal(examined(&b), ServiceCode::MedicalLicence, "L3", SignatureFailure::Expired);
+    }
+
+    #[test]
+    fn p12_p16_archive_portal_request_changed_after_signing_is_refused_a6() {
+        let mut b = signed(body(
+            "archive-certificate",
+            "astana",
+            "portal",
+            iin(who::CITIZEN),
+            who::ASTANA_ARCHIVES,
+            archive_form(),
+        ));
+        b["form"]["period"] = json!("1990-2001");
+        assert_signature_refusal(examined(&b), ServiceCode::ArchiveCertificate, "A6", SignatureFailure::BadSignature);
+    }
+
+    #[test]
+    fn p12_p16_archive_request_signed_by_another_providers_employee_is_refused_a2() {
+        let b =
+            body("archive-certificate", "astana", "provider", iin(who::CITIZEN), who::ASTANA_ARCHIVES, archive_form());
+        let b = signed_by(&format!("staff-{}", who::AKMOLA_PHC), b);
+        assert_signature_refusal(
+            examined(&b),
+            ServiceCode::ArchiveCertificate,
+            "A2",
+            SignatureFailure::IdentifierMismatch,
+        );
+    }
+
+    #[test]
+    fn p14_provider_channel_without_a_regulation_check_refuses_a_bad_signature_with_no_code() {
+        let b = signed_by(&format!("staff-{}", who::ASTANA_PHC), appointment("provider", iin(who::CITIZEN)));
+        let (reason, detail) = refused(examined(&b));
+        assert_eq!((reason.kind.as_str(), reason.code.as_deref()), ("signature_not_confirmed", None));
+        assert_eq!(
+            reason.en,
+            "The request is refused: it does not meet the established requirements (signature: identifier_mismatch)."
+        );
+        assert_eq!(detail, json!({ "signature": "identifier_mismatch" }));
+    }
+
+    #[test]
+    fn a_provider_whose_results_cannot_be_signed_is_refused_invalid_request_naming_provider() {
+        let b = signed(appointment("portal", iin(who::CITIZEN)));
+        assert_invalid(
+            examine_with(&b, &Keyring::default(), None, None, Utc::now()),
+            "provider",
+            "qyzmet holds no result-signing key for this provider (and no default key)",
+        );
+    }
+
+    #[test]
+    fn a_system_submitting_on_another_systems_channel_is_refused_invalid_request_naming_the_channel() {
+        let text = "[qyzmet]\nuser = \"qyzmet\"\n\n[[system]]\nuser = \"egov-portal\"\nkind = \"portal\"\n";
+        let systems = Systems::parse(text, std::path::Path::new(".")).expect("systems");
+        let b = signed(appointment("provider", iin(who::CITIZEN)));
+        let (reason, detail) =
+            refused(examine_with(&b, &pki().keyring, Some(&systems), Some("egov-portal"), Utc::now()));
+        assert_eq!(reason.kind, "invalid_request");
+        assert_eq!(detail["field"], "channel", "{detail}");
+        assert_eq!(detail["submitter"], "egov-portal", "{detail}");
+    }
+}

@@ -7,3 +7,5 @@ pub mod payment;
 pub mod registry;
 pub mod result;
 pub mod review;
+#[cfg(test)]
+mod test_support;

@@ -83,3 +83,46 @@ async fn record(ctx: &Ctx, n: &PaymentNotice, submitter: Option<&str>) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::step;
+    use crate::pipeline::StepOutcome;
+    use crate::regulations::PoolName;
+    use crate::workers::test_support::{Case, bin, body, licence_form, who};
+
+    fn licence_on_portal() -> Case {
+        Case::new(body(
+            "medical-licence",
+            "aktobe",
+            "portal",
+            bin(who::CLINIC),
+            who::AKTOBE_HEALTH,
+            licence_form("issue"),
+        ))
+    }
+
+    fn paid(ids: &[&str]) -> StepOutcome {
+        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        step(&licence_on_portal().input(PoolName::Payment), &ids)
+    }
+
+    #[test]
+    fn p24_paid_request_passes_with_the_payment_id() {
+        let facts = json!({ "paid": true, "payment_id": "PSHEP-2026-0001" });
+        assert_eq!(paid(&["PSHEP-2026-0001"]), StepOutcome::Pass { facts: Some(facts) });
+    }
+
+    #[test]
+    fn p23_p24_unpaid_request_waits_for_the_payment_notice() {
+        assert_eq!(paid(&[]), StepOutcome::Wait);
+    }
+
+    #[test]
+    fn p24_with_several_recorded_payments_the_first_recorded_one_is_named() {
+        let facts = json!({ "paid": true, "payment_id": "PSHEP-A" });
+        assert_eq!(paid(&["PSHEP-A", "PSHEP-B"]), StepOutcome::Pass { facts: Some(facts) });
+    }
+}

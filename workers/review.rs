@@ -169,3 +169,130 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::step;
+    use crate::pipeline::{Class, StepOutcome};
+    use crate::registry::MemoryRegistry;
+    use crate::regulations::PoolName;
+    use crate::workers::test_support::{Case, archive_form, bin, body, iin, licence_form, registry, who};
+
+    async fn review(mut case: Case, registry: &MemoryRegistry) -> StepOutcome {
+        step(&case.input(PoolName::Review), registry).await.expect("the registry answers")
+    }
+
+    fn refuse(refusal: &str, rule: &str) -> StepOutcome {
+        StepOutcome::Refuse { refusal: refusal.into(), note: None, detail: Some(format!("rule {rule} failed")) }
+    }
+
+    const PASS: StepOutcome = StepOutcome::Pass { facts: None };
+
+    /// S1 Akmola: rules attached_to_provider (R3/not_attached, R5/not_attached), then
+    /// provider_registered (R3, R5).
+    fn akmola_appointment(channel: &str, applicant: &str, provider: &str, facts: Value) -> Case {
+        Case::new(body("doctor-appointment", "akmola", channel, iin(applicant), provider, json!({}))).facts(facts)
+    }
+
+    /// S1 Astana portal: the rule provider_registered (R3) only.
+    fn astana_appointment(provider: &str) -> Case {
+        Case::new(body("doctor-appointment", "astana", "portal", iin(who::CITIZEN), provider, json!({})))
+    }
+
+    fn attached_to(provider: &str) -> Value {
+        json!({ "attachment": { "provider_bin": provider, "since": "2019-05-14" } })
+    }
+
+    #[tokio::test]
+    async fn p32_p35_licence_review_waits_for_a_staff_decision() {
+        let b =
+            body("medical-licence", "aktobe", "portal", bin(who::CLINIC), who::AKTOBE_HEALTH, licence_form("issue"));
+        assert_eq!(review(Case::new(b), &registry()).await, StepOutcome::Wait);
+    }
+
+    #[tokio::test]
+    async fn p34_p35_archive_review_waits_for_a_staff_decision() {
+        let b =
+            body("archive-certificate", "astana", "centre", iin(who::CITIZEN), who::ASTANA_ARCHIVES, archive_form());
+        assert_eq!(review(Case::new(b), &registry()).await, StepOutcome::Wait);
+    }
+
+    #[tokio::test]
+    async fn p30_applicant_attached_to_the_provider_per_the_attachment_fact_passes() {
+        // Not attached according to the registry: the fact of the registry step decides.
+        let case = akmola_appointment("portal", who::UNATTACHED, who::AKMOLA_PHC, attached_to(who::AKMOLA_PHC));
+        assert_eq!(review(case, &registry()).await, PASS);
+    }
+
+    #[tokio::test]
+    async fn p30_applicant_attached_elsewhere_per_the_attachment_fact_refuses_r3_not_attached() {
+        // Attached to this provider according to the registry: the fact of the registry step decides.
+        let case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC, attached_to(who::ASTANA_PHC));
+        assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
+    }
+
+    #[tokio::test]
+    async fn p30_attachment_fact_null_refuses_r3_not_attached() {
+        let case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC, json!({ "attachment": null }));
+        assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
+    }
+
+    #[tokio::test]
+    async fn p30_without_an_attachment_fact_the_registry_shows_the_applicant_attached_and_it_passes() {
+        let case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC, json!({}));
+        assert_eq!(review(case, &registry()).await, PASS);
+    }
+
+    #[tokio::test]
+    async fn p30_without_an_attachment_fact_the_registry_shows_the_applicant_unattached_and_it_refuses_r3_not_attached()
+    {
+        let case = akmola_appointment("portal", who::UNATTACHED, who::AKMOLA_PHC, json!({}));
+        assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
+    }
+
+    #[tokio::test]
+    async fn p29_p30_unattached_applicant_on_the_provider_channel_refuses_r5_not_attached() {
+        let case = akmola_appointment("provider", who::UNATTACHED, who::AKMOLA_PHC, json!({ "attachment": null }));
+        assert_eq!(review(case, &registry()).await, refuse("R5/not_attached", "AttachedToProvider"));
+    }
+
+    #[tokio::test]
+    async fn p29_provider_registered_in_gbd_yul_passes() {
+        assert_eq!(review(astana_appointment(who::ASTANA_PHC), &registry()).await, PASS);
+    }
+
+    #[tokio::test]
+    async fn p29_provider_missing_from_gbd_yul_refuses_r3() {
+        let out = review(astana_appointment(who::UNREGISTERED_PROVIDER), &registry()).await;
+        assert_eq!(out, refuse("R3", "ProviderRegistered"));
+    }
+
+    #[tokio::test]
+    async fn p29_provider_missing_from_gbd_yul_on_the_provider_channel_refuses_r5() {
+        let case = akmola_appointment(
+            "provider",
+            who::CITIZEN,
+            who::UNREGISTERED_PROVIDER,
+            attached_to(who::UNREGISTERED_PROVIDER),
+        );
+        assert_eq!(review(case, &registry()).await, refuse("R5", "ProviderRegistered"));
+    }
+
+    #[tokio::test]
+    async fn p29_p30_rules_apply_in_data_order_so_the_attachment_refusal_comes_first() {
+        let case =
+            akmola_appointment("portal", who::UNATTACHED, who::UNREGISTERED_PROVIDER, json!({ "attachment": null }));
+        assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_during_the_rules_is_a_transient_failure_not_a_refusal() {
+        let reg = registry();
+        reg.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut case = astana_appointment(who::ASTANA_PHC);
+        let err = step(&case.input(PoolName::Review), &reg).await.expect_err("the registry is down");
+        assert_eq!(err.class(), Class::Transient, "{err}");
+    }
+}

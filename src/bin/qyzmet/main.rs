@@ -42,8 +42,10 @@ enum Command {
     Run {
         #[command(flatten)]
         settings: Settings,
-        /// In-flight messages per queue.
-        #[arg(long, default_value_t = 8)]
+        /// Deliveries in flight per queue. Each spends most of its time waiting for PostgreSQL
+        /// and for the broker's confirms, so many in flight keep a process busy; the database
+        /// pool (`QYZMET_DB_POOL_SIZE`) bounds how many use PostgreSQL at once.
+        #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
     /// Runs one pool (start more processes to add capacity); also runs the deadline sweeper.
@@ -52,8 +54,10 @@ enum Command {
         pool: String,
         #[command(flatten)]
         settings: Settings,
-        /// In-flight messages per queue.
-        #[arg(long, default_value_t = 8)]
+        /// Deliveries in flight per queue. Each spends most of its time waiting for PostgreSQL
+        /// and for the broker's confirms, so many in flight keep a process busy; the database
+        /// pool (`QYZMET_DB_POOL_SIZE`) bounds how many use PostgreSQL at once.
+        #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
     /// Serves the operator console and the status API (and moves dead letters into

@@ -6,6 +6,7 @@
 //! Whatever else was busy (the kernel's network work, other programs) is "other". A party on
 //! another machine is not seen and counts as zero; the report then says so.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,8 +22,8 @@ pub struct Parties {
     pub broker: Option<u32>,
     /// The database's postmaster; its children are the backends.
     pub postmaster: Option<u32>,
-    /// Worker processes started by the bench.
-    pub workers: Vec<u32>,
+    /// Worker processes started by the bench, with their pool.
+    pub workers: Vec<(String, u32)>,
 }
 
 impl Parties {
@@ -36,7 +37,7 @@ impl Parties {
     }
 
     /// The same parties with these workers.
-    pub fn with_workers(&self, workers: Vec<u32>) -> Parties {
+    pub fn with_workers(&self, workers: Vec<(String, u32)>) -> Parties {
         Parties { workers, ..self.clone() }
     }
 
@@ -52,7 +53,13 @@ impl Parties {
             busy: machine_busy(),
             broker: self.broker.and_then(proc_times).map_or(0, |t| t.own + t.reaped),
             database: postmaster,
-            workers: self.workers.iter().copied().filter_map(proc_times).map(|t| t.own).sum(),
+            workers: self.workers.iter().map(|(pool, pid)| (pool.clone(), proc_times(*pid).map_or(0, |t| t.own))).fold(
+                BTreeMap::new(),
+                |mut by_pool, (pool, ticks)| {
+                    *by_pool.entry(pool).or_insert(0) += ticks;
+                    by_pool
+                },
+            ),
             bench: proc_times(std::process::id()).map_or(0, |t| t.own),
             seen_broker: self.broker.is_some(),
             seen_database: self.postmaster.is_some(),
@@ -67,7 +74,7 @@ pub struct Snapshot {
     busy: u64,
     broker: u64,
     database: u64,
-    workers: u64,
+    workers: BTreeMap<String, u64>,
     bench: u64,
     seen_broker: bool,
     seen_database: bool,
@@ -86,6 +93,8 @@ pub struct CpuSplit {
     pub database_s: f64,
     /// The worker processes.
     pub workers_s: f64,
+    /// The worker processes by pool: where a larger machine's cores would go.
+    pub workers_by_pool: BTreeMap<String, f64>,
     /// The bench itself (publishing, the outcome listener; the ceiling's hops).
     pub bench_s: f64,
     /// The rest of the machine's busy time (kernel network work, anything else running).
@@ -104,13 +113,19 @@ impl CpuSplit {
         let s = |x: u64, y: u64| y.saturating_sub(x) as f64 / TICKS_PER_SECOND;
         let machine_s = s(a.busy, b.busy);
         let (broker_s, database_s) = (s(a.broker, b.broker), s(a.database, b.database));
-        let (workers_s, bench_s) = (s(a.workers, b.workers), s(a.bench, b.bench));
+        let workers_by_pool: BTreeMap<String, f64> = b
+            .workers
+            .iter()
+            .map(|(pool, &t)| (pool.clone(), s(a.workers.get(pool).copied().unwrap_or(0), t)))
+            .collect();
+        let (workers_s, bench_s) = (workers_by_pool.values().sum(), s(a.bench, b.bench));
         CpuSplit {
             wall_s: (b.at - a.at).as_secs_f64(),
             machine_s,
             broker_s,
             database_s,
             workers_s,
+            workers_by_pool,
             bench_s,
             other_s: (machine_s - broker_s - database_s - workers_s - bench_s).max(0.0),
             requests,

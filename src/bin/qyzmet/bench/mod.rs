@@ -62,8 +62,9 @@ pub struct BenchArgs {
     /// Worker processes per pool to measure, e.g. `1,2,4`.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub processes: Vec<usize>,
-    /// In-flight messages per queue in each worker process.
-    #[arg(long, default_value_t = 16)]
+    /// In-flight messages per queue in each worker process (on a 2-core machine 128 did best
+    /// of 16, 64, 128 and 256).
+    #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
     /// Only this service (`doctor-appointment`, …; default: the realistic mix).
     #[arg(long)]
@@ -378,8 +379,8 @@ impl Workers {
         Ok(Workers { children, peak_kib, sampler, scrapes, scraper })
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().filter_map(|(_, c)| c.id()).collect()
+    fn pids(&self) -> Vec<(String, u32)> {
+        self.children.iter().filter_map(|(pool, c)| c.id().map(|pid| (pool.clone(), pid))).collect()
     }
 
     async fn largest_rss_mib(&self) -> f64 {
@@ -1022,6 +1023,16 @@ fn print_cpu(r: &Report) {
         if let Some(c) = &run.cpu {
             let scraped = if run.scraped_every_ms.is_some() { ", scraped" } else { "" };
             row(format!("{} proc/pool{scraped}", run.processes), c);
+        }
+    }
+    for run in &r.runs {
+        if let Some(c) = &run.cpu {
+            println!(
+                "{:>22} workers by pool, {} proc/pool (ms per request): {}",
+                "",
+                run.processes,
+                c.workers_by_pool.iter().map(|(p, s)| format!("{p} {:.2}", c.ms(*s))).collect::<Vec<_>>().join(", ")
+            );
         }
     }
     if let Some(c) = r.runs.iter().rev().find_map(|run| run.cpu.as_ref()) {

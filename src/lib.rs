@@ -17,6 +17,8 @@
 //! - [`config`], [`telemetry`], [`metrics`], [`http`], [`startup`]: how a process is configured,
 //!   observed and started.
 
+#![deny(missing_docs)]
+
 pub mod broker;
 pub mod config;
 pub mod console;

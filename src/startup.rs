@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::task::JoinSet;
 
-use crate::broker::{Broker, QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, task_queue};
+use crate::broker::{Broker, task_queue};
 use crate::config::Settings;
-use crate::pipeline::runtime::{self, Handler};
+use crate::pipeline::runtime;
 use crate::pipeline::task::TaskHandler;
 use crate::pipeline::{Ctx, Outbox, sweeper};
 use crate::registry::{PgRegistry, Registry};
@@ -19,7 +19,6 @@ use crate::signature::keys::Keyring;
 use crate::signature::x509::X509Verifier;
 use crate::signature::{Signer, Verifier};
 use crate::store::Store;
-use crate::workers::{intake::IntakeHandler, payment::NoticeHandler, review::DecisionHandler};
 
 /// Every pool, in route order.
 pub const ALL_POOLS: [PoolName; 5] =
@@ -192,20 +191,10 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     let mut tasks = JoinSet::new();
     let mut expected_consumers = 0;
     for (pool, concurrency) in &opts.pools {
-        let consumers: Vec<(String, Arc<dyn Handler>)> = match pool {
-            PoolName::Intake => vec![(QUEUE_INTAKE.into(), Arc::new(IntakeHandler))],
-            PoolName::Payment => vec![
-                (task_queue(*pool), Arc::new(TaskHandler { pool: *pool })),
-                (QUEUE_PAYMENT_NOTICES.into(), Arc::new(NoticeHandler)),
-            ],
-            PoolName::Review => vec![
-                (task_queue(*pool), Arc::new(TaskHandler { pool: *pool })),
-                (QUEUE_DECISIONS.into(), Arc::new(DecisionHandler)),
-            ],
-            PoolName::Registry | PoolName::Result => {
-                vec![(task_queue(*pool), Arc::new(TaskHandler { pool: *pool }))]
-            }
-        };
+        let mut consumers = crate::workers::event_consumers(*pool);
+        if let Some(step) = crate::workers::step_of(*pool) {
+            consumers.push((task_queue(*pool), Arc::new(TaskHandler { pool: *pool, step })));
+        }
         for (queue, handler) in consumers {
             expected_consumers += 1;
             tasks.spawn(runtime::consume(ctx.clone(), broker.clone(), queue, *concurrency, handler, shutdown.clone()));

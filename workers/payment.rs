@@ -15,8 +15,21 @@ use crate::ident;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition;
-use crate::pipeline::{Ctx, Failure, StepInput, StepOutcome};
+use crate::pipeline::{Ctx, Failure, Step, StepError, StepInput, StepOutcome};
 use crate::store::Store;
+
+/// The payment pool's step: reads the payments recorded for the request, then [`step`].
+pub struct PaymentStep;
+
+impl Step for PaymentStep {
+    fn run<'a>(&'a self, ctx: &'a Ctx, input: &'a StepInput<'a>) -> BoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(async move {
+            let mut conn = ctx.store.pool().acquire().await?;
+            let paid = Store::payments_for(&mut conn, input.row.request_id).await?;
+            Ok(step(input, &paid))
+        })
+    }
+}
 
 /// The payment step: pass if the request is paid, otherwise wait.
 pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {

@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 
 use crate::contract::Request;
 use crate::ident::Identifier;
-use crate::pipeline::{StepError, StepInput, StepOutcome};
+use futures_util::future::BoxFuture;
+
+use crate::pipeline::{Ctx, Step, StepError, StepInput, StepOutcome};
 use crate::registry::Registry;
 use crate::regulations::{Lookup, code_of};
 
@@ -19,6 +21,15 @@ fn refuse(input: &StepInput<'_>, poa: bool, detail: &str) -> StepOutcome {
     let special = format!("{}/power_of_attorney_not_found", code_of(&base));
     let refusal = if poa && input.route.refusal(&special).is_some() { special } else { base };
     StepOutcome::Refuse { refusal, note: None, detail: Some(detail.to_owned()) }
+}
+
+/// The registry pool's step.
+pub struct RegistryStep;
+
+impl Step for RegistryStep {
+    fn run<'a>(&'a self, ctx: &'a Ctx, input: &'a StepInput<'a>) -> BoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(step(input, &*ctx.registry))
+    }
 }
 
 /// Runs the lookups of this step.

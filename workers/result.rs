@@ -5,7 +5,18 @@
 use serde_json::{Map, Value, json};
 
 use crate::ident::{self, Identifier};
-use crate::pipeline::{DocumentDraft, StepInput, StepOutcome};
+use futures_util::future::BoxFuture;
+
+use crate::pipeline::{Ctx, DocumentDraft, Step, StepError, StepInput, StepOutcome};
+
+/// The result pool's step (numbering and signing follow in the step loop, for every result).
+pub struct ResultStep;
+
+impl Step for ResultStep {
+    fn run<'a>(&'a self, _ctx: &'a Ctx, input: &'a StepInput<'a>) -> BoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(async move { Ok(step(input)) })
+    }
+}
 
 /// Drafts the result document.
 pub fn step(input: &StepInput<'_>) -> StepOutcome {

@@ -15,11 +15,20 @@ use crate::ident::Identifier;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::task::load;
 use crate::pipeline::transition::{self, Head, Pending};
-use crate::pipeline::{Ctx, Failure, StepError, StepInput, StepOutcome};
+use crate::pipeline::{Ctx, Failure, Step, StepError, StepInput, StepOutcome};
 use crate::registry::Registry;
 use crate::regulations::{IdKind, ReviewMode, RuleCheck};
 use crate::signature::ExpectedSigner;
 use crate::store::Store;
+
+/// The review pool's step.
+pub struct ReviewStep;
+
+impl Step for ReviewStep {
+    fn run<'a>(&'a self, ctx: &'a Ctx, input: &'a StepInput<'a>) -> BoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(step(input, &*ctx.registry))
+    }
+}
 
 /// The review step: evaluate the rules, or wait for staff.
 pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<StepOutcome, StepError> {

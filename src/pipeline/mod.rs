@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -99,6 +100,14 @@ pub struct StepInput<'a> {
     pub row: &'a RequestRow,
     /// Now.
     pub now: DateTime<Utc>,
+}
+
+/// A pool's step, as the step loop ([`task::TaskHandler`]) runs it for every task of the pool's
+/// queue. The loop knows nothing else of a pool: each file in `workers/` implements this for its
+/// own pool, with the step's logic in a plain function testable without a broker.
+pub trait Step: Send + Sync + 'static {
+    /// Runs the step for one request.
+    fn run<'a>(&'a self, ctx: &'a Ctx, input: &'a StepInput<'a>) -> BoxFuture<'a, Result<StepOutcome, StepError>>;
 }
 
 /// A step's answer.

@@ -220,6 +220,13 @@ fn pauses(min: Duration, max: Duration) -> backon::ExponentialBackoff {
         .build()
 }
 
+/// How often a consumer checks that its channel is up.
+const RECOVERY_CHECK: Duration = Duration::from_secs(2);
+
+/// How long a consumer's channel may stay down (lapin recovering it after a broker restart)
+/// before the consumer gives up on it and consumes on a new connection.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(20);
+
 /// Pause before a delivery that could not be dead-lettered goes back to the queue.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -272,7 +279,25 @@ pub async fn consume(
         // spreads over every core; `concurrency` slots bound them, as the prefetch does.
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let mut deliveries = std::pin::pin!(consumer.take_until(shutdown.clone().wait_owned()));
-        while let Some(delivery) = deliveries.next().await {
+        let mut watch = tokio::time::interval(RECOVERY_CHECK);
+        let mut lost_since: Option<std::time::Instant> = None;
+        loop {
+            let delivery = tokio::select! {
+                delivery = deliveries.next() => delivery,
+                _ = watch.tick() => {
+                    // lapin's own recovery brings a channel back after a broker restart, but
+                    // not always; a channel still down after a while is abandoned for a new
+                    // connection, so a pool never waits forever on a recovery that hangs.
+                    if channel.status().connected() {
+                        lost_since = None;
+                    } else if lost_since.get_or_insert_with(std::time::Instant::now).elapsed() > RECOVERY_PATIENCE {
+                        tracing::warn!(%queue, patience = ?RECOVERY_PATIENCE, "the channel has not recovered; consuming on a new connection");
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(delivery) = delivery else { break };
             let d = match delivery {
                 Ok(d) => d,
                 Err(e) => {

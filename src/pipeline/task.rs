@@ -29,16 +29,18 @@ use serde_json::{Map, Value, json};
 use crate::broker::pool_name;
 use crate::contract::{Request, now_local};
 use crate::regulations::{PoolName, Route};
-use crate::store::{RequestRow, Store};
+use crate::store::RequestRow;
 
 use super::runtime::{self, Disposition, Handler, Incoming, panic_text};
 use super::transition::{self, Head, Pending};
-use super::{Ctx, Failure, StepError, StepInput, StepOutcome, Task};
+use super::{Ctx, Failure, Step, StepInput, StepOutcome, Task};
 
 /// Runs the steps of one pool.
 pub struct TaskHandler {
-    /// Which pool.
+    /// Which pool: its name labels logs, metrics and the audit trail.
     pub pool: PoolName,
+    /// What the pool does with a request.
+    pub step: Arc<dyn Step>,
 }
 
 impl Handler for TaskHandler {
@@ -50,7 +52,7 @@ impl Handler for TaskHandler {
                     return Disposition::DeadLetter { reason: "bad_task".into(), detail: e.to_string() };
                 }
             };
-            runtime::settle(run(ctx, self.pool, task).await, task.request_id, "task")
+            runtime::settle(run(ctx, self, task).await, task.request_id, "task")
         })
     }
 }
@@ -85,7 +87,7 @@ pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), 
     Ok((request, route))
 }
 
-async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
+async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure> {
     let Some(row) = ctx.store.get_request(task.request_id).await? else {
         tracing::warn!(request_id = %task.request_id, "task for an unknown request; ignored");
         return Ok(());
@@ -94,7 +96,7 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
         tracing::debug!(request_id = %task.request_id, state = %row.state, "stale or duplicate task; ignored");
         return Ok(());
     }
-    let step_name = pool_name(pool);
+    let step_name = pool_name(handler.pool);
     let now = Utc::now();
     let deadline = row.step_deadline.unwrap_or(now);
     let (request, route) = match load(ctx, &row) {
@@ -119,7 +121,7 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
         step = step_name,
         attempt = row.attempts + 1,
     );
-    let step_run = AssertUnwindSafe(run_step(ctx, pool, &input)).catch_unwind();
+    let step_run = AssertUnwindSafe(handler.step.run(ctx, &input)).catch_unwind();
     let outcome = tokio::time::timeout(budget, tracing::Instrument::instrument(step_run, span)).await;
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     crate::metrics::step_duration(step_name, started.elapsed());
@@ -136,24 +138,6 @@ async fn run(ctx: &Ctx, pool: PoolName, task: Task) -> Result<(), Failure> {
             schedule_retry(ctx, &row, step_name, &format!("step panicked: {what}")).await
         }
         Err(_) => refuse_overdue(ctx, &row, "the step did not finish before its deadline and was cancelled").await,
-    }
-}
-
-fn run_step<'a>(
-    ctx: &'a Ctx,
-    pool: PoolName,
-    input: &'a StepInput<'a>,
-) -> BoxFuture<'a, Result<StepOutcome, StepError>> {
-    match pool {
-        PoolName::Registry => Box::pin(crate::workers::registry::step(input, &*ctx.registry)),
-        PoolName::Payment => Box::pin(async move {
-            let mut conn = ctx.store.pool().acquire().await?;
-            let paid = Store::payments_for(&mut conn, input.row.request_id).await?;
-            Ok(crate::workers::payment::step(input, &paid))
-        }),
-        PoolName::Review => Box::pin(crate::workers::review::step(input, &*ctx.registry)),
-        PoolName::Result => Box::pin(async move { Ok(crate::workers::result::step(input)) }),
-        PoolName::Intake => Box::pin(async { Err(Failure::permanent("task", "intake does not run tasks")) }),
     }
 }
 

@@ -30,6 +30,7 @@ use crate::demo::{self, Keys};
 
 mod ceiling;
 mod cpu;
+mod plot;
 
 use ceiling::Ceiling;
 use cpu::{CpuSplit, Parties};
@@ -82,6 +83,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as SVG charts into this directory (throughput and p99 against the
+    /// ceiling, latency per step, worker memory over a backlog drain).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Demo registries.
     #[arg(long, default_value = "demo")]
     pub demo_dir: PathBuf,
@@ -814,6 +819,11 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+    }
+    if let Some(dir) = &args.plot {
+        for file in plot::write(&report, dir)? {
+            eprintln!("chart written: {}", file.display());
+        }
     }
     let lost: usize =
         report.runs.iter().map(|r| r.lost).sum::<usize>() + report.backlog.as_ref().map_or(0, |b| b.unfinished);

@@ -1,0 +1,208 @@
+//! `qyzmet bench --plot DIR`: the report as SVG charts a README or a browser shows as they are.
+//!
+//! - `throughput.svg`: requests per second of every run beside the ceiling, with each run's p99;
+//! - `steps.svg`: p50 / p95 / p99 of every step, per run;
+//! - `rss.svg`: the largest worker's resident memory over a backlog drain.
+//!
+//! Plain SVG written by hand (bars, a line, text): nothing here needs a plotting library, and
+//! every value is a number the report also prints.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::Report;
+
+const WIDTH: f64 = 760.0;
+const BAR_AREA: f64 = 520.0;
+const ROW: f64 = 28.0;
+const LEFT: f64 = 200.0;
+const COLOURS: [&str; 3] = ["#4c78a8", "#f58518", "#e45756"];
+
+/// Writes the charts the report has data for into `dir`; returns the files written.
+pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let mut save = |name: &str, svg: String| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, svg)?;
+        written.push(path);
+        Ok(())
+    };
+    if !report.runs.is_empty() {
+        save("throughput.svg", throughput(report))?;
+        save("steps.svg", steps(report))?;
+    }
+    if let Some(b) = &report.backlog
+        && !b.rss_mib_over_time.is_empty()
+    {
+        save("rss.svg", rss(&b.rss_mib_over_time, b.requests))?;
+    }
+    Ok(written)
+}
+
+fn run_label(processes: usize, scraped: Option<u64>) -> String {
+    match scraped {
+        Some(ms) => format!("{processes} proc/pool, scraped {ms} ms"),
+        None => format!("{processes} proc/pool"),
+    }
+}
+
+/// Horizontal bars: (label, value, note).
+fn bars(title: &str, unit: &str, rows: &[(String, f64, String)]) -> String {
+    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-9);
+    let height = 60.0 + ROW * rows.len() as f64 + 20.0;
+    let mut svg = header(title, height);
+    for (i, (label, value, note)) in rows.iter().enumerate() {
+        let y = 50.0 + ROW * i as f64;
+        let w = BAR_AREA * value / max;
+        let colour = if i == 0 { "#9d9d9d" } else { COLOURS[0] };
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{LEFT}" y="{}" width="{w:.1}" height="18" fill="{colour}"/><text x="{}" y="{}">{value:.0} {unit} {}</text>"#,
+            LEFT - 8.0,
+            y + 14.0,
+            escape(label),
+            y + 1.0,
+            LEFT + w + 6.0,
+            y + 14.0,
+            escape(note)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn throughput(r: &Report) -> String {
+    let mut rows = Vec::new();
+    if let Some(c) = &r.ceiling {
+        rows.push((
+            "ceiling".to_owned(),
+            c.throughput,
+            format!("(prefetch {}, p99 {:.0} ms)", c.in_flight, c.end_to_end_ms.p99),
+        ));
+    }
+    for run in &r.runs {
+        let share = run.ratio_to_ceiling.map(|x| format!("{:.0} % of the ceiling, ", x * 100.0)).unwrap_or_default();
+        rows.push((
+            run_label(run.processes, run.scraped_every_ms),
+            run.throughput,
+            format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99),
+        ));
+    }
+    bars(&format!("Throughput — {}", r.load), "req/s", &rows)
+}
+
+/// A run's steps with their p50, p95 and p99.
+type StepRows = Vec<(String, [f64; 3])>;
+
+fn steps(r: &Report) -> String {
+    let groups: Vec<(String, StepRows)> = r
+        .runs
+        .iter()
+        .map(|run| {
+            let steps = run.step_ms.iter().map(|(s, l)| (s.clone(), [l.p50, l.p95, l.p99])).collect();
+            (run_label(run.processes, run.scraped_every_ms), steps)
+        })
+        .collect();
+    let lines: usize = groups.iter().map(|(_, s)| s.len() * 3 + 1).sum();
+    let max = groups.iter().flat_map(|(_, s)| s.iter().flat_map(|(_, v)| v.iter().copied())).fold(0.0, f64::max);
+    let height = 80.0 + 10.0 * lines as f64 + 20.0;
+    let mut svg =
+        header("Latency per step (ms): p50, p95, p99 — time from the status that queued it to the next", height);
+    let _ = write!(
+        svg,
+        r#"<rect x="{LEFT}" y="34" width="10" height="8" fill="{}"/><text x="{}" y="42">p50</text><rect x="{}" y="34" width="10" height="8" fill="{}"/><text x="{}" y="42">p95</text><rect x="{}" y="34" width="10" height="8" fill="{}"/><text x="{}" y="42">p99</text>"#,
+        COLOURS[0],
+        LEFT + 14.0,
+        LEFT + 60.0,
+        COLOURS[1],
+        LEFT + 74.0,
+        LEFT + 120.0,
+        COLOURS[2],
+        LEFT + 134.0
+    );
+    let mut y = 60.0;
+    for (run, steps) in &groups {
+        let _ = write!(svg, r#"<text x="8" y="{}" font-weight="bold">{}</text>"#, y + 8.0, escape(run));
+        y += 10.0;
+        for (step, values) in steps {
+            let _ =
+                write!(svg, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, LEFT - 8.0, y + 18.0, escape(step));
+            for (k, v) in values.iter().enumerate() {
+                let w = BAR_AREA * v / max.max(1e-9);
+                let _ = write!(
+                    svg,
+                    r#"<rect x="{LEFT}" y="{y}" width="{w:.1}" height="9" fill="{}"/><text x="{}" y="{}" font-size="9">{v:.0}</text>"#,
+                    COLOURS[k],
+                    LEFT + w + 4.0,
+                    y + 8.0
+                );
+                y += 10.0;
+            }
+        }
+        y += 10.0;
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn rss(samples: &[f64], requests: usize) -> String {
+    let height = 300.0;
+    let (top, bottom) = (50.0, height - 40.0);
+    let max = samples.iter().copied().fold(0.0, f64::max).max(1.0) * 1.2;
+    let mut svg = header(
+        &format!("Largest worker's RSS (MiB) while draining a backlog of {requests} requests, every 5 s"),
+        height,
+    );
+    let step = BAR_AREA / (samples.len().max(2) - 1) as f64;
+    let points: Vec<String> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{:.1},{:.1}", LEFT + step * i as f64, bottom - (bottom - top) * v / max))
+        .collect();
+    let _ = write!(
+        svg,
+        r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="grey"/><line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="grey"/><text x="{}" y="{}" text-anchor="end">{max:.0}</text><text x="{}" y="{bottom}" text-anchor="end">0</text><polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{LEFT}" y="{}">{} samples; first {:.1}, last {:.1}, largest {:.1} MiB</text>"#,
+        LEFT + BAR_AREA,
+        LEFT - 6.0,
+        top + 4.0,
+        LEFT - 6.0,
+        COLOURS[0],
+        points.join(" "),
+        bottom + 24.0,
+        samples.len(),
+        samples.first().copied().unwrap_or(0.0),
+        samples.last().copied().unwrap_or(0.0),
+        samples.iter().copied().fold(0.0, f64::max)
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn header(title: &str, height: f64) -> String {
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="8" y="20" font-size="14" font-weight="bold">{}</text>"#,
+        escape(title)
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_in_charts_is_escaped() {
+        assert_eq!(escape(r#"a<b & "c">"#), "a&lt;b &amp; &quot;c&quot;&gt;");
+    }
+
+    #[test]
+    fn the_memory_chart_names_its_largest_sample() {
+        let svg = rss(&[22.0, 24.5, 23.0], 1000);
+        assert!(svg.contains("largest 24.5 MiB"), "{svg}");
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+    }
+}

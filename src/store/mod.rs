@@ -883,6 +883,13 @@ impl Store {
         .await
     }
 
+    /// The database's size on disk, bytes (tables, indexes, TOAST): with the request count, what
+    /// a request costs to keep.
+    pub async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT pg_database_size(current_database())").fetch_one(&self.pool).await?;
+        Ok(n)
+    }
+
     /// Number of unpublished outbox rows.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?;

@@ -174,6 +174,11 @@ pub struct Backlog {
     pub rss_mib_over_time: Vec<f64>,
     /// Outcomes by kind.
     pub outcomes: BTreeMap<String, usize>,
+    /// Growth of the database on disk over the backlog, bytes per request (the requests' rows,
+    /// their audit trail and outcomes; the outbox keeps only what is in flight).
+    pub database_bytes_per_request: f64,
+    /// Outbox rows left once the drain ended (published rows are deleted).
+    pub outbox_rows_after: i64,
 }
 
 /// The whole report.
@@ -752,7 +757,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let parties = Parties::find(&settings.amqp_url, &settings.database_url);
 
     if let Some(n) = args.backlog {
-        report.backlog = Some(backlog(&settings, args, n, &broker, &publisher, &keys).await?);
+        report.backlog = Some(backlog(&settings, args, n, &broker, &publisher, &keys, &store).await?);
     } else {
         if !args.no_ceiling {
             eprintln!(
@@ -842,7 +847,9 @@ async fn backlog(
     broker: &Arc<Broker>,
     publisher: &Arc<Publisher>,
     keys: &Arc<Mutex<Keys>>,
+    store: &Store,
 ) -> anyhow::Result<Backlog> {
+    let size_before = store.database_bytes().await?;
     let board = Arc::new(Mutex::new(Board::default()));
     let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
     eprintln!("backlog: publishing {n} requests with the pools stopped…");
@@ -881,7 +888,10 @@ async fn backlog(
         *outcomes.entry(t.outcome.clone()).or_default() += 1;
     }
     let seen: HashSet<&Uuid> = b.tracks.iter().filter(|(_, t)| t.final_at.is_some()).map(|(id, _)| id).collect();
+    let grown = store.database_bytes().await? - size_before;
     Ok(Backlog {
+        database_bytes_per_request: grown as f64 / n.max(1) as f64,
+        outbox_rows_after: store.outbox_backlog().await?,
         requests: n,
         publish_rate,
         drain_rate: b.finished as f64 / drain_secs.max(0.001),
@@ -997,6 +1007,10 @@ fn print_report(r: &Report) {
             b.requests, b.publish_rate, b.drain_rate, b.drain_seconds, b.unfinished
         );
         println!("worker RSS over the drain (MiB, largest process, every 5 s): {:?}", b.rss_mib_over_time);
+        println!(
+            "database grew {:.0} bytes per request (rows, audit trail, outcomes, indexes); {} outbox rows left",
+            b.database_bytes_per_request, b.outbox_rows_after
+        );
         println!("outcomes: {}", b.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
     }
 }

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use super::Report;
 
-const WIDTH: f64 = 760.0;
-const BAR_AREA: f64 = 520.0;
+const WIDTH: f64 = 960.0;
+const BAR_AREA: f64 = 440.0;
 const ROW: f64 = 28.0;
 const LEFT: f64 = 200.0;
 const COLOURS: [&str; 3] = ["#4c78a8", "#f58518", "#e45756"];

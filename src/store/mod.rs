@@ -194,7 +194,17 @@ struct OutboxColumns<'a> {
     traces: Vec<Option<&'a str>>,
 }
 
+/// A statement with its parameters bound.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl<'a> OutboxColumns<'a> {
+    /// Binds `messages` as a statement's last five parameters, the arrays of
+    /// `unnest($n::text[], $n+1::text[], $n+2::text[], $n+3::bytea[], $n+4::text[])`.
+    fn bind<'q>(q: PgQuery<'q>, messages: &'q [Message]) -> PgQuery<'q> {
+        let c = OutboxColumns::of(messages);
+        q.bind(c.exchanges).bind(c.keys).bind(c.ids).bind(c.bodies).bind(c.traces)
+    }
+
     fn of(messages: &'a [Message]) -> Self {
         OutboxColumns {
             exchanges: messages.iter().map(|m| m.exchange.as_str()).collect(),
@@ -204,6 +214,12 @@ impl<'a> OutboxColumns<'a> {
             traces: messages.iter().map(|m| m.traceparent.as_deref()).collect(),
         }
     }
+}
+
+/// Runs a statement that returns the ids of the outbox rows it wrote (none when it changed
+/// nothing).
+async fn outbox_ids(q: PgQuery<'_>, conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
+    q.fetch_all(&mut *conn).await?.iter().map(|row| sqlx::Row::try_get::<i64, _>(row, 0)).collect()
 }
 
 /// A final outcome row.
@@ -435,24 +451,11 @@ impl Store {
         registered: (Option<DateTime<Utc>>, &Value),
         messages: &[Message],
     ) -> Result<Vec<i64>, StoreError> {
-        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
-        let rows = Store::insert_request_query(REGISTER_REQUEST, r)
-            .bind(registered.0)
-            .bind(registered.1)
-            .bind(exchanges)
-            .bind(keys)
-            .bind(ids)
-            .bind(bodies)
-            .bind(traces)
-            .fetch_all(&mut *conn)
-            .await?;
-        rows.iter().map(|row| sqlx::Row::try_get::<i64, _>(row, 0)).collect()
+        let q = Store::insert_request_query(REGISTER_REQUEST, r).bind(registered.0).bind(registered.1);
+        outbox_ids(OutboxColumns::bind(q, messages), conn).await
     }
 
-    fn insert_request_query<'q>(
-        sql: &'static str,
-        r: &'q NewRequest<'q>,
-    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn insert_request_query<'q>(sql: &'static str, r: &'q NewRequest<'q>) -> PgQuery<'q> {
         sqlx::query(sql)
             .bind(r.request_id)
             .bind(r.request_number.as_deref())
@@ -525,12 +528,11 @@ impl Store {
         facts: &Value,
         messages: &[Message],
     ) -> Result<Vec<i64>, StoreError> {
-        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
-        let rows: Vec<(i64,)> = sqlx::query_as(
+        let q = sqlx::query(
             "WITH upd AS ( \
                  UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
                      attempts = 0, next_attempt_at = NULL, updated_at = now() \
-                 WHERE request_id = $1 AND state = $15 AND step_index = $6 AND attempts = $16 \
+                 WHERE request_id = $1 AND state = $10 AND step_index = $6 AND attempts = $11 \
                  RETURNING request_id), \
              hist AS ( \
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
@@ -538,7 +540,7 @@ impl Store {
                      (VALUES ($6::integer, $7::text, 'passed', $8::timestamptz, $9::jsonb), \
                              ($2, $3, 'queued', $4, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
              INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-             SELECT m.* FROM upd, unnest($10::text[], $11::text[], $12::text[], $13::bytea[], $14::text[]) AS m \
+             SELECT m.* FROM upd, unnest($12::text[], $13::text[], $14::text[], $15::bytea[], $16::text[]) AS m \
              RETURNING id",
         )
         .bind(id)
@@ -550,16 +552,9 @@ impl Store {
         .bind(from.step)
         .bind(from.deadline)
         .bind(from.detail)
-        .bind(exchanges)
-        .bind(keys)
-        .bind(ids)
-        .bind(bodies)
-        .bind(traces)
         .bind(from.at.state)
-        .bind(from.at.attempts)
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        .bind(from.at.attempts);
+        outbox_ids(OutboxColumns::bind(q, messages), conn).await
     }
 
     /// Parks a request at its step until an external event (payment, staff decision) or its
@@ -625,8 +620,7 @@ impl Store {
         o: &FinalOutcome<'_>,
         messages: &[Message],
     ) -> Result<Vec<i64>, StoreError> {
-        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
-        let rows: Vec<(i64,)> = sqlx::query_as(
+        let q = sqlx::query(
             "WITH upd AS ( \
                  UPDATE requests SET state = $2, finished_at = $8, next_attempt_at = NULL, updated_at = now() \
                  WHERE request_id = $1 AND state = $9 AND step_index = $10 AND attempts = $11 \
@@ -654,15 +648,8 @@ impl Store {
         .bind(from.at.attempts)
         .bind(from.step)
         .bind(from.deadline)
-        .bind(from.detail)
-        .bind(exchanges)
-        .bind(keys)
-        .bind(ids)
-        .bind(bodies)
-        .bind(traces)
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        .bind(from.detail);
+        outbox_ids(OutboxColumns::bind(q, messages), conn).await
     }
 
     /// Appends to the audit trail.
@@ -839,20 +826,12 @@ impl Store {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let OutboxColumns { exchanges, keys, ids, bodies, traces } = OutboxColumns::of(messages);
-        let rows: Vec<(i64,)> = sqlx::query_as(
+        let q = sqlx::query(
             "INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
              RETURNING id",
-        )
-        .bind(exchanges)
-        .bind(keys)
-        .bind(ids)
-        .bind(bodies)
-        .bind(traces)
-        .fetch_all(&mut *tx)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        );
+        outbox_ids(OutboxColumns::bind(q, messages), tx).await
     }
 
     /// Removes outbox rows whose messages were published: the outbox holds only what is in

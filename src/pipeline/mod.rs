@@ -4,16 +4,16 @@
 //!   catch panics, ack, dead-letter with a reason, reconnect, stop gracefully.
 //! - [`task`]: the step loop — load the request, enforce the step deadline, run the pool's step
 //!   function, classify its result, apply it.
-//! - [`transition`]: state changes with their audit-trail rows and outbox messages, in one
-//!   transaction.
+//! - [`transition`]: state changes with their audit-trail rows and outbox messages, each one
+//!   statement guarded by the request's position.
 //! - [`outbox`]: publishing after commit, and the relay for what a crash left behind.
 //! - [`failure`]: the one classification of failures — transient (retry within bounds) or
 //!   permanent (refuse or dead-letter at once).
 //! - [`sweeper`]: refuses requests whose step deadline passed while they waited, even when no
 //!   worker of that pool runs; re-queues due retries.
 //!
-//! A pool's step is a plain async function from [`StepInput`] to [`StepOutcome`] (see
-//! `workers/`), testable without a broker.
+//! A pool's step is a plain function from [`StepInput`] to [`StepOutcome`] behind the [`Step`]
+//! trait (see `workers/`), unit-tested without a broker or a database.
 
 pub mod failure;
 pub mod outbox;

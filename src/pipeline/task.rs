@@ -1,10 +1,10 @@
-//! The step loop for the registry, payment, review and result pools.
+//! The step loop, the same for every pool that runs tasks; a pool's own work is its [`Step`].
 //!
 //! For a task "run step N of request R": read the request; ignore the task if the request is no
 //! longer queued at step N (a duplicate or stale message); refuse if the step deadline already
-//! passed; otherwise run the pool's step function under a timeout that ends at the step deadline,
+//! passed; otherwise run the pool's step under a timeout that ends at the step deadline,
 //! catching panics. The result is classified once:
-//! - a business answer (pass, refuse, wait, complete) is applied in one transaction;
+//! - a business answer (pass, refuse, wait, complete) is applied in one statement;
 //! - a transient failure (a dependency down, a panic) schedules the next attempt in PostgreSQL
 //!   with exponential back-off and jitter, unless it would fall after the deadline, in which
 //!   case the request is refused `deadline_exceeded`;
@@ -13,8 +13,9 @@
 //!   at once, naming the field;
 //! - a task that cannot be read is dead-lettered.
 //!
-//! The step runs without holding a row lock; applying re-reads the row under `FOR UPDATE` and
-//! only applies if nothing moved meanwhile, so duplicate deliveries never apply twice.
+//! The step runs without holding a row lock; every statement that applies its answer is guarded
+//! by the position the step saw (state, step, attempts) and changes nothing if the request moved
+//! meanwhile, so duplicate deliveries never apply twice.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
-//! State changes of a request. Each function runs inside the caller's transaction and writes
-//! the new state, its audit-trail rows and the outbox messages it causes; the caller commits and
-//! then hands the returned [`Pending`] to [`super::Outbox::flush`].
+//! State changes of a request. Each is one statement that writes the new state, its audit-trail
+//! rows and the outbox messages it causes, and applies only while the request still stands where
+//! the caller saw it ([`crate::store::Position`]). On a plain connection it is its own
+//! transaction; inside the caller's (the sweeper, the payment and decision handlers, which lock
+//! the row first) it commits with it. The returned [`Pending`] goes to [`super::Outbox::flush`]
+//! once committed.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};

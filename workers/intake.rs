@@ -384,7 +384,7 @@ mod tests {
     use crate::signature::{SignatureFailure, Signer};
     use crate::systems::Systems;
     use crate::workers::test_support::{
-        archive_form, bin, body, envelope, iin, licence_form, pki, regs, signed, signed_by, who,
+        archive_form, archive_portal_body, bin, body, envelope, iin, licence_form, pki, regs, signed, signed_by, who,
     };
 
     /// Examines `body` as intake would, with the demo PKI and the demo centre.
@@ -569,14 +569,7 @@ mod tests {
 
     #[test]
     fn p12_p16_archive_portal_request_changed_after_signing_is_refused_a6() {
-        let mut b = signed(body(
-            "archive-certificate",
-            "astana",
-            "portal",
-            iin(who::CITIZEN),
-            who::ASTANA_ARCHIVES,
-            archive_form(),
-        ));
+        let mut b = signed(archive_portal_body());
         b["form"]["period"] = json!("1990-2001");
         assert_signature_refusal(examined(&b), ServiceCode::ArchiveCertificate, "A6", SignatureFailure::BadSignature);
     }

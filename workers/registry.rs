@@ -148,6 +148,19 @@ mod tests {
 
     const POA_REFUSAL: &str = "L8/power_of_attorney_not_found";
 
+    /// The demo registries with [`POA`] (the clinic to its representative) valid until `day`.
+    fn registry_with_poa_valid_until(day: &str) -> crate::registry::MemoryRegistry {
+        let reg = registry();
+        add_power(
+            &reg,
+            crate::store::PowerOfAttorneyRecord {
+                valid_until: Some(date(day)),
+                ..power(POA, who::CLINIC, who::REPRESENTATIVE)
+            },
+        );
+        reg
+    }
+
     #[tokio::test]
     async fn p18_person_found_in_gbd_fl_passes_with_the_applicant_name_and_the_attachment() {
         let out = run(appointment_at_provider(who::CITIZEN), &registry()).await;
@@ -219,28 +232,14 @@ mod tests {
 
     #[tokio::test]
     async fn p21_power_of_attorney_that_expired_the_day_before_refuses_l8_power_of_attorney_not_found() {
-        let reg = registry();
-        add_power(
-            &reg,
-            crate::store::PowerOfAttorneyRecord {
-                valid_until: Some(date("2026-11-22")),
-                ..power(POA, who::CLINIC, who::REPRESENTATIVE)
-            },
-        );
+        let reg = registry_with_poa_valid_until("2026-11-22");
         let case = licence_at_centre(who::CLINIC, who::REPRESENTATIVE, Some(POA));
         assert_eq!(run(case, &reg).await, refuse(POA_REFUSAL, "power of attorney expired"));
     }
 
     #[tokio::test]
     async fn p21_power_of_attorney_is_still_valid_on_its_last_day() {
-        let reg = registry();
-        add_power(
-            &reg,
-            crate::store::PowerOfAttorneyRecord {
-                valid_until: Some(date("2026-11-23")),
-                ..power(POA, who::CLINIC, who::REPRESENTATIVE)
-            },
-        );
+        let reg = registry_with_poa_valid_until("2026-11-23");
         let case = licence_at_centre(who::CLINIC, who::REPRESENTATIVE, Some(POA));
         assert_eq!(run(case, &reg).await, pass(json!({ "applicant_name": CLINIC_NAME, "power_of_attorney": POA })));
     }
@@ -249,14 +248,7 @@ mod tests {
     /// day was 22 November has expired locally.
     #[tokio::test]
     async fn p21_power_of_attorney_expiry_is_judged_by_the_almaty_date() {
-        let reg = registry();
-        add_power(
-            &reg,
-            crate::store::PowerOfAttorneyRecord {
-                valid_until: Some(date("2026-11-22")),
-                ..power(POA, who::CLINIC, who::REPRESENTATIVE)
-            },
-        );
+        let reg = registry_with_poa_valid_until("2026-11-22");
         let case = licence_at_centre(who::CLINIC, who::REPRESENTATIVE, Some(POA)).now("2026-11-23T02:00:00+05:00");
         assert_eq!(run(case, &reg).await, refuse(POA_REFUSAL, "power of attorney expired"));
     }

@@ -61,7 +61,8 @@ mod tests {
     use crate::pipeline::{DocumentDraft, StepOutcome};
     use crate::regulations::PoolName;
     use crate::workers::test_support::{
-        CITIZEN_NAME, CLINIC_NAME, Case, POA, archive_form, bin, body, iin, licence_form, represented, who,
+        CITIZEN_NAME, CLINIC_NAME, Case, POA, archive_form, archive_portal_body, bin, body, iin, licence_form,
+        represented, who,
     };
 
     fn draft(mut case: Case) -> DocumentDraft {
@@ -161,14 +162,7 @@ mod tests {
 
     #[test]
     fn p39_archive_request_completes_with_the_archive_certificate_and_the_arc_prefix() {
-        let case = Case::new(body(
-            "archive-certificate",
-            "astana",
-            "portal",
-            iin(who::CITIZEN),
-            who::ASTANA_ARCHIVES,
-            archive_form(),
-        ));
+        let case = Case::new(archive_portal_body());
         let doc = draft(case);
         assert_eq!((doc.kind.as_str(), doc.number_prefix.as_str()), ("archive-certificate", "ARC"));
         assert_eq!(doc.content["provider"], who::ASTANA_ARCHIVES);

@@ -93,6 +93,11 @@ pub fn licence_form(kind: &str) -> Value {
     json!({ "kind": kind, "activity": "стоматология" })
 }
 
+/// A citizen's archive-certificate request on the Astana portal (S5).
+pub fn archive_portal_body() -> Value {
+    body("archive-certificate", "astana", "portal", iin(who::CITIZEN), who::ASTANA_ARCHIVES, archive_form())
+}
+
 /// The form of an archive-certificate request.
 pub fn archive_form() -> Value {
     json!({ "certificate_type": "о трудовом стаже", "period": "1995-2001", "purpose": "пенсия" })

@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::broker::pool_name;
 use crate::contract::{Request, now_local};
 use crate::regulations::{PoolName, Route};
-use crate::store::RequestRow;
+use crate::store::{RequestRow, Store};
 
 use super::runtime::{self, Disposition, Handler, Incoming, panic_text};
 use super::transition::{self, Head, Pending};
@@ -105,7 +105,13 @@ async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure
         Err(e) => return refuse_invalid(ctx, &row, step_name, &e).await,
     };
     if now >= deadline {
-        return refuse_overdue(ctx, &row, "the step deadline passed while the request waited in the queue").await;
+        return refuse_overdue(
+            ctx,
+            &row,
+            Some(&route),
+            "the step deadline passed while the request waited in the queue",
+        )
+        .await;
     }
     let Some(step) = route.step(row.step_index as usize) else {
         let e = Failure::permanent("service", format!("its route has no step {}", row.step_index));
@@ -131,14 +137,22 @@ async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure
             Err(e) if !e.is_transient() => refuse_invalid(ctx, &row, step_name, &e).await,
             other => other,
         },
-        Ok(Ok(Err(e))) if e.is_transient() => schedule_retry(ctx, &row, step_name, &e.to_string()).await,
+        Ok(Ok(Err(e))) if e.is_transient() => schedule_retry(ctx, &row, &input.route, step_name, &e.to_string()).await,
         Ok(Ok(Err(e))) => refuse_invalid(ctx, &row, step_name, &e).await,
         Ok(Err(panic)) => {
             let what = panic_text(&panic);
             tracing::error!(request_id = %row.request_id, pool = step_name, panic = %what, "step panicked; handled as a failure");
-            schedule_retry(ctx, &row, step_name, &format!("step panicked: {what}")).await
+            schedule_retry(ctx, &row, &input.route, step_name, &format!("step panicked: {what}")).await
         }
-        Err(_) => refuse_overdue(ctx, &row, "the step did not finish before its deadline and was cancelled").await,
+        Err(_) => {
+            refuse_overdue(
+                ctx,
+                &row,
+                Some(&input.route),
+                "the step did not finish before its deadline and was cancelled",
+            )
+            .await
+        }
     }
 }
 
@@ -160,28 +174,25 @@ async fn apply(
     step_name: &str,
     outcome: StepOutcome,
 ) -> Result<(), Failure> {
+    let mut conn = ctx.store.pool().acquire().await?;
     let pending = match outcome {
-        StepOutcome::Pass { facts } => {
-            let mut conn = ctx.store.pool().acquire().await?;
-            transition::advance(&mut conn, row, route, facts, None).await?
-        }
+        StepOutcome::Pass { facts } => transition::advance(&mut conn, row, route, facts, None).await?,
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
-            let mut conn = ctx.store.pool().acquire().await?;
             transition::refuse(&mut conn, &Head::from(row), row.position(), step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
-            let mut conn = ctx.store.pool().acquire().await?;
             transition::wait(&mut conn, row, step_name).await?;
             None
         }
         StepOutcome::Complete { document } => {
-            // The number is taken on its own, so that no completion holds the counter's row
-            // while it signs; a completion that then finds the request moved leaves a gap.
+            // The number is taken in a statement of its own, so that no completion holds the
+            // counter's row while it signs; a completion that then finds the request moved
+            // leaves a gap.
             let year = now_local().format("%Y");
             let scope = format!("{}-{year}", document.number_prefix);
-            let n = ctx.store.next_document_number(&scope).await?;
+            let n = Store::next_document_number(&mut conn, &scope).await?;
             let number = format!("{scope}-{n:06}");
             let mut doc = Map::new();
             doc.insert("kind".into(), json!(document.kind));
@@ -191,23 +202,30 @@ async fn apply(
             let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
             let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
             doc.insert("signature".into(), signature);
-            let mut conn = ctx.store.pool().acquire().await?;
             transition::complete(&mut conn, row, doc).await?
         }
     };
+    // The connection goes back to the pool before the wait for the broker's confirms.
+    drop(conn);
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
     Ok(())
 }
 
-async fn schedule_retry(ctx: &Ctx, row: &RequestRow, step_name: &str, error: &str) -> Result<(), Failure> {
+async fn schedule_retry(
+    ctx: &Ctx,
+    row: &RequestRow,
+    route: &Route<'_>,
+    step_name: &str,
+    error: &str,
+) -> Result<(), Failure> {
     let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
     let delay = retry_delay(attempt);
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
     if row.step_deadline.is_some_and(|d| next >= d) {
         let why = format!("transient failures until the deadline: {error}");
-        return refuse_overdue(ctx, row, &why).await;
+        return refuse_overdue(ctx, row, Some(route), &why).await;
     }
     let mut conn = ctx.store.pool().acquire().await?;
     if transition::retry(&mut conn, row, step_name, next, error).await? {
@@ -228,8 +246,8 @@ async fn refuse_invalid(ctx: &Ctx, row: &RequestRow, step_name: &str, failure: &
 }
 
 /// Refuses for its deadline a request still at this task's step.
-async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, why: &str) -> Result<(), Failure> {
-    let (step_name, reason, detail) = deadline_refusal(ctx, row, why);
+async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, route: Option<&Route<'_>>, why: &str) -> Result<(), Failure> {
+    let (step_name, reason, detail) = deadline_refusal(ctx, row, route, why);
     if refuse_if_current(ctx, row, &step_name, reason, detail).await? {
         crate::metrics::deadline_refusal(&step_name);
     }
@@ -259,13 +277,23 @@ async fn refuse_if_current(
 /// The refusal for a request whose step deadline passed: the step's `deadline_refusal` where the
 /// regulation defines one (no payment by the deadline → L2), otherwise `deadline_exceeded`
 /// naming the step and its deadline. (step, reason, audit detail).
-fn deadline_refusal(ctx: &Ctx, row: &RequestRow, why: &str) -> (String, crate::contract::Reason, serde_json::Value) {
+fn deadline_refusal(
+    ctx: &Ctx,
+    row: &RequestRow,
+    route: Option<&Route<'_>>,
+    why: &str,
+) -> (String, crate::contract::Reason, serde_json::Value) {
     let step_name = row.step.clone().unwrap_or_else(|| "intake".into());
     let deadline = row.step_deadline.map(crate::contract::to_local);
     let detail = json!({ "why": why, "deadline": deadline });
-    let reason = load(ctx, row).ok().and_then(|(_, route)| {
+    // The step loop has the route already; the sweeper finds it from the stored request.
+    let loaded = match route {
+        Some(_) => None,
+        None => load(ctx, row).ok().map(|(_, r)| r),
+    };
+    let reason = route.or(loaded.as_ref()).and_then(|route| {
         let key = route.step(row.step_index as usize)?.deadline_refusal.as_deref()?;
-        Some(transition::regulation_reason(&route, key, None))
+        Some(transition::regulation_reason(route, key, None))
     });
     let reason = reason.unwrap_or_else(|| {
         let when = deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
@@ -281,7 +309,7 @@ pub async fn refuse_for_deadline(
     row: &RequestRow,
     why: &str,
 ) -> Result<Option<Pending>, Failure> {
-    let (step_name, reason, detail) = deadline_refusal(ctx, row, why);
+    let (step_name, reason, detail) = deadline_refusal(ctx, row, None, why);
     let refused = transition::refuse(tx, &Head::from(row), row.position(), &step_name, reason, Some(detail)).await?;
     if refused.is_some() {
         crate::metrics::deadline_refusal(&step_name);

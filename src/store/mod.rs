@@ -677,39 +677,6 @@ impl Store {
         Ok(())
     }
 
-    /// Appends two rows to the audit trail in one statement: a step passed (or registered) and
-    /// the next step queued — the commonest transition, so one round trip instead of two.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn history_transition(
-        tx: &mut PgConnection,
-        id: Uuid,
-        (from_index, from_step, from_event, from_deadline, from_detail): (
-            i32,
-            &str,
-            &str,
-            Option<DateTime<Utc>>,
-            Option<&Value>,
-        ),
-        (to_index, to_step, to_deadline): (i32, &str, DateTime<Utc>),
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6), ($1, $7, $8, 'queued', $9, NULL)",
-        )
-        .bind(id)
-        .bind(from_index)
-        .bind(from_step)
-        .bind(from_event)
-        .bind(from_deadline)
-        .bind(from_detail)
-        .bind(to_index)
-        .bind(to_step)
-        .bind(to_deadline)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
     /// The audit trail of a request.
     pub async fn history_of(&self, id: Uuid) -> Result<Vec<HistoryRow>, StoreError> {
         sqlx::query_as(
@@ -969,10 +936,10 @@ impl Store {
     }
 
     /// Next document number in a scope (prefix and year).
-    pub async fn next_document_number(&self, scope: &str) -> Result<i64, StoreError> {
+    pub async fn next_document_number(conn: &mut PgConnection, scope: &str) -> Result<i64, StoreError> {
         // Committed without waiting for its WAL flush, so that completions of one scope do not
         // queue on the counter row (migration 0007 says why that is safe).
-        let (n,): (i64,) = sqlx::query_as("SELECT next_document_number($1)").bind(scope).fetch_one(&self.pool).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT next_document_number($1)").bind(scope).fetch_one(&mut *conn).await?;
         Ok(n)
     }
 

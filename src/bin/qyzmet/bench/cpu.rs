@@ -158,29 +158,23 @@ fn port_of(url: &str, default: u16) -> Option<u16> {
 
 /// The process owning the socket listening on `port` (IPv4 or IPv6), if this user may see it.
 fn listener_pid(port: u16) -> Option<u32> {
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    let local_port = f.get(1)?.rsplit_once(':')?.1;
-                    let listening = f.get(3)? == &"0A";
-                    (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                        .then(|| f.get(9).map(|s| s.to_string()))?
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut wanted = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|f| std::fs::read_to_string(f).ok()) {
+        wanted.extend(table.lines().skip(1).filter_map(|line| listening_socket(line, port)));
+    }
     pids().into_iter().find(|pid| {
         std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {
             std::fs::read_link(fd.path()).is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
         })
     })
+}
+
+/// The `socket:[inode]` link of a `/proc/net/tcp` line's socket if it listens on `port`.
+fn listening_socket(line: &str, port: u16) -> Option<String> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+    let listening = *f.get(3)? == "0A";
+    (listening && local_port == port).then(|| f.get(9).map(|inode| format!("socket:[{inode}]")))?
 }
 
 fn pids() -> Vec<u32> {
@@ -229,6 +223,14 @@ mod tests {
         assert_eq!(port_of("amqp://u:p@127.0.0.1:5673/%2f", 5672), Some(5673));
         assert_eq!(port_of("postgres://u@localhost/db", 5432), Some(5432));
         assert_eq!(port_of("postgres://u:p@127.0.0.1:5433/qyzmet?sslmode=disable", 5432), Some(5433));
+    }
+
+    #[test]
+    fn only_a_listening_socket_on_the_port_is_taken() {
+        let line = "   0: 0100007F:1629 00000000:0000 0A 00000000:00000000 00:00000000 00000000   107        0 12345 1";
+        assert_eq!(listening_socket(line, 5673), Some("socket:[12345]".into()));
+        assert_eq!(listening_socket(line, 5672), None);
+        assert_eq!(listening_socket(&line.replace(" 0A ", " 01 "), 5673), None, "an established connection");
     }
 
     #[test]

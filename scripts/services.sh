@@ -603,7 +603,8 @@ cmd_rabbitmqctl() {
     if [[ "$(mode)" == docker ]]; then
         compose exec -T rabbitmq rabbitmqctl "$@"
     else
-        rabbit_running || die "rabbitmq is not running: run '$0 start' first"
+        # The node, not its AMQP port: after `rabbitmqctl stop_app` only the node is up.
+        pid_alive "$RMQ_BASE/rabbit.pid" "$RMQ_MARK" || die "rabbitmq is not running: run '$0 start' first"
         (rabbit_env && "$RABBIT_BIN/rabbitmqctl" "$@")
     fi
 }

@@ -134,6 +134,62 @@ enum Role {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// lapin's reconnection attempts after a broker restart: every 0.25–2 s (jittered), so a
+/// consumer is back within about two seconds of its broker (lapin's default doubles up to a
+/// minute), and at most 60 times — about two minutes; then the connection fails for good and
+/// the next use opens a new one.
+fn recovery_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(60)
+}
+
+/// How often a retired connection or channel is looked at.
+const RETIRED_CHECK: Duration = Duration::from_millis(500);
+
+/// Closes a connection that was replaced while lapin was still recovering it, as soon as the
+/// recovery succeeds. A recovered connection re-subscribes its consumers, and the broker would
+/// hand a prefetch's worth of deliveries to consumers nobody reads any more: they would stay
+/// unacknowledged, their requests stalled, until the process exits. The watch ends when the
+/// connection is closed or has failed for good.
+fn retire_connection(conn: Arc<Connection>) {
+    tokio::spawn(async move {
+        loop {
+            let status = conn.status();
+            if status.connected() {
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.close(200, "replaced".into())).await;
+                tracing::info!("closed a replaced broker connection that had recovered");
+                return;
+            }
+            if !(status.reconnecting() || status.connecting()) {
+                return;
+            }
+            tokio::time::sleep(RETIRED_CHECK).await;
+        }
+    });
+}
+
+/// Closes a consumer's channel that was given up on while lapin was recovering it, as soon as
+/// it is back (see [`retire_connection`]: a recovered channel consumes again, for nobody).
+pub fn retire_channel(channel: Channel) {
+    tokio::spawn(async move {
+        loop {
+            let status = channel.status();
+            if status.connected() {
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, channel.close(200, "replaced".into())).await;
+                tracing::info!("closed an abandoned consumer channel that had recovered");
+                return;
+            }
+            if !(status.reconnecting() || status.initializing()) {
+                return;
+            }
+            tokio::time::sleep(RETIRED_CHECK).await;
+        }
+    });
+}
+
 /// How long a publisher waits for confirms unless configured otherwise.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -195,8 +251,9 @@ impl Broker {
         {
             return Ok(conn.clone());
         }
-        if guard.is_some() {
+        if let Some(old) = guard.take() {
             crate::metrics::reconnect();
+            retire_connection(old);
         }
         let name = match role {
             Role::Consume => self.name.clone(),
@@ -209,7 +266,7 @@ impl Broker {
             let Some(url) = self.urls.get(i) else { break };
             let mut props = ConnectionProperties::default().with_connection_name(LongString::from(name.clone()));
             if self.urls.len() == 1 {
-                props = props.enable_auto_recover();
+                props = props.with_backoff(recovery_backoff()).enable_auto_recover();
             }
             // TLS for amqps:// URLs: rustls, the certificate verified against the web roots and
             // the configured CA bundle, and the URL's host name checked.

@@ -84,6 +84,12 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_RETRY_BUDGET_SECS", default_value_t = 300)]
     pub retry_budget_secs: u64,
 
+    /// Seconds a consumer waits for lapin to recover its channel after the broker went away
+    /// before it consumes on a new connection instead (the abandoned one is closed once it is
+    /// back, so it holds no deliveries).
+    #[arg(long, env = "QYZMET_RECOVERY_PATIENCE_SECS", default_value_t = 20)]
+    pub recovery_patience_secs: u64,
+
     /// Milliseconds a publish waits for the broker's confirms; then it fails and the outbox
     /// relay publishes later (a broker under a resource alarm blocks publishers).
     #[arg(long, env = "QYZMET_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
@@ -154,6 +160,7 @@ impl Settings {
             outbox_relay_secs: 30,
             max_deliveries: 10,
             retry_budget_secs: 300,
+            recovery_patience_secs: 20,
             confirm_timeout_ms: 10_000,
             db_statement_timeout_ms: 30_000,
             db_idle_in_transaction_timeout_ms: 60_000,
@@ -202,6 +209,7 @@ impl Settings {
             ("QYZMET_OUTBOX_RELAY_SECS", self.outbox_relay_secs.to_string()),
             ("QYZMET_MAX_DELIVERIES", self.max_deliveries.to_string()),
             ("QYZMET_RETRY_BUDGET_SECS", self.retry_budget_secs.to_string()),
+            ("QYZMET_RECOVERY_PATIENCE_SECS", self.recovery_patience_secs.to_string()),
             ("QYZMET_CONFIRM_TIMEOUT_MS", self.confirm_timeout_ms.to_string()),
             ("QYZMET_DB_STATEMENT_TIMEOUT_MS", self.db_statement_timeout_ms.to_string()),
             ("QYZMET_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", self.db_idle_in_transaction_timeout_ms.to_string()),

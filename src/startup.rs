@@ -176,6 +176,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         consuming: std::sync::atomic::AtomicUsize::new(0),
         max_deliveries: settings.max_deliveries(),
         retry_budget: Duration::from_secs(settings.retry_budget_secs),
+        recovery_patience: Duration::from_secs(settings.recovery_patience_secs),
         process: crate::store::Heartbeat {
             process_id: uuid::Uuid::new_v4(),
             host: host_name(),

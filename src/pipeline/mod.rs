@@ -72,6 +72,9 @@ pub struct Ctx {
     /// pulling more work during an outage, and a return to the queue counts towards
     /// `max_deliveries`, so a short outage costs nothing and a message never circulates forever.
     pub retry_budget: Duration,
+    /// How long a consumer's channel may stay down (lapin recovering it after a broker restart)
+    /// before the consumer gives up on it and consumes on a new connection.
+    pub recovery_patience: Duration,
     /// Who this process is (pools, host, version), for the heartbeat row its housekeeping pass
     /// refreshes: the console lists live processes from those rows.
     pub process: crate::store::Heartbeat,

@@ -223,10 +223,6 @@ fn pauses(min: Duration, max: Duration) -> backon::ExponentialBackoff {
 /// How often a consumer checks that its channel is up.
 const RECOVERY_CHECK: Duration = Duration::from_secs(2);
 
-/// How long a consumer's channel may stay down (lapin recovering it after a broker restart)
-/// before the consumer gives up on it and consumes on a new connection.
-const RECOVERY_PATIENCE: Duration = Duration::from_secs(20);
-
 /// Pause before a delivery that could not be dead-lettered goes back to the queue.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -290,8 +286,8 @@ pub async fn consume(
                     // connection, so a pool never waits forever on a recovery that hangs.
                     if channel.status().connected() {
                         lost_since = None;
-                    } else if lost_since.get_or_insert_with(std::time::Instant::now).elapsed() > RECOVERY_PATIENCE {
-                        tracing::warn!(%queue, patience = ?RECOVERY_PATIENCE, "the channel has not recovered; consuming on a new connection");
+                    } else if lost_since.get_or_insert_with(std::time::Instant::now).elapsed() > ctx.recovery_patience {
+                        tracing::warn!(%queue, patience = ?ctx.recovery_patience, "the channel has not recovered; consuming on a new connection");
                         break;
                     }
                     continue;
@@ -315,7 +311,11 @@ pub async fn consume(
         // The deliveries in flight finish before their channel closes.
         let _ = slots.acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX)).await;
         ctx.consuming.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = tokio::time::timeout(SETTLE_TIMEOUT, channel.close(200, "bye".into())).await;
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(SETTLE_TIMEOUT, channel.close(200, "bye".into())).await;
+        } else {
+            crate::broker::retire_channel(channel);
+        }
         if !shutdown.is_shutdown() {
             tracing::warn!(%queue, "consumer ended (cancelled by the broker or connection lost); re-consuming");
             shutdown.sleep(Duration::from_millis(500)).await;

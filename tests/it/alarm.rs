@@ -9,25 +9,6 @@ use qyzmet::regulations::PoolName;
 
 use crate::common::*;
 
-/// Runs `rabbitmqctl` against the test broker (`scripts/services.sh rabbitmqctl`, as
-/// `make test` sets `TEST_RABBITMQCTL`).
-fn rabbitmqctl(args: &[&str]) {
-    let cmd = std::env::var("TEST_RABBITMQCTL").unwrap_or_else(|_| {
-        panic!(
-            "TEST_RABBITMQCTL is not set: this test raises a memory alarm with rabbitmqctl; run it through make test"
-        )
-    });
-    let mut parts = cmd.split_whitespace();
-    let program = parts.next().expect("a command");
-    let status = std::process::Command::new(program)
-        .args(parts)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 /// Raises the alarm for its lifetime; clears it when dropped, even if the test fails, so the
 /// broker is never left blocking the other tests.
 struct MemoryAlarm;

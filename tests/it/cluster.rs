@@ -15,8 +15,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use qyzmet::broker::{Broker, Message};
-use qyzmet::contract::{EXCHANGE_OUTCOMES, EXCHANGE_REQUESTS, Outcome};
+use qyzmet::broker::Broker;
+use qyzmet::contract::{EXCHANGE_OUTCOMES, Outcome};
 use qyzmet::startup::Options;
 
 use crate::common::*;
@@ -63,29 +63,6 @@ impl Drop for Cluster {
             .env("QYZMET_CLUSTER_DIR", &self.dir)
             .env("QYZMET_CLUSTER_PORT_BASE", "5900")
             .status();
-    }
-}
-
-/// Publishes with confirms, retrying through a failover (a publish during it fails).
-async fn publish_until_confirmed(broker: &Arc<Broker>, body: &Value) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(p) = broker.publisher().await {
-            let m = Message {
-                exchange: EXCHANGE_REQUESTS.into(),
-                routing_key: "doctor-appointment".into(),
-                message_id: body["request_id"].as_str().unwrap_or_default().to_owned(),
-                body: serde_json::to_vec(body).expect("json"),
-                traceparent: None,
-                headers: Vec::new(),
-                must_route: true,
-            };
-            if p.publish_all(&[m]).await.is_ok() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "could not publish to the cluster for 90 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

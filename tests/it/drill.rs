@@ -18,7 +18,7 @@ async fn exclusive_the_chaos_drill_loses_nothing_and_every_poison_message_meets_
             &std::env::temp_dir().join(format!("qyzmet-drill-logs-{}", env.db_name())).display().to_string(),
         ])
         .envs(env.child_env())
-        .env("QYZMET_LOG", "off")
+        .env("QYZMET_LOG", "warn,lapin=off")
         .output()
         .await
         .expect("qyzmet drill runs");

@@ -174,11 +174,19 @@ fn poison_parts(keys: &mut Keys, kind: &'static str, i: usize) -> anyhow::Result
 /// Publishes until the broker confirms (a publish during a restart fails and is repeated).
 async fn publish_surely(broker: &Arc<Broker>, m: Message, stop: &AtomicBool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut said = None::<Instant>;
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        if let Ok(p) = broker.publisher().await
-            && p.publish_all(std::slice::from_ref(&m)).await.is_ok()
-        {
-            return true;
+        let published = match broker.publisher().await {
+            Ok(p) => p.publish_all(std::slice::from_ref(&m)).await,
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(()) => return true,
+            Err(e) if said.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
+                tracing::warn!(message_id = %m.message_id, error = %e, "drill: cannot publish yet; retrying");
+                said = Some(Instant::now());
+            }
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -28,6 +28,47 @@ use qyzmet::regulations::Regulations;
 use qyzmet::signature::keys::SigningKey;
 use qyzmet::startup::{self, Deps, Options, Running};
 use qyzmet::store::Store;
+
+/// Runs `rabbitmqctl` against the test broker (`scripts/services.sh rabbitmqctl`, as
+/// `make test` sets `TEST_RABBITMQCTL`).
+pub fn rabbitmqctl(args: &[&str]) {
+    let cmd = std::env::var("TEST_RABBITMQCTL").unwrap_or_else(|_| {
+        panic!("TEST_RABBITMQCTL is not set: this test drives the broker with rabbitmqctl; run it through make test")
+    });
+    let mut parts = cmd.split_whitespace();
+    let program = parts.next().expect("a command");
+    let status = std::process::Command::new(program)
+        .args(parts)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+/// Publishes a signed Request with confirms, retrying through a failover or a broker restart
+/// (a publish during either fails).
+pub async fn publish_until_confirmed(broker: &Arc<Broker>, body: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(p) = broker.publisher().await {
+            let m = Message {
+                exchange: EXCHANGE_REQUESTS.into(),
+                routing_key: "doctor-appointment".into(),
+                message_id: body["request_id"].as_str().unwrap_or_default().to_owned(),
+                body: serde_json::to_vec(body).expect("json"),
+                traceparent: None,
+                headers: Vec::new(),
+                must_route: true,
+            };
+            if p.publish_all(&[m]).await.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "could not publish to the cluster for 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// Log lines of this test process, for tests that assert on what was (not) logged. Installed
 /// once per process (nextest runs every test in a process of its own).

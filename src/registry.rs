@@ -219,6 +219,17 @@ fn opt_date(row: &serde_json::Map<String, Value>, name: &str) -> Result<Option<c
     }
 }
 
+fn opt_time(row: &serde_json::Map<String, Value>, name: &str) -> Result<Option<chrono::NaiveTime>, String> {
+    match row.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M")
+            .map(Some)
+            .map_err(|_| format!("{name} must be a local time HH:MM")),
+        Some(_) => Err(format!("{name} must be a local time HH:MM")),
+    }
+}
+
 fn checked<'a>(row: &'a serde_json::Map<String, Value>, name: &str, bin: bool) -> Result<&'a str, String> {
     let v = field(row, name)?;
     let r = if bin { ident::check_bin(v) } else { ident::check_iin(v) };
@@ -237,6 +248,7 @@ impl Batch {
             RegistryKind::LegalEntities => self.entities.push(EntityRecord {
                 bin: checked(row, "bin", true)?.to_owned(),
                 name: field(row, "name")?.to_owned(),
+                closes_at: opt_time(row, "closes_at")?,
             }),
             RegistryKind::PowersOfAttorney => {
                 let principal = field(row, "principal")?;

@@ -198,7 +198,19 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
         systems: ctx.systems.as_deref(),
         submitter: msg.sender(ctx),
     };
-    let examined = examine(&ctx.regs, &checks, env, received);
+    let examined = match examine(&ctx.regs, &checks, env, received) {
+        // P-10: where the variant accepts requests only until some time before the provider
+        // closes, the provider registry's closing time replaces the data's default.
+        Examined::Accepted { request, route, plan } if route.variant.intake_cutoff.is_some() => {
+            let closes = ctx.registry.entity(&request.provider).await?.and_then(|e| e.closes_at);
+            let plan = match closes {
+                Some(closes) => ctx.regs.plan_with(&route, &request, received, Some(closes)),
+                None => plan,
+            };
+            Examined::Accepted { request, route, plan }
+        }
+        other => other,
+    };
     // A refused request may be refused precisely because PostgreSQL cannot hold it as sent
     // (a NUL character): its audit copy is made storable. An accepted one is stored as sent.
     let body = match &examined {
@@ -459,16 +471,15 @@ mod tests {
         };
         assert_eq!(request.applicant.iin.as_deref(), Some(who::CITIZEN));
         assert_eq!(route.channel.channel, Channel::Portal);
-        // 2m intake, 1m30s registry, 10m review, result shared with the review (regulation data).
+        // 2m intake, 10m review (no lookup step on the portal, P-22), result shared with the review.
         let m = Duration::minutes;
         let due = [
             (PoolName::Intake, received + m(2)),
-            (PoolName::Registry, received + m(2) + Duration::seconds(90)),
-            (PoolName::Review, received + m(13) + Duration::seconds(30)),
-            (PoolName::Result, received + m(13) + Duration::seconds(30)),
+            (PoolName::Review, received + m(12)),
+            (PoolName::Result, received + m(12)),
         ];
         assert_eq!(plan.steps, due);
-        assert_eq!(plan.service, received + m(13) + Duration::seconds(30));
+        assert_eq!(plan.service, received + m(12));
     }
 
     #[test]

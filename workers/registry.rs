@@ -1,10 +1,11 @@
 //! Registry-lookup pool: ГБД ФЛ / ГБД ЮЛ by IIN or BIN (P-18…P-20), ЕНИС for a notarised power
-//! of attorney on the centre channel (P-21), and the attached-population register (P-30).
+//! of attorney on the centre channel (P-21). Portal requests have no lookup step (P-22); the
+//! attached-population register (P-30) is read by the provider's review, where the sources put
+//! that check.
 //!
 //! A missing record refuses with the step's `not_found_refusal` (R4, L6, L8); a missing or
 //! unusable power of attorney uses the `…/power_of_attorney_not_found` variant of that code when
-//! the regulation data defines one. The attachment lookup only gathers the fact; the review
-//! rules decide on it. Findings are kept in the request's facts for later steps.
+//! the regulation data defines one. Findings are kept in the request's facts for later steps.
 
 use serde_json::{Map, Value, json};
 
@@ -86,16 +87,6 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
                 }
                 facts.insert("power_of_attorney".into(), json!(poa.number));
             }
-            (Lookup::Attachment, Identifier::Iin(iin)) => {
-                let found = registry.attachment(&iin).await?;
-                facts.insert(
-                    "attachment".into(),
-                    found.map(|a| json!({ "provider_bin": a.provider_bin, "since": a.since })).unwrap_or(Value::Null),
-                );
-            }
-            (Lookup::Attachment, Identifier::Bin(_)) => {
-                facts.insert("attachment".into(), Value::Null);
-            }
         }
     }
     Ok(StepOutcome::Pass { facts: Some(Value::Object(facts)) })
@@ -125,16 +116,12 @@ mod tests {
         StepOutcome::Refuse { refusal: refusal.into(), note: None, detail: Some(detail.into()) }
     }
 
-    /// S1 Akmola, provider channel: ГБД ФЛ and the attached-population register.
+    /// S1 Akmola, provider channel: ГБД ФЛ.
     fn appointment_at_provider(applicant: &str) -> Case {
         Case::new(body("doctor-appointment", "akmola", "provider", iin(applicant), who::AKMOLA_PHC, json!({})))
     }
 
     /// S1 Akmola, portal: the attached-population register only.
-    fn appointment_on_portal(applicant: &str) -> Case {
-        Case::new(body("doctor-appointment", "akmola", "portal", iin(applicant), who::AKMOLA_PHC, json!({})))
-    }
-
     /// S1 Astana, provider channel: ГБД ФЛ or ГБД ЮЛ.
     fn astana_appointment_at_provider(applicant: Value) -> Case {
         Case::new(body("doctor-appointment", "astana", "provider", applicant, who::ASTANA_PHC, json!({})))
@@ -162,10 +149,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn p18_person_found_in_gbd_fl_passes_with_the_applicant_name_and_the_attachment() {
+    async fn p18_person_found_in_gbd_fl_passes_with_the_applicant_name() {
         let out = run(appointment_at_provider(who::CITIZEN), &registry()).await;
-        let attachment = json!({ "provider_bin": who::AKMOLA_PHC, "since": "2019-05-14" });
-        assert_eq!(out, pass(json!({ "applicant_name": CITIZEN_NAME, "attachment": attachment })));
+        assert_eq!(out, pass(json!({ "applicant_name": CITIZEN_NAME })));
     }
 
     #[tokio::test]
@@ -175,9 +161,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn p18_p30_unattached_person_passes_with_a_null_attachment_for_the_review_to_decide() {
+    async fn p18_p30_an_unattached_person_found_in_gbd_fl_passes_the_lookup_for_the_review_to_decide() {
         let out = run(appointment_at_provider(who::UNATTACHED), &registry()).await;
-        assert_eq!(out, pass(json!({ "applicant_name": "Ахметов Тимур Даулетович", "attachment": null })));
+        assert_eq!(out, pass(json!({ "applicant_name": "Ахметов Тимур Даулетович" })));
     }
 
     #[tokio::test]
@@ -286,18 +272,6 @@ mod tests {
         let b =
             body("medical-licence", "aktobe", "centre", bin(who::CLINIC), who::AKTOBE_HEALTH, licence_form("issue"));
         assert_eq!(run(Case::new(b), &registry()).await, pass(json!({ "applicant_name": CLINIC_NAME })));
-    }
-
-    #[tokio::test]
-    async fn p30_attachment_lookup_on_the_portal_gathers_the_attachment() {
-        let out = run(appointment_on_portal(who::CITIZEN), &registry()).await;
-        assert_eq!(out, pass(json!({ "attachment": { "provider_bin": who::AKMOLA_PHC, "since": "2019-05-14" } })));
-    }
-
-    #[tokio::test]
-    async fn p22_p30_attachment_lookup_never_refuses_not_even_a_person_missing_from_gbd_fl() {
-        let out = run(appointment_on_portal(who::UNKNOWN_PERSON), &registry()).await;
-        assert_eq!(out, pass(json!({ "attachment": null })));
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 use futures_util::future::BoxFuture;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::contract::{Decision, Envelope, Verdict};
 use crate::ident::Identifier;
@@ -37,18 +37,14 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
     }
     for rule in &input.step.rules {
         let ok = match rule.check {
-            RuleCheck::AttachedToProvider => {
-                let attached_to = match input.facts.get("attachment") {
-                    Some(Value::Object(a)) => a.get("provider_bin").and_then(Value::as_str).map(str::to_owned),
-                    Some(_) => None,
-                    None => match input.request.applicant_id() {
-                        Identifier::Iin(iin) => registry.attachment(&iin).await?.map(|a| a.provider_bin),
-                        Identifier::Bin(_) => None,
-                    },
-                };
-                attached_to.as_deref() == Some(input.request.provider.as_str())
-            }
-            RuleCheck::ProviderRegistered => registry.entity(&input.request.provider).await?.is_some(),
+            // P-30 is part of the provider's conformity check: the review itself reads the
+            // attached-population register (no step table has a lookup row for it).
+            RuleCheck::AttachedToProvider => match input.request.applicant_id() {
+                Identifier::Iin(iin) => {
+                    registry.attachment(&iin).await?.is_some_and(|a| a.provider_bin == input.request.provider)
+                }
+                Identifier::Bin(_) => false,
+            },
         };
         if !ok {
             return Ok(StepOutcome::Refuse {
@@ -181,7 +177,7 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::step;
     use crate::pipeline::{Class, StepOutcome};
@@ -199,19 +195,14 @@ mod tests {
 
     const PASS: StepOutcome = StepOutcome::Pass { facts: None };
 
-    /// S1 Akmola: rules attached_to_provider (R3/not_attached, R5/not_attached), then
-    /// provider_registered (R3, R5).
-    fn akmola_appointment(channel: &str, applicant: &str, provider: &str, facts: Value) -> Case {
-        Case::new(body("doctor-appointment", "akmola", channel, iin(applicant), provider, json!({}))).facts(facts)
+    /// S1 Akmola: the rule attached_to_provider (R3/not_attached portal, R5/not_attached provider).
+    fn akmola_appointment(channel: &str, applicant: &str, provider: &str) -> Case {
+        Case::new(body("doctor-appointment", "akmola", channel, iin(applicant), provider, json!({})))
     }
 
-    /// S1 Astana portal: the rule provider_registered (R3) only.
+    /// S1 Astana portal: no rule (no sourced ground, D27).
     fn astana_appointment(provider: &str) -> Case {
         Case::new(body("doctor-appointment", "astana", "portal", iin(who::CITIZEN), provider, json!({})))
-    }
-
-    fn attached_to(provider: &str) -> Value {
-        json!({ "attachment": { "provider_bin": provider, "since": "2019-05-14" } })
     }
 
     #[tokio::test]
@@ -229,78 +220,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn p30_applicant_attached_to_the_provider_per_the_attachment_fact_passes() {
-        // Not attached according to the registry: the fact of the registry step decides.
-        let case = akmola_appointment("portal", who::UNATTACHED, who::AKMOLA_PHC, attached_to(who::AKMOLA_PHC));
-        assert_eq!(review(case, &registry()).await, PASS);
+    async fn p30_applicant_attached_to_the_provider_per_the_register_passes() {
+        assert_eq!(review(akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC), &registry()).await, PASS);
     }
 
     #[tokio::test]
-    async fn p30_applicant_attached_elsewhere_per_the_attachment_fact_refuses_r3_not_attached() {
-        // Attached to this provider according to the registry: the fact of the registry step decides.
-        let case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC, attached_to(who::ASTANA_PHC));
+    async fn p30_applicant_attached_to_another_provider_refuses_r3_not_attached() {
+        let case = akmola_appointment("portal", who::CITIZEN, who::ASTANA_PHC);
         assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
     }
 
     #[tokio::test]
-    async fn p30_attachment_fact_null_refuses_r3_not_attached() {
-        let case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC, json!({ "attachment": null }));
-        assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
-    }
-
-    #[tokio::test]
-    async fn p30_without_an_attachment_fact_the_registry_shows_the_applicant_attached_and_it_passes() {
-        let case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC, json!({}));
-        assert_eq!(review(case, &registry()).await, PASS);
-    }
-
-    #[tokio::test]
-    async fn p30_without_an_attachment_fact_the_registry_shows_the_applicant_unattached_and_it_refuses_r3_not_attached()
-    {
-        let case = akmola_appointment("portal", who::UNATTACHED, who::AKMOLA_PHC, json!({}));
+    async fn p30_applicant_missing_from_the_register_refuses_r3_not_attached() {
+        let case = akmola_appointment("portal", who::UNATTACHED, who::AKMOLA_PHC);
         assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
     }
 
     #[tokio::test]
     async fn p29_p30_unattached_applicant_on_the_provider_channel_refuses_r5_not_attached() {
-        let case = akmola_appointment("provider", who::UNATTACHED, who::AKMOLA_PHC, json!({ "attachment": null }));
+        let case = akmola_appointment("provider", who::UNATTACHED, who::AKMOLA_PHC);
         assert_eq!(review(case, &registry()).await, refuse("R5/not_attached", "AttachedToProvider"));
     }
 
     #[tokio::test]
-    async fn p29_provider_registered_in_gbd_yul_passes() {
-        assert_eq!(review(astana_appointment(who::ASTANA_PHC), &registry()).await, PASS);
-    }
-
-    #[tokio::test]
-    async fn p29_provider_missing_from_gbd_yul_refuses_r3() {
-        let out = review(astana_appointment(who::UNREGISTERED_PROVIDER), &registry()).await;
-        assert_eq!(out, refuse("R3", "ProviderRegistered"));
-    }
-
-    #[tokio::test]
-    async fn p29_provider_missing_from_gbd_yul_on_the_provider_channel_refuses_r5() {
-        let case = akmola_appointment(
-            "provider",
-            who::CITIZEN,
-            who::UNREGISTERED_PROVIDER,
-            attached_to(who::UNREGISTERED_PROVIDER),
-        );
-        assert_eq!(review(case, &registry()).await, refuse("R5", "ProviderRegistered"));
-    }
-
-    #[tokio::test]
-    async fn p29_p30_rules_apply_in_data_order_so_the_attachment_refusal_comes_first() {
-        let case =
-            akmola_appointment("portal", who::UNATTACHED, who::UNREGISTERED_PROVIDER, json!({ "attachment": null }));
-        assert_eq!(review(case, &registry()).await, refuse("R3/not_attached", "AttachedToProvider"));
+    async fn p29_d27_without_a_sourced_ground_the_check_passes_even_for_a_provider_missing_from_gbd_yul() {
+        // The provider's registration is no ground in any source (P-22, D27): nothing refuses.
+        assert_eq!(review(astana_appointment(who::UNREGISTERED_PROVIDER), &registry()).await, PASS);
     }
 
     #[tokio::test]
     async fn an_unreachable_registry_during_the_rules_is_a_transient_failure_not_a_refusal() {
         let reg = registry();
         reg.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut case = astana_appointment(who::ASTANA_PHC);
+        let mut case = akmola_appointment("portal", who::CITIZEN, who::AKMOLA_PHC);
         let err = step(&case.input(PoolName::Review), &reg).await.expect_err("the registry is down");
         assert_eq!(err.class(), Class::Transient, "{err}");
     }

@@ -276,7 +276,7 @@ pub fn registry() -> MemoryRegistry {
         (AKTOBE_HEALTH, "ГУ «Управление здравоохранения Актюбинской области»"),
         (ASTANA_ARCHIVES, "ГУ «Управление архивов и документации города Астаны»"),
     ] {
-        put(&r.entities, bin, EntityRecord { bin: bin.into(), name: name.into() });
+        put(&r.entities, bin, EntityRecord { bin: bin.into(), name: name.into(), closes_at: None });
     }
     let attached =
         AttachmentRecord { iin: CITIZEN.into(), provider_bin: AKMOLA_PHC.into(), since: Some(date("2019-05-14")) };

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveTime, Utc};
 
 pub use calendar::Calendar;
 pub use model::*;
@@ -167,7 +167,8 @@ pub struct DeadlinePlan {
 }
 
 impl Regulations {
-    /// Loads `dir/*.toml` (service files), `dir/common.toml` and `dir/calendar.toml`.
+    /// Loads `dir/*.toml` (service files), `dir/common.toml` and `dir/calendar.toml`
+    /// (`dir/behaviours.toml` is the trace's list of behaviours, read by `qyzmet regulations trace`).
     pub fn load(dir: &Path) -> Result<Regulations, LoadError> {
         let calendar = Calendar::load(&dir.join("calendar.toml"))?;
         let common_path = dir.join("common.toml");
@@ -193,7 +194,12 @@ impl Regulations {
             .map_err(|e| LoadError::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .filter(|p| !matches!(p.file_name().and_then(|n| n.to_str()), Some("common.toml" | "calendar.toml")))
+            .filter(|p| {
+                !matches!(
+                    p.file_name().and_then(|n| n.to_str()),
+                    Some("common.toml" | "calendar.toml" | "behaviours.toml")
+                )
+            })
             .collect();
         entries.sort();
         let mut services = BTreeMap::new();
@@ -314,6 +320,19 @@ impl Regulations {
     /// Absolute deadlines of every step and of the service, computed at registration from the
     /// instant intake received the request. Call [`Regulations::check_request`] first.
     pub fn plan(&self, route: &Route<'_>, req: &Request, received: DateTime<Utc>) -> DeadlinePlan {
+        self.plan_with(route, req, received, None)
+    }
+
+    /// [`Regulations::plan`] for a provider whose closing time the provider registry gives
+    /// (`provider_closes`, local time); without it a variant's intake cut-off uses the data's
+    /// default (P-10).
+    pub fn plan_with(
+        &self,
+        route: &Route<'_>,
+        req: &Request,
+        received: DateTime<Utc>,
+        provider_closes: Option<NaiveTime>,
+    ) -> DeadlinePlan {
         let cal = &self.calendar;
         let mut at = received;
         let mut steps = Vec::with_capacity(route.channel.steps.len());
@@ -340,7 +359,7 @@ impl Regulations {
                 Term::Span(d) => at + d,
                 Term::WorkingDays(n) => cal.add_working_days(at, n),
                 Term::CalendarDays(n) => cal.add_calendar_days(at, n),
-                Term::SameDay => self.same_day(route, at),
+                Term::SameDay => self.same_day(route, at, provider_closes),
                 Term::Shared => at,
             };
             steps.push((step.pool, at));
@@ -348,10 +367,10 @@ impl Regulations {
         DeadlinePlan { service: at, steps }
     }
 
-    fn same_day(&self, route: &Route<'_>, at: DateTime<Utc>) -> DateTime<Utc> {
+    fn same_day(&self, route: &Route<'_>, at: DateTime<Utc>, provider_closes: Option<NaiveTime>) -> DateTime<Utc> {
         let cal = &self.calendar;
         let late = route.variant.intake_cutoff.as_ref().is_some_and(|c| {
-            let closes = calendar::parse_hhmm(&c.provider_closes);
+            let closes = provider_closes.or_else(|| calendar::parse_hhmm(&c.provider_closes));
             let before = parse_span(&c.before_closing);
             match (closes, before) {
                 (Some(closes), Some(before)) => cal.local_time(at) > closes - before,
@@ -551,8 +570,7 @@ fn validate_steps(c: &Checker<'_>, cf: &str, required: &[String], steps: &[StepD
                 if s.lookups.is_empty() {
                     return Err(c.err(format!("{sf}.lookups"), "a registry step looks something up"));
                 }
-                let needs_refusal = s.lookups.iter().any(|l| *l != Lookup::Attachment);
-                c.refusal(&format!("{sf}.not_found_refusal"), &s.not_found_refusal, needs_refusal)?;
+                c.refusal(&format!("{sf}.not_found_refusal"), &s.not_found_refusal, true)?;
             }
             PoolName::Payment => c.refusal(&format!("{sf}.deadline_refusal"), &s.deadline_refusal, true)?,
             PoolName::Review => match s.mode {
@@ -660,6 +678,21 @@ mod tests {
         // Friday 19:00 is past the 18:00 cut-off: served on Monday.
         let late = regs.plan(&route, &req, at("2026-11-27T19:00:00+05:00"));
         assert_eq!(late.service, at("2026-11-30T23:59:59.999+05:00"));
+    }
+
+    #[test]
+    fn p10_the_providers_own_closing_time_from_its_registry_moves_the_cutoff() {
+        let regs = repo();
+        let route = regs.route(ServiceCode::HomeDoctorCall, Region::Astana, Channel::Portal).expect("route");
+        let req = request("home-doctor-call", "astana", "portal", serde_json::json!({}));
+        let closes = NaiveTime::from_hms_opt(17, 0, 0);
+        // 15:30 is within the data's default (closing 20:00, cut-off 18:00) but past this
+        // provider's cut-off (closing 17:00, cut-off 15:00): Friday's call is served on Monday.
+        let friday = at("2026-11-27T15:30:00+05:00");
+        assert_eq!(regs.plan(&route, &req, friday).service, at("2026-11-27T23:59:59.999+05:00"));
+        assert_eq!(regs.plan_with(&route, &req, friday, closes).service, at("2026-11-30T23:59:59.999+05:00"));
+        let early = at("2026-11-27T14:00:00+05:00");
+        assert_eq!(regs.plan_with(&route, &req, early, closes).service, at("2026-11-27T23:59:59.999+05:00"));
     }
 
     #[test]

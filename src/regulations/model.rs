@@ -269,8 +269,6 @@ pub enum Lookup {
     PersonOrEntity,
     /// ЕНИС, when the request carries a notarised power of attorney (P-21).
     PowerOfAttorney,
-    /// Attached-population register (P-30).
-    Attachment,
 }
 
 /// Review modes.
@@ -302,10 +300,9 @@ pub struct RuleDef {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleCheck {
-    /// The applicant is attached to the provider named in the request (P-30).
+    /// The applicant is attached to the provider named in the request, according to the
+    /// attached-population register (P-30), which the rule reads itself.
     AttachedToProvider,
-    /// The provider named in the request is a registered legal entity (ГБД ЮЛ).
-    ProviderRegistered,
 }
 
 /// Common texts for refusals no regulation defines (`invalid_request`, …), in

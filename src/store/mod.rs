@@ -343,6 +343,10 @@ pub struct EntityRecord {
     pub bin: String,
     /// Registered name.
     pub name: String,
+    /// When a provider closes (local time), where the registry knows it: the cut-off of
+    /// Astana's same-day home calls is two hours before it (P-10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<chrono::NaiveTime>,
 }
 
 /// A notarised power of attorney in ЕНИС.
@@ -955,7 +959,7 @@ impl Store {
 
     /// ГБД ЮЛ by BIN.
     pub async fn find_entity(&self, bin: &str) -> Result<Option<EntityRecord>, StoreError> {
-        sqlx::query_as("SELECT bin, name FROM registry_legal_entities WHERE bin = $1")
+        sqlx::query_as("SELECT bin, name, closes_at FROM registry_legal_entities WHERE bin = $1")
             .bind(bin)
             .fetch_optional(&self.pool)
             .await
@@ -1001,11 +1005,13 @@ impl Store {
     pub async fn upsert_entities(tx: &mut PgConnection, rows: &[EntityRecord]) -> Result<(), StoreError> {
         for r in rows {
             sqlx::query(
-                "INSERT INTO registry_legal_entities (bin, name) VALUES ($1, $2) \
-                 ON CONFLICT (bin) DO UPDATE SET name = EXCLUDED.name, imported_at = now()",
+                "INSERT INTO registry_legal_entities (bin, name, closes_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (bin) DO UPDATE SET name = EXCLUDED.name, closes_at = EXCLUDED.closes_at, \
+                 imported_at = now()",
             )
             .bind(&r.bin)
             .bind(&r.name)
+            .bind(r.closes_at)
             .execute(&mut *tx)
             .await?;
         }

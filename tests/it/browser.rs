@@ -169,7 +169,7 @@ async fn a_person_signs_in_sees_the_traffic_finds_a_request_with_its_deadlines_a
         .await
         .expect("click");
     let timeline = text_of(&c, "table#timeline").await;
-    for step in ["intake", "registry", "result"] {
+    for step in ["intake", "review", "result"] {
         assert!(timeline.contains(step), "the timeline lacks {step}: {timeline}");
     }
     assert!(timeline.contains("on time"), "{timeline}");

@@ -134,7 +134,7 @@ async fn p41_p42_status_api_and_search_find_a_request_and_a_search_by_iin_needs_
     assert!(v["document"].is_object(), "the result appears once it has arrived: {v}");
     let steps: Vec<&str> =
         v["history"].as_array().expect("history").iter().filter_map(|h| h["step"].as_str()).collect();
-    assert!(steps.contains(&"registry") && steps.contains(&"result"), "{steps:?}");
+    assert!(steps.contains(&"review") && steps.contains(&"result"), "{steps:?}");
     let mut outside_document = v.clone();
     outside_document["document"] = Value::Null;
     assert!(
@@ -200,8 +200,8 @@ async fn p46_the_deadline_page_csv_and_report_sla_show_the_same_steps_against_th
     assert!(csv.header("content-type").is_some_and(|t| t.starts_with("text/csv")));
     let lines: Vec<&str> = csv.body.lines().collect();
     assert!(lines[0].starts_with("service,region,channel,step,step_index,count,on_time_share"), "{}", csv.body);
-    let registry = lines.iter().find(|l| l.contains(",registry,")).expect("a registry row");
-    assert!(registry.starts_with("doctor-appointment,akmola,portal,registry,1,1,1.0000,"), "{registry}");
+    let review = lines.iter().find(|l| l.contains(",review,")).expect("a review row");
+    assert!(review.starts_with("doctor-appointment,akmola,portal,review,1,1,1.0000,"), "{review}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
         .args(["report", "sla", "--format", "csv"])

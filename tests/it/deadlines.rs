@@ -194,7 +194,7 @@ impl Registry for Misbehaving {
         self.answer()
     }
     fn entity(&self, bin: &str) -> BoxFuture<'_, Result<Option<EntityRecord>, RegistryError>> {
-        let e = EntityRecord { bin: bin.into(), name: "registered".into() };
+        let e = EntityRecord { bin: bin.into(), name: "registered".into(), closes_at: None };
         Box::pin(async move { Ok(Some(e)) })
     }
     fn power_of_attorney(&self, _: &str) -> BoxFuture<'_, Result<Option<PowerOfAttorneyRecord>, RegistryError>> {
@@ -262,6 +262,42 @@ async fn a_panicking_step_is_handled_as_a_failure_and_the_worker_keeps_going() {
     let other = s1_portal();
     env.publish_request(&other).await;
     assert_eq!(env.final_outcome(id_of(&other)).await.status, Status::Completed);
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn p10_a_providers_closing_time_from_the_registry_import_sets_the_astana_home_call_cutoff() {
+    let env = TestEnv::new().await;
+    // The Astana clinic closes at 02:00 local time: its cut-off (two hours before) is midnight,
+    // so a portal call at any time of day is past it and is served the next working day.
+    let mut tx = env.store.begin().await.expect("tx");
+    let clinic = EntityRecord {
+        bin: who::ASTANA_PHC.into(),
+        name: "clinic".into(),
+        closes_at: chrono::NaiveTime::from_hms_opt(2, 0, 0),
+    };
+    qyzmet::store::Store::upsert_entities(&mut tx, std::slice::from_ref(&clinic)).await.expect("import");
+    tx.commit().await.expect("commit");
+    let app = env.start_all().await;
+    let req = request(
+        "home-doctor-call",
+        "astana",
+        "portal",
+        json!({ "iin": who::CITIZEN_ASTANA }),
+        who::ASTANA_PHC,
+        json!({ "note": "fever" }),
+    );
+    env.publish_request(&req).await;
+    assert_eq!(env.final_outcome(id_of(&req)).await.status, Status::Completed);
+    let row = env.store.get_request(id_of(&req)).await.expect("row").expect("registered");
+    let local = |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&chrono_tz::Asia::Almaty).date_naive();
+    let deadline = row.service_deadline.expect("a service deadline");
+    assert!(
+        local(deadline) > local(row.received_at),
+        "past the provider's own cut-off the call is served on a later day: received {}, due {deadline}",
+        row.received_at
+    );
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }

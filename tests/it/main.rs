@@ -11,6 +11,7 @@ mod common;
 mod console;
 mod deadlines;
 mod drill;
+mod golden;
 mod intake;
 mod operations;
 mod poison;

@@ -47,7 +47,7 @@ async fn every_process_serves_health_readiness_and_metrics_without_personal_data
         r#"qyzmet_outcomes_total{service="doctor-appointment",region="akmola",channel="portal",status="completed",kind="none",code="none"} 1"#,
         r#"status="refused",kind="invalid_request",code="none"} 1"#,
         r#"qyzmet_dead_letters_total{queue="qyzmet.intake",reason="not_json"} 1"#,
-        "qyzmet_step_duration_seconds_bucket{pool=\"registry\"",
+        "qyzmet_step_duration_seconds_bucket{pool=\"review\"",
         "qyzmet_end_to_end_seconds_bucket",
         "qyzmet_deadline_slack_share_bucket",
         "qyzmet_deliveries_total{queue=\"qyzmet.intake\",disposition=\"ack\"}",

@@ -140,7 +140,7 @@ async fn p39_s5_archive_certificate_on_every_channel() {
 }
 
 #[tokio::test]
-async fn p30_p29_provider_rules_refuse_r3_r5_not_attached_and_unregistered_provider() {
+async fn p30_p29_p22_only_the_attachment_precondition_refuses_r3_r5_and_a_portal_request_has_no_lookup_step() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
     // S1 Akmola portal, citizen attached elsewhere -> R3 not_attached (P-30).
@@ -161,7 +161,8 @@ async fn p30_p29_provider_rules_refuse_r3_r5_not_attached_and_unregistered_provi
         who::AKMOLA_PHC,
         json!({}),
     );
-    // S2 Astana portal naming an unregistered provider -> R3 provider_refused (P-29).
+    // S2 Astana portal naming a provider missing from ГБД ЮЛ: no source makes that a ground
+    // (P-22, D27), so nothing refuses it.
     let c = request(
         "phc-attachment",
         "astana",
@@ -170,7 +171,7 @@ async fn p30_p29_provider_rules_refuse_r3_r5_not_attached_and_unregistered_provi
         who::UNREGISTERED_PROVIDER,
         json!({}),
     );
-    // S2 Akmola provider channel, unregistered provider -> R5 provider_refused.
+    // S2 Akmola provider channel, the same.
     let d = request(
         "phc-attachment",
         "akmola",
@@ -184,8 +185,13 @@ async fn p30_p29_provider_rules_refuse_r3_r5_not_attached_and_unregistered_provi
     }
     assert_refused(&env.final_outcome(id_of(&a)).await, Some("R3"), "not_attached", "review");
     assert_refused(&env.final_outcome(id_of(&b)).await, Some("R5"), "not_attached", "review");
-    assert_refused(&env.final_outcome(id_of(&c)).await, Some("R3"), "provider_refused", "review");
-    assert_refused(&env.final_outcome(id_of(&d)).await, Some("R5"), "provider_refused", "review");
+    assert_eq!(env.final_outcome(id_of(&c)).await.status, Status::Completed);
+    assert_eq!(env.final_outcome(id_of(&d)).await.status, Status::Completed);
+    // P-22: the portal request went from intake straight to the provider's check.
+    let steps: Vec<String> =
+        env.store.history_of(id_of(&a)).await.expect("history").into_iter().map(|h| h.step).collect();
+    assert!(!steps.iter().any(|s| s == "registry"), "no lookup step on the portal: {steps:?}");
+    assert!(steps.iter().any(|s| s == "review"), "{steps:?}");
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }

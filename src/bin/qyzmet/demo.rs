@@ -257,8 +257,8 @@ fn specs() -> Vec<Spec> {
             req(s2, "astana", "provider", iin(UNATTACHED), ASTANA_PHC, json!({})),
         ),
         spec(
-            "S2 Astana portal, unregistered provider",
-            "refused R3",
+            "S2 Astana portal, provider missing from ГБД ЮЛ: no sourced ground, served (P-22, D27)",
+            "completed",
             None,
             Proper,
             req(s2, "astana", "portal", iin(UNATTACHED), UNREGISTERED, json!({})),

@@ -25,6 +25,8 @@ mod demo;
 /// `qyzmet drill` (demo feature).
 #[cfg(feature = "demo")]
 mod drill;
+/// `qyzmet regulations trace`.
+mod trace;
 
 /// qyzmet: processes e-government service requests from RabbitMQ through worker pools, with
 /// the deadlines and reasoned refusals of the regulations, keeping state in PostgreSQL.
@@ -280,6 +282,16 @@ enum RegulationsCommand {
         #[arg(default_value = "regulations")]
         dir: PathBuf,
     },
+    /// For every behaviour P-1…P-52: where it is in the data, the code and the tests, or why
+    /// qyzmet does not implement it (`regulations/behaviours.toml`). Run in a source checkout.
+    Trace {
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Fail when a behaviour has neither a test nor a recorded reason.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 /// Reads a password file, or (with `generate`) creates one with a random password.
@@ -476,6 +488,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Regulations { command: RegulationsCommand::Check { dir } } => {
             let regs = load_regulations(&dir)?;
             print!("{}", qyzmet::report::regulations_summary(&regs));
+            Ok(())
+        }
+        Command::Regulations { command: RegulationsCommand::Trace { root, strict } } => {
+            let trace = trace::Trace::of_repository(&root)?;
+            print!("{}", trace.render());
+            let missing = trace.unaccounted();
+            if strict && !missing.is_empty() {
+                bail!(
+                    "{} behaviour(s) with neither a test nor a recorded reason: {}",
+                    missing.len(),
+                    missing.join(", ")
+                );
+            }
             Ok(())
         }
         #[cfg(feature = "demo")]

@@ -1,0 +1,212 @@
+//! Golden tables: what the sources say, written here independently of `regulations/*.toml`
+//! (from shared/regulations.md §3–§7 and the decisions recorded with the data), compared with
+//! the loaded data. A data change that departs from them fails with the route, the step and
+//! both values. No services needed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qyzmet::broker::pool_name;
+use qyzmet::regulations::{DeadlineSpec, Regulations};
+
+fn repo() -> Regulations {
+    Regulations::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("regulations")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// S4's review and result: the term by sub-type (P-33), the e-licence produced within it.
+const S4_TERM: &str = "by form.kind: duplicate=2 working days, issue=15 working days, reissue=10 working days";
+
+/// A route's steps as (pool, deadline).
+type Steps = &'static [(&'static str, &'static str)];
+
+/// Every route's steps and deadlines, as (service, region, channel, steps).
+/// Sums of table rows are noted where a step is made of several rows (README «Deadline grammar»).
+const ROUTES: &[(&str, &str, &str, Steps)] = &[
+    // S1 Akmola portal: 30 с – 1 мин (Табл.1 д.5) + 1 минут (1-кесте 6-әрекет); the provider's
+    // check 10 минут (Табл.2 д.6, the portal table has no provider row); result within it.
+    ("doctor-appointment", "akmola", "portal", &[("intake", "2m"), ("review", "10m"), ("result", "shared")]),
+    // S1 Akmola provider: 10–15 с (д.4) + 1,5 мин (д.5); ГБД ФЛ 10 с – 1,5 мин (д.2); 10 минут (д.6).
+    (
+        "doctor-appointment",
+        "akmola",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "10m"), ("result", "shared")],
+    ),
+    // S1 Astana: routing 30 с – 1 мин; the review «в день обращения» of the sister regulations (D12).
+    ("doctor-appointment", "astana", "portal", &[("intake", "1m"), ("review", "same day"), ("result", "shared")]),
+    (
+        "doctor-appointment",
+        "astana",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "same day"), ("result", "shared")],
+    ),
+    ("phc-attachment", "akmola", "portal", &[("intake", "2m"), ("review", "10m"), ("result", "shared")]),
+    (
+        "phc-attachment",
+        "akmola",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "10m"), ("result", "shared")],
+    ),
+    // S2 Aktobe: «в течении одного рабочего дня» (001 Табл.1–2 д.7–8, alternative branches).
+    ("phc-attachment", "aktobe", "portal", &[("intake", "2m"), ("review", "1 working day"), ("result", "shared")]),
+    (
+        "phc-attachment",
+        "aktobe",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "1 working day"), ("result", "shared")],
+    ),
+    ("phc-attachment", "astana", "portal", &[("intake", "1m"), ("review", "same day"), ("result", "shared")]),
+    (
+        "phc-attachment",
+        "astana",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "same day"), ("result", "shared")],
+    ),
+    ("home-doctor-call", "akmola", "portal", &[("intake", "2m"), ("review", "10m"), ("result", "shared")]),
+    (
+        "home-doctor-call",
+        "akmola",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "10m"), ("result", "shared")],
+    ),
+    ("home-doctor-call", "astana", "portal", &[("intake", "1m"), ("review", "same day"), ("result", "shared")]),
+    (
+        "home-doctor-call",
+        "astana",
+        "provider",
+        &[("intake", "1m45s"), ("registry", "1m30s"), ("review", "same day"), ("result", "shared")],
+    ),
+    // S4 portal: payment 1,5 минуты (Табл.1.1 д.4, P-25) after registration (P-15).
+    (
+        "medical-licence",
+        "aktobe",
+        "portal",
+        &[("intake", "3m"), ("payment", "1m30s"), ("review", S4_TERM), ("result", "shared")],
+    ),
+    // S4 provider: ГБД ФЛ/ЮЛ 1,5 минуты (Табл.1.2 д.4, P-20).
+    (
+        "medical-licence",
+        "aktobe",
+        "provider",
+        &[("intake", "30s"), ("registry", "1m30s"), ("review", S4_TERM), ("result", "shared")],
+    ),
+    // S4 centre: ГБД ФЛ/ЮЛ and ЕНИС, 1,5 минуты each, in one step (Табл.1.3 д.3–4, P-21).
+    (
+        "medical-licence",
+        "aktobe",
+        "centre",
+        &[("intake", "3m"), ("registry", "1m30s"), ("review", S4_TERM), ("result", "shared")],
+    ),
+    // S5: the upper bound of «15 тен 30 күн» (D21); the six-month case and the 15-day start with
+    // extensions are issue 10's P-34 work. Signing and routing the result «1 минуттан артық емес».
+    ("archive-certificate", "astana", "portal", &[("intake", "2m"), ("review", "30 calendar days"), ("result", "1m")]),
+    (
+        "archive-certificate",
+        "astana",
+        "provider",
+        &[("intake", "1m"), ("review", "30 calendar days"), ("result", "1m")],
+    ),
+    ("archive-certificate", "astana", "centre", &[("intake", "2m"), ("review", "30 calendar days"), ("result", "1m")]),
+];
+
+fn shown(spec: &DeadlineSpec) -> String {
+    match spec {
+        DeadlineSpec::Fixed(s) => s.clone(),
+        DeadlineSpec::ByField { by, values } => {
+            let values: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("by {by}: {}", values.join(", "))
+        }
+    }
+}
+
+/// Every route of the data, as in [`ROUTES`].
+fn loaded_routes(regs: &Regulations) -> BTreeMap<(String, String, String), Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for service in regs.services() {
+        for v in &service.file.variants {
+            for ch in &v.channels {
+                let steps =
+                    ch.steps.iter().map(|s| (pool_name(s.pool).to_owned(), shown(&s.deadline))).collect::<Vec<_>>();
+                out.insert((service.file.service.to_string(), v.region.to_string(), ch.channel.to_string()), steps);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn p17_p25_p31_p33_p46_every_routes_steps_and_deadlines_are_the_sources() {
+    let loaded = loaded_routes(&repo());
+    let mut problems = Vec::new();
+    for (service, region, channel, steps) in ROUTES {
+        let key = (service.to_string(), region.to_string(), channel.to_string());
+        let want: Vec<(String, String)> = steps.iter().map(|(p, d)| (p.to_string(), d.to_string())).collect();
+        match loaded.get(&key) {
+            None => problems.push(format!("{service} {region} {channel}: no such route in the data")),
+            Some(got) if *got != want => {
+                problems.push(format!("{service} {region} {channel}:\n    sources {want:?}\n    data    {got:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for key in loaded.keys() {
+        if !ROUTES.iter().any(|(s, r, c, _)| (s.to_string(), r.to_string(), c.to_string()) == *key) {
+            problems.push(format!("{key:?}: a route the golden table does not have"));
+        }
+    }
+    assert!(problems.is_empty(), "routes that depart from the sources:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn p15_p22_p27_lookups_only_off_the_portal_and_outside_s5_and_payment_only_on_the_s4_portal() {
+    for (service, region, channel, steps) in ROUTES {
+        let pools: Vec<&str> = steps.iter().map(|(p, _)| *p).collect();
+        let paid = *service == "medical-licence" && *channel == "portal";
+        assert_eq!(pools.contains(&"payment"), paid, "{service} {region} {channel}: payment step (P-27)");
+        let looked_up = pools.contains(&"registry");
+        let may_look_up = *channel != "portal" && *service != "archive-certificate";
+        assert!(
+            !looked_up || may_look_up,
+            "{service} {region} {channel}: a lookup step the sources do not have (P-22)"
+        );
+        // P-15: the signature is checked at intake, before anything else; S4 registers, then pays.
+        assert_eq!(pools.first(), Some(&"intake"), "{service} {region} {channel}");
+        if paid {
+            assert_eq!(pools.get(1), Some(&"payment"), "{service} {region} {channel}: payment follows intake");
+        }
+    }
+}
+
+#[test]
+fn p40_p50_every_refusal_is_a_reasoned_answer_in_russian_kazakh_and_english() {
+    let regs = repo();
+    for service in regs.services() {
+        for (key, r) in &service.file.refusals {
+            for (lang, text) in [("ru", &r.texts.ru), ("kk", &r.texts.kk), ("en", &r.texts.en)] {
+                assert!(
+                    text.trim().len() > 20,
+                    "{} {key}: the {lang} text is no reasoned answer: {text:?}",
+                    service.file.code
+                );
+            }
+            assert!(!r.source.trim().is_empty(), "{} {key}: no source", service.file.code);
+        }
+    }
+    for kind in ["invalid_request", "unsupported_service", "deadline_exceeded"] {
+        let r = regs.common(kind).expect("common refusal");
+        for text in [&r.texts.ru, &r.texts.kk, &r.texts.en] {
+            assert!(text.contains("{detail}"), "{kind}: the specific reason is part of the answer: {text:?}");
+        }
+    }
+}
+
+#[test]
+fn every_behaviour_p1_to_p52_is_tested_or_has_a_recorded_reason() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+        .args(["regulations", "trace", "--strict", "--root", env!("CARGO_MANIFEST_DIR")])
+        .output()
+        .expect("qyzmet regulations trace runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("52 behaviours:"), "{report}");
+}

@@ -486,6 +486,9 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
                 return Err(c.err(format!("refusals.{key}.{lang}"), "is empty"));
             }
         }
+        if r.text_source.en == TextSource::Quoted {
+            return Err(c.err(format!("refusals.{key}.text_source.en"), "no source is in English: translated"));
+        }
     }
     for (kind, d) in &file.documents {
         check_behaviours(path, &format!("documents.{kind}.behaviours"), &d.behaviours)?;

@@ -73,9 +73,33 @@ pub struct RefusalDef {
     /// The texts.
     #[serde(flatten)]
     pub texts: Texts,
-    /// Languages written by qyzmet because the source has no such text.
-    #[serde(default)]
-    pub translated: Vec<String>,
+    /// How each text came to be.
+    pub text_source: TextSources,
+}
+
+/// How a text came to be (P-50), so that a reader knows which words are the law's.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TextSource {
+    /// The source's own words for this region, cut to the message itself.
+    Quoted,
+    /// qyzmet's words built from the source's: a ground added, a sentence split, a registry
+    /// named from another row, or (common refusals) qyzmet's own wording.
+    Composed,
+    /// No source has this text in this language (or for this region): written by qyzmet.
+    Translated,
+}
+
+/// The [`TextSource`] of each language of a text.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSources {
+    /// Russian.
+    pub ru: TextSource,
+    /// Kazakh.
+    pub kk: TextSource,
+    /// English (never quoted: no source is in English).
+    pub en: TextSource,
 }
 
 /// A result document kind (P-36…P-39).
@@ -325,4 +349,6 @@ pub struct CommonRefusal {
     /// The texts; `{detail}` is replaced with the specific reason.
     #[serde(flatten)]
     pub texts: Texts,
+    /// How each text came to be (qyzmet's own wording: composed).
+    pub text_source: TextSources,
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use qyzmet::broker::pool_name;
-use qyzmet::regulations::{DeadlineSpec, Regulations};
+use qyzmet::regulations::{DeadlineSpec, Regulations, TextSource};
 
 fn repo() -> Regulations {
     Regulations::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("regulations")).unwrap_or_else(|e| panic!("{e}"))
@@ -209,4 +209,256 @@ fn every_behaviour_p1_to_p52_is_tested_or_has_a_recorded_reason() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(report.contains("52 behaviours:"), "{report}");
+}
+
+/// Every refusal text the data marks `quoted`, as the sources print it for that service and
+/// region (the leading «формирование сообщения об …» cut and the head noun put in the
+/// nominative, as regulations/README.md «Texts» says). Checked once against shared/seeds/ (every
+/// text found in its source, whitespace aside); Astana's «в запрашиваемой ЭГУ» is 003's, Akmola's
+/// and Aktobe's «в запрашиваемой услуге» 000's and 001's. (service, key, language, text).
+const QUOTED: &[(&str, &str, &str, &str)] = &[
+    (
+        "doctor-appointment",
+        "R2",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    (
+        "doctor-appointment",
+        "R2",
+        "kk",
+        "Алушының ЭЦҚ-ы нақтылығын расталмауына байланысты, сұратылған қызметтен бас тарту.",
+    ),
+    (
+        "doctor-appointment",
+        "R2/astana",
+        "ru",
+        "Отказ в запрашиваемой ЭГУ в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    ("doctor-appointment", "R3", "ru", "Отказ в запрашиваемой услуге в связи с имеющимися нарушениями."),
+    ("doctor-appointment", "R3", "kk", "Орын алған бұзушылықтарға байланысты сұратылған қызметтерден бас тарту."),
+    (
+        "doctor-appointment",
+        "R4",
+        "ru",
+        "Невозможность получения данных в связи с отсутствием данных получателя в ГБД ФЛ.",
+    ),
+    (
+        "doctor-appointment",
+        "R4",
+        "kk",
+        "Алушының ЖТ МДБ-да, деректерінің болмауына байланысты, деректерді алу мүмкіндігінің жоқтығы.",
+    ),
+    (
+        "doctor-appointment",
+        "R5",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с имеющимися нарушениями в документах получателя.",
+    ),
+    (
+        "doctor-appointment",
+        "R5",
+        "kk",
+        "Алушының құжаттарында бұзушылықтардың болуына байланысты сұратылған қызметтен бас тарту.",
+    ),
+    (
+        "phc-attachment",
+        "R2",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    (
+        "phc-attachment",
+        "R2",
+        "kk",
+        "Алушының ЭЦҚ-ы нақтылығын расталмауына байланысты, сұратылған қызметтен бас тарту.",
+    ),
+    (
+        "phc-attachment",
+        "R2/astana",
+        "ru",
+        "Отказ в запрашиваемой ЭГУ в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    (
+        "phc-attachment",
+        "R2/aktobe",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    ("phc-attachment", "R3", "ru", "Отказ в запрашиваемой услуге в связи с имеющимися нарушениями."),
+    ("phc-attachment", "R3", "kk", "Орын алған бұзушылықтарға байланысты сұратылған қызметтерден бас тарту."),
+    ("phc-attachment", "R4", "ru", "Невозможность получения данных в связи с отсутствием данных получателя в ГБД ФЛ."),
+    (
+        "phc-attachment",
+        "R4",
+        "kk",
+        "Алушының ЖТ МДБ-да, деректерінің болмауына байланысты, деректерді алу мүмкіндігінің жоқтығы.",
+    ),
+    (
+        "phc-attachment",
+        "R5",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с имеющимися нарушениями в документах получателя.",
+    ),
+    (
+        "phc-attachment",
+        "R5",
+        "kk",
+        "Алушының құжаттарында бұзушылықтардың болуына байланысты сұратылған қызметтен бас тарту.",
+    ),
+    (
+        "home-doctor-call",
+        "R2",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    (
+        "home-doctor-call",
+        "R2",
+        "kk",
+        "Алушының ЭЦҚ-ы нақтылығын расталмауына байланысты, сұратылған қызметтен бас тарту.",
+    ),
+    (
+        "home-doctor-call",
+        "R2/astana",
+        "ru",
+        "Отказ в запрашиваемой ЭГУ в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    ("home-doctor-call", "R3", "ru", "Отказ в запрашиваемой услуге в связи с имеющимися нарушениями."),
+    ("home-doctor-call", "R3", "kk", "Орын алған бұзушылықтарға байланысты сұратылған қызметтерден бас тарту."),
+    (
+        "home-doctor-call",
+        "R4",
+        "ru",
+        "Невозможность получения данных в связи с отсутствием данных получателя в ГБД ФЛ.",
+    ),
+    (
+        "home-doctor-call",
+        "R4",
+        "kk",
+        "Алушының ЖТ МДБ-да, деректерінің болмауына байланысты, деректерді алу мүмкіндігінің жоқтығы.",
+    ),
+    (
+        "home-doctor-call",
+        "R5",
+        "ru",
+        "Отказ в запрашиваемой услуге в связи с имеющимися нарушениями в документах получателя.",
+    ),
+    (
+        "home-doctor-call",
+        "R5",
+        "kk",
+        "Алушының құжаттарында бұзушылықтардың болуына байланысты сұратылған қызметтен бас тарту.",
+    ),
+    (
+        "medical-licence",
+        "L2",
+        "ru",
+        "Отказ в запрашиваемой электронной государственной услуге, в связи с отсутствием оплаты за оказание электронной государственной услуги в ИС ГБД «Е лицензирование».",
+    ),
+    (
+        "medical-licence",
+        "L3",
+        "ru",
+        "Отказ в запрашиваемой электронной государственной услуге в связи с не подтверждением подлинности ЭЦП получателя.",
+    ),
+    (
+        "medical-licence",
+        "L4",
+        "ru",
+        "Отказ в запрашиваемой электронной государственной услуге в связи с имеющимися нарушениями в данных получателя в ИС ГБД «Е лицензирование».",
+    ),
+    (
+        "medical-licence",
+        "L6",
+        "ru",
+        "Невозможность получения данных в связи с отсутствием данных получателя в ГБД ФЛ/ГБД ЮЛ.",
+    ),
+    (
+        "medical-licence",
+        "L7",
+        "ru",
+        "Отказ в запрашиваемой электронной государственной услуге в связи с имеющимися нарушениями в данных получателя в ИС ГБД «Е лицензирование».",
+    ),
+    (
+        "medical-licence",
+        "L9",
+        "ru",
+        "Отказ в запрашиваемой электронной государственной услуге в связи с имеющимися нарушениями в данных получателя в ИС ГБД «Е лицензирование».",
+    ),
+    (
+        "archive-certificate",
+        "A2",
+        "kk",
+        "ЖАО қызметкерінің ЭЦҚ түпнұсқалығының растамауына байланысты сұрау салынатын электрондық мемлекеттік қызметтен бас тарту.",
+    ),
+    (
+        "archive-certificate",
+        "A4",
+        "kk",
+        "ХҚКО операторының ЭЦҚ түпнұсқалығының растамауына байланысты сұрау салынатын электрондық мемлекеттік қызметтен бас тарту.",
+    ),
+    (
+        "archive-certificate",
+        "A6",
+        "kk",
+        "Тұтынушының ЭЦҚ түпнұсқалығының растамауына байланысты сұрау салынатын электрондық мемлекеттік қызметтен бас тарту.",
+    ),
+    ("archive-certificate", "A7", "kk", "Мұрағаттық анықтаманы беруден дәлелді түрде бас тарту."),
+];
+
+#[test]
+fn p16_p40_p47_p50_every_quoted_refusal_text_is_the_sources_wording() {
+    let regs = repo();
+    let mut problems = Vec::new();
+    let mut quoted_in_data = 0;
+    for service in regs.services() {
+        let file = service.file.service.to_string();
+        for (key, r) in &service.file.refusals {
+            for (lang, text, source) in [("ru", &r.texts.ru, r.text_source.ru), ("kk", &r.texts.kk, r.text_source.kk)] {
+                let golden = QUOTED.iter().find(|(s, k, l, _)| *s == file && *k == key && *l == lang);
+                match (source, golden) {
+                    (TextSource::Quoted, Some((_, _, _, want))) => {
+                        quoted_in_data += 1;
+                        if text != want {
+                            problems.push(format!("{file} {key} {lang}:\n    sources {want}\n    data    {text}"));
+                        }
+                    }
+                    (TextSource::Quoted, None) => {
+                        problems.push(format!("{file} {key} {lang}: marked quoted, not in the golden table"))
+                    }
+                    (_, Some(_)) => {
+                        problems.push(format!("{file} {key} {lang}: the sources' words, but not marked quoted"))
+                    }
+                    (_, None) => {}
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "refusal texts that depart from the sources:\n{}", problems.join("\n"));
+    assert_eq!(quoted_in_data, QUOTED.len(), "every golden text is in the data");
+}
+
+#[test]
+fn p16_p47_each_region_refuses_a_signature_in_its_own_sources_words() {
+    let regs = repo();
+    let expected = [
+        ("doctor-appointment", "akmola", "R2"),
+        ("doctor-appointment", "astana", "R2/astana"),
+        ("phc-attachment", "akmola", "R2"),
+        ("phc-attachment", "aktobe", "R2/aktobe"),
+        ("phc-attachment", "astana", "R2/astana"),
+        ("home-doctor-call", "akmola", "R2"),
+        ("home-doctor-call", "astana", "R2/astana"),
+    ];
+    for service in regs.services() {
+        for v in &service.file.variants {
+            for ch in v.channels.iter().filter(|c| c.channel.to_string() == "portal") {
+                let (s, r) = (service.file.service.to_string(), v.region.to_string());
+                if let Some((_, _, key)) = expected.iter().find(|(es, er, _)| *es == s && *er == r) {
+                    assert_eq!(ch.signature.refusal.as_deref(), Some(*key), "{s} {r} portal");
+                }
+            }
+        }
+    }
 }

@@ -761,6 +761,38 @@ pub struct Reason {
     pub en: String,
 }
 
+/// A text in the three languages of every Outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wording {
+    /// Russian text.
+    pub ru: String,
+    /// Kazakh text.
+    pub kk: String,
+    /// English text.
+    pub en: String,
+}
+
+/// How the result reaches the applicant on this channel (contract v1.1, P-44).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Stable machine word: `personal_cabinet`, `provider_records`, `in_person_or_email`,
+    /// `via_centre_operator`.
+    pub method: String,
+    /// What the applicant is told, in the sources' words where they have them.
+    #[serde(flatten)]
+    pub text: Wording,
+}
+
+/// Where the applicant can ask or complain (contract v1.1, P-52).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The number as the sources print it.
+    pub phone: String,
+    /// What it is for.
+    #[serde(flatten)]
+    pub text: Wording,
+}
+
 /// What qyzmet publishes on `qyzmet.outcomes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -786,6 +818,16 @@ pub struct Outcome {
     pub document: Option<Value>,
     /// When this status was reached.
     pub at: DateTime<FixedOffset>,
+    /// Contract v1.1: the status wording the sources give the applicant at this point
+    /// (`registered`, `in_progress`; P-43, P-45), where they give one.
+    #[serde(default)]
+    pub notice: Option<Wording>,
+    /// Contract v1.1: how the result is delivered on this channel (final Outcomes; P-44).
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+    /// Contract v1.1: the information contacts of the service (final Outcomes; P-52).
+    #[serde(default)]
+    pub contacts: Option<Vec<Contact>>,
 }
 
 /// Current time in Almaty (+05:00), the offset every timestamp qyzmet writes carries.

@@ -15,7 +15,7 @@ use crate::broker::pool_name;
 use crate::contract::{Envelope, Reason, Request, Status, storable_copy, storable_text};
 use crate::ident::{self, Identifier};
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
-use crate::pipeline::transition::{self, Head, outcome_message, task_message};
+use crate::pipeline::transition::{self, Head, Said, outcome_message, task_message};
 use crate::pipeline::{Ctx, Failure};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
 use crate::signature::{ExpectedSigner, SignatureFailure, Signer, Verifier};
@@ -276,6 +276,9 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
                 deadline: None,
                 traceparent: Some(trace.clone()),
                 received_at: Some(received),
+                finale: transition::route_for(&ctx.regs, &service, &region, &channel)
+                    .map(|route| transition::Finale::of(&route))
+                    .unwrap_or_default(),
             };
             let pending = transition::refuse(&mut tx, &head, at, "intake", reason, Some(detail)).await?;
             tx.commit().await?;
@@ -360,13 +363,14 @@ async fn register(
         deadline: Some(plan.service),
         traceparent: Some(trace.clone()),
         received_at: Some(received),
+        finale: transition::Finale::default(),
     };
+    let said = Said { notice: transition::notice(r.route, 0), ..Said::default() };
     let (_, registered) = outcome_message(
         &head,
         Status::Registered,
         Some(first_name),
-        None,
-        None,
+        said,
         Utc::now(),
         format!("{}:0:registered", env.request_id),
     );

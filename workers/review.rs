@@ -121,7 +121,7 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                             let reason = transition::regulation_reason(&route, &key, d.reason.as_ref());
                             transition::refuse(
                                 &mut tx,
-                                &Head::from(row),
+                                &Head::from(row).on(&route),
                                 row.position(),
                                 "review",
                                 reason,

@@ -180,7 +180,7 @@ async fn apply(
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
-            transition::refuse(&mut conn, &Head::from(row), row.position(), step_name, reason, detail).await?
+            transition::refuse(&mut conn, &Head::from(row).on(route), row.position(), step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
             transition::wait(&mut conn, row, step_name).await?;
@@ -202,7 +202,7 @@ async fn apply(
             let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
             let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
             doc.insert("signature".into(), signature);
-            transition::complete(&mut conn, row, doc).await?
+            transition::complete(&mut conn, row, route, doc).await?
         }
     };
     // The connection goes back to the pool before the wait for the broker's confirms.
@@ -263,9 +263,9 @@ async fn refuse_if_current(
     reason: crate::contract::Reason,
     detail: serde_json::Value,
 ) -> Result<bool, Failure> {
+    let head = head_of(ctx, row);
     let mut conn = ctx.store.pool().acquire().await?;
-    let pending =
-        transition::refuse(&mut conn, &Head::from(row), row.position(), step_name, reason, Some(detail)).await?;
+    let pending = transition::refuse(&mut conn, &head, row.position(), step_name, reason, Some(detail)).await?;
     drop(conn);
     let refused = pending.is_some();
     if let Some(p) = pending {
@@ -310,11 +310,21 @@ pub async fn refuse_for_deadline(
     why: &str,
 ) -> Result<Option<Pending>, Failure> {
     let (step_name, reason, detail) = deadline_refusal(ctx, row, None, why);
-    let refused = transition::refuse(tx, &Head::from(row), row.position(), &step_name, reason, Some(detail)).await?;
+    let refused = transition::refuse(tx, &head_of(ctx, row), row.position(), &step_name, reason, Some(detail)).await?;
     if refused.is_some() {
         crate::metrics::deadline_refusal(&step_name);
     }
     Ok(refused)
+}
+
+/// The Outcome head of a stored request, with its route's delivery and contacts when the
+/// route is still known.
+fn head_of(ctx: &Ctx, row: &RequestRow) -> Head {
+    let head = Head::from(row);
+    match transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) {
+        Some(route) => head.on(&route),
+        None => head,
+    }
 }
 
 /// Convenience for the sweeper and handlers that own an `Arc<Ctx>`.

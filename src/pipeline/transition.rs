@@ -11,8 +11,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::broker::{EXCHANGE_WORK, Message, pool_name};
-use crate::contract::{EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, routing_word, to_local};
-use crate::regulations::{Regulations, Route, code_of};
+use crate::contract::{
+    Contact, Delivery, EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, Wording, routing_word, to_local,
+};
+use crate::regulations::{Regulations, Route, Texts, code_of};
 use crate::store::{FinalOutcome, Position, RequestRow, StepExit, Store};
 
 use super::{Failure, Task};
@@ -57,6 +59,74 @@ pub struct Head {
     pub traceparent: Option<String>,
     /// When intake received it (for the end-to-end time; `None` before it was stored).
     pub received_at: Option<DateTime<Utc>>,
+    /// What its final Outcome adds; empty when the route is unknown (refused at intake before
+    /// one was found).
+    pub finale: Finale,
+}
+
+/// What a final Outcome adds (contract v1.1): how the result reaches the applicant on this
+/// channel (P-44) and where to ask (P-52), from the regulation data.
+#[derive(Debug, Clone, Default)]
+pub struct Finale {
+    /// Delivery on the request's channel.
+    pub delivery: Option<Delivery>,
+    /// The service's information contacts.
+    pub contacts: Option<Vec<Contact>>,
+}
+
+impl Finale {
+    /// The finale of a route.
+    pub fn of(route: &Route<'_>) -> Finale {
+        let d = &route.channel.delivery;
+        Finale {
+            delivery: Some(Delivery { method: d.method.as_str().to_owned(), text: wording(&d.texts) }),
+            contacts: Some(
+                route
+                    .variant
+                    .contacts
+                    .iter()
+                    .map(|c| Contact { phone: c.phone.clone(), text: wording(&c.texts) })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The route of a request by the service, region and channel it was sent with, if they name
+/// one.
+pub fn route_for<'a>(regs: &'a Regulations, service: &str, region: &str, channel: &str) -> Option<Route<'a>> {
+    use crate::contract::{Channel, Region, ServiceCode};
+    let (service, region, channel) = (ServiceCode::parse(service)?, Region::parse(region)?, Channel::parse(channel)?);
+    regs.route(service, region, channel).ok()
+}
+
+/// The three texts of a data text.
+pub fn wording(t: &Texts) -> Wording {
+    Wording { ru: t.ru.clone(), kk: t.kk.clone(), en: t.en.clone() }
+}
+
+/// What the applicant is told when the request reaches step `index` of its route.
+pub fn notice(route: &Route<'_>, index: usize) -> Option<Wording> {
+    route.step(index).and_then(|s| s.notice.as_ref()).map(|n| wording(&n.texts))
+}
+
+impl Head {
+    /// With the final Outcome's delivery and contacts of `route`.
+    pub fn on(mut self, route: &Route<'_>) -> Head {
+        self.finale = Finale::of(route);
+        self
+    }
+}
+
+/// What an Outcome says besides where the request stands.
+#[derive(Debug, Clone, Default)]
+pub struct Said {
+    /// The refusal (refused).
+    pub reason: Option<Reason>,
+    /// The signed result document (completed).
+    pub document: Option<Value>,
+    /// The sources' status wording (registered, in progress).
+    pub notice: Option<Wording>,
 }
 
 impl From<&RequestRow> for Head {
@@ -70,6 +140,7 @@ impl From<&RequestRow> for Head {
             deadline: r.service_deadline,
             traceparent: r.traceparent.clone(),
             received_at: Some(r.received_at),
+            finale: Finale::default(),
         }
     }
 }
@@ -106,11 +177,12 @@ pub fn outcome_message(
     head: &Head,
     status: Status,
     step: Option<&str>,
-    reason: Option<Reason>,
-    document: Option<Value>,
+    said: Said,
     at: DateTime<Utc>,
     message_id: String,
 ) -> (Outcome, Message) {
+    let Said { reason, document, notice } = said;
+    let finale = if status.is_final() { head.finale.clone() } else { Finale::default() };
     let outcome = Outcome {
         request_id: head.request_id,
         request_number: head.request_number.clone(),
@@ -123,6 +195,9 @@ pub fn outcome_message(
         reason,
         document,
         at: to_local(at),
+        notice,
+        delivery: finale.delivery,
+        contacts: finale.contacts,
     };
     let body = serde_json::to_vec(&outcome).unwrap_or_default();
     let message = Message {
@@ -243,12 +318,12 @@ pub async fn advance(
     let facts = merge_facts(&row.facts, add_facts);
     let next_name = pool_name(next.pool);
     let head = Head::from(row);
+    let said = Said { notice: notice(route, next_index as usize), ..Said::default() };
     let (_, status) = outcome_message(
         &head,
         Status::InProgress,
         Some(next_name),
-        None,
-        None,
+        said,
         now,
         format!("{}:{next_index}:in_progress", row.request_id),
     );
@@ -277,8 +352,7 @@ pub async fn refuse(
         head,
         Status::Refused,
         Some(step),
-        Some(reason.clone()),
-        None,
+        Said { reason: Some(reason.clone()), ..Said::default() },
         now,
         format!("{}:final", head.request_id),
     );
@@ -311,17 +385,17 @@ pub async fn refuse(
 pub async fn complete(
     conn: &mut PgConnection,
     row: &RequestRow,
+    route: &Route<'_>,
     document: Map<String, Value>,
 ) -> Result<Option<Pending>, Failure> {
     let now = Utc::now();
-    let head = Head::from(row);
+    let head = Head::from(row).on(route);
     let document = Value::Object(document);
     let (outcome, message) = outcome_message(
         &head,
         Status::Completed,
         Some("result"),
-        None,
-        Some(document.clone()),
+        Said { document: Some(document.clone()), ..Said::default() },
         now,
         format!("{}:final", row.request_id),
     );

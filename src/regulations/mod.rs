@@ -458,6 +458,22 @@ impl Checker<'_> {
         LoadError::new(self.path, &field.to_string(), reason.into())
     }
 
+    /// A text shown to the applicant: three non-empty languages, no quoted English, a source.
+    fn text(&self, field: &str, texts: &Texts, marks: &TextSources, source: &str) -> Result<(), LoadError> {
+        for (lang, text) in [("ru", &texts.ru), ("kk", &texts.kk), ("en", &texts.en)] {
+            if text.trim().is_empty() {
+                return Err(self.err(format!("{field}.{lang}"), "is empty"));
+            }
+        }
+        if marks.en == TextSource::Quoted {
+            return Err(self.err(format!("{field}.text_source.en"), "no source is in English: translated"));
+        }
+        if source.trim().is_empty() {
+            return Err(self.err(format!("{field}.source"), "must cite its source"));
+        }
+        Ok(())
+    }
+
     fn refusal(&self, field: &str, key: &Option<String>, required: bool) -> Result<(), LoadError> {
         match key {
             None if required => Err(self.err(field, "is required for this step")),
@@ -490,6 +506,7 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
             return Err(c.err(format!("refusals.{key}.text_source.en"), "no source is in English: translated"));
         }
     }
+
     for (kind, d) in &file.documents {
         check_behaviours(path, &format!("documents.{kind}.behaviours"), &d.behaviours)?;
         if d.number_prefix.is_empty() || !d.number_prefix.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
@@ -519,6 +536,12 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
             }
         }
         let mut channels = Vec::new();
+        if v.contacts.is_empty() {
+            return Err(c.err(format!("{vf}.contacts"), "every regulation gives an information contact (P-52)"));
+        }
+        for (i, contact) in v.contacts.iter().enumerate() {
+            c.text(&format!("{vf}.contacts[{i}]"), &contact.texts, &contact.text_source, &contact.source)?;
+        }
         for (ci, ch) in v.channels.iter().enumerate() {
             let cf = format!("{vf}.channels[{ci}]");
             if channels.contains(&ch.channel) {
@@ -526,6 +549,8 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
             }
             channels.push(ch.channel);
             check_behaviours(path, &format!("{cf}.behaviours"), &ch.behaviours)?;
+            let d = &ch.delivery;
+            c.text(&format!("{cf}.delivery"), &d.texts, &d.text_source, &d.source)?;
             c.refusal(&format!("{cf}.signature.refusal"), &ch.signature.refusal, false)?;
             if ch.signature.identifier.is_empty() {
                 return Err(c.err(format!("{cf}.signature.identifier"), "must list iin and/or bin"));
@@ -567,6 +592,9 @@ fn validate_steps(c: &Checker<'_>, cf: &str, required: &[String], steps: &[StepD
             return Err(c.err(format!("{sf}.deadline_source"), "must quote the step table"));
         }
         check_behaviours(c.path, &format!("{sf}.behaviours"), &s.behaviours)?;
+        if let Some(n) = &s.notice {
+            c.text(&format!("{sf}.notice"), &n.texts, &n.text_source, &n.source)?;
+        }
         c.refusal(&format!("{sf}.deadline_refusal"), &s.deadline_refusal, false)?;
         match s.pool {
             PoolName::Registry => {

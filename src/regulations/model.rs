@@ -50,6 +50,76 @@ pub struct ServiceFile {
     pub decisions: Vec<DecisionNote>,
 }
 
+/// A text the applicant is shown, with where its words come from (one level of `flatten`
+/// only: serde cannot deny unknown fields through two).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcedText {
+    /// The texts.
+    #[serde(flatten)]
+    pub texts: Texts,
+    /// How each came to be.
+    pub text_source: TextSources,
+    /// The source clause.
+    pub source: String,
+}
+
+/// An information contact (P-52).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactDef {
+    /// The number as the source prints it.
+    pub phone: String,
+    /// What it is for.
+    #[serde(flatten)]
+    pub texts: Texts,
+    /// How each text came to be.
+    pub text_source: TextSources,
+    /// The source clause.
+    pub source: String,
+}
+
+/// How a channel's result reaches the applicant (P-44).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryDef {
+    /// The contract's machine word.
+    pub method: DeliveryMethod,
+    /// What the applicant is told.
+    #[serde(flatten)]
+    pub texts: Texts,
+    /// How each text came to be.
+    pub text_source: TextSources,
+    /// The source clause.
+    pub source: String,
+}
+
+/// The ways a result is delivered (contract v1.1 `delivery.method`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMethod {
+    /// On the portal, in the personal cabinet.
+    PersonalCabinet,
+    /// Recorded by the provider (journal entry, coupon) and told to the applicant there.
+    ProviderRecords,
+    /// Handed over in person or sent by e-mail (S5 desks).
+    InPersonOrEmail,
+    /// Handed over by the public service centre's operator.
+    ViaCentreOperator,
+}
+
+impl DeliveryMethod {
+    /// The contract word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMethod::PersonalCabinet => "personal_cabinet",
+            DeliveryMethod::ProviderRecords => "provider_records",
+            DeliveryMethod::InPersonOrEmail => "in_person_or_email",
+            DeliveryMethod::ViaCentreOperator => "via_centre_operator",
+        }
+    }
+}
+
 /// Whether a service is decided by rules or by staff.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -148,6 +218,9 @@ pub struct VariantDef {
     pub intake_cutoff: Option<IntakeCutoff>,
     /// Channels and their routes.
     pub channels: Vec<ChannelDef>,
+    /// Where applicants can ask or complain (P-52), as this variant's regulation prints it; on
+    /// every final Outcome.
+    pub contacts: Vec<ContactDef>,
 }
 
 /// Identifier kinds.
@@ -195,6 +268,8 @@ pub struct ChannelDef {
     pub signature: SignatureDef,
     /// The route, in order; every route starts with `intake` and ends with `result`.
     pub steps: Vec<StepDef>,
+    /// How the result reaches the applicant (P-44), shown on the final Outcome.
+    pub delivery: DeliveryDef,
 }
 
 /// Signature check of a channel.
@@ -266,6 +341,10 @@ pub struct StepDef {
     /// Free text for the reader.
     #[serde(default)]
     pub note: Option<String>,
+    /// What the applicant is told when the request reaches this step (the `registered` Outcome
+    /// for intake, `in_progress` for the others; P-43, P-45), where the sources say something.
+    #[serde(default)]
+    pub notice: Option<SourcedText>,
 }
 
 /// A deadline as written in the data.

@@ -16,7 +16,7 @@ use qyzmet::contract::{
     Channel, Decision, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Envelope,
     PaymentNotice, Region, Request, ServiceCode, Status,
 };
-use qyzmet::pipeline::transition::{Head, common_reason, outcome_message, regulation_reason};
+use qyzmet::pipeline::transition::{Finale, Head, Said, common_reason, notice, outcome_message, regulation_reason};
 use qyzmet::regulations::{PoolName, REFUSAL_CODES, REFUSAL_KINDS};
 use qyzmet::systems::Systems;
 
@@ -192,11 +192,11 @@ fn topic_write_keys(defs: &Value, user: &str) -> (String, BTreeSet<String>) {
 }
 
 #[test]
-fn document_is_asyncapi_3_0_0_of_contract_version_1_with_amqp_and_amqps_servers() {
+fn document_is_asyncapi_3_0_0_of_contract_version_1_1_with_amqp_and_amqps_servers() {
     let doc = document();
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(doc["info"]["title"], "qyzmet");
-    assert_eq!(doc["info"]["version"], "1", "info.version is the contract version");
+    assert_eq!(doc["info"]["version"], "1.1", "info.version is the contract version (1.1 only adds to 1)");
     let protocols: BTreeSet<String> = doc["servers"]
         .as_object()
         .expect("servers")
@@ -254,7 +254,8 @@ fn exchanges_and_routing_keys_of_the_document_are_the_librarys() {
         for status in statuses {
             let head = head_for(service.as_str(), "aktobe", "portal", true);
             let reason = (status == Status::Refused).then(|| common_reason(&regs, "invalid_request", "x"));
-            let (_, message) = outcome_message(&head, status, Some("intake"), reason, None, Utc::now(), "m".into());
+            let said = Said { reason, ..Said::default() };
+            let (_, message) = outcome_message(&head, status, Some("intake"), said, Utc::now(), "m".into());
             assert_eq!(message.exchange, EXCHANGE_OUTCOMES);
             let documented = outcome_channels
                 .iter()
@@ -279,8 +280,7 @@ fn exchanges_and_routing_keys_of_the_document_are_the_librarys() {
         &head_for("Fishing Licence!", "", "", false),
         Status::Refused,
         Some("intake"),
-        Some(common_reason(&regs, "invalid_request", "service")),
-        None,
+        Said { reason: Some(common_reason(&regs, "invalid_request", "service")), ..Said::default() },
         Utc::now(),
         "m".into(),
     );
@@ -326,6 +326,7 @@ fn head_for(service: &str, region: &str, channel: &str, registered: bool) -> Hea
         deadline: registered.then(|| Utc::now() + Duration::days(21)),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         received_at: Some(Utc::now()),
+        finale: Finale::default(),
     }
 }
 
@@ -474,7 +475,7 @@ fn outcomes_of_every_status_built_by_the_library_validate_against_the_outcome_sc
     let mut s = Schemas::load();
     let regs = regulations();
     let route = regs.route(ServiceCode::MedicalLicence, Region::Aktobe, Channel::Portal).expect("S4 route");
-    let head = head_for("medical-licence", "aktobe", "portal", true);
+    let head = head_for("medical-licence", "aktobe", "portal", true).on(&route);
     let mut document = Map::new();
     document.insert("kind".into(), json!("medical-licence"));
     document.insert("number".into(), json!("LIC-2026-000001"));
@@ -495,8 +496,12 @@ fn outcomes_of_every_status_built_by_the_library_validate_against_the_outcome_sc
         ),
     ];
     let message_id = s.schema("OutcomeHeaders")["properties"]["message_id"].clone();
-    for (status, step, reason, document, id) in cases {
-        let (outcome, message) = outcome_message(&head, status, step, reason, document, Utc::now(), id);
+    for (index, (status, step, reason, document, id)) in cases.into_iter().enumerate() {
+        // Contract v1.1: the sources' notice on the statuses before the end (step 0 and 1 of
+        // the S4 portal route: registered, then at payment), delivery and contacts at the end.
+        let notice = (index < 2).then(|| notice(&route, index)).flatten();
+        let said = Said { reason, document, notice };
+        let (outcome, message) = outcome_message(&head, status, step, said, Utc::now(), id);
         let body: Value = serde_json::from_slice(&message.body).expect("JSON body");
         assert_eq!(body, serde_json::to_value(&outcome).expect("json"));
         s.assert_valid("Outcome", &body, &format!("a {status:?} Outcome"));
@@ -506,8 +511,8 @@ fn outcomes_of_every_status_built_by_the_library_validate_against_the_outcome_sc
     // Refused at intake, for a request that named no valid service.
     let odd = head_for("fishing-licence", "", "", false);
     let reason = common_reason(&regs, "invalid_request", "service: unknown code");
-    let (_, message) =
-        outcome_message(&odd, Status::Refused, Some("intake"), Some(reason), None, Utc::now(), "x:final".into());
+    let said = Said { reason: Some(reason), ..Said::default() };
+    let (_, message) = outcome_message(&odd, Status::Refused, Some("intake"), said, Utc::now(), "x:final".into());
     let body: Value = serde_json::from_slice(&message.body).expect("JSON body");
     s.assert_valid("Outcome", &body, "an intake refusal of an unknown service");
 }
@@ -607,8 +612,7 @@ fn invalid_messages_do_not_validate_and_the_code_refuses_them_too() {
         &head,
         Status::Refused,
         Some("payment"),
-        Some(common_reason(&regs, "deadline_exceeded", "payment")),
-        None,
+        Said { reason: Some(common_reason(&regs, "deadline_exceeded", "payment")), ..Said::default() },
         Utc::now(),
         "m".into(),
     );

@@ -95,8 +95,24 @@ async fn until_page_has(c: &Client, url: &str, text: &str) -> String {
     tokio::time::timeout(EVENT_TIMEOUT, wait).await.unwrap_or_else(|_| panic!("{url} never showed {text:?}"))
 }
 
+/// The text of the element `css` names. A page that refreshes itself (the replay progress)
+/// may replace the element between finding and reading it: then it is found again.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.wait().for_element(Locator::Css(css)).await.expect(css).text().await.expect("text")
+    let read = async {
+        loop {
+            let element = c.wait().for_element(Locator::Css(css)).await.expect(css);
+            match element.text().await {
+                Ok(text) => return text,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("text of {css}: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, read).await.unwrap_or_else(|_| panic!("{css} kept going stale"))
 }
 
 #[tokio::test]

@@ -435,3 +435,57 @@ async fn p35_decisions_not_waiting_for_review_are_recorded_not_applied() {
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn p43_p44_p45_p52_outcomes_carry_the_sources_status_wording_the_delivery_and_the_contacts() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let regs = regulations();
+    let cases = [
+        ("archive-certificate", "astana", "portal", "personal_cabinet"),
+        ("archive-certificate", "astana", "provider", "in_person_or_email"),
+        ("medical-licence", "aktobe", "centre", "via_centre_operator"),
+        ("medical-licence", "aktobe", "portal", "personal_cabinet"),
+        ("doctor-appointment", "akmola", "provider", "provider_records"),
+    ];
+    for (service, region, channel, method) in cases {
+        let req = match service {
+            "archive-certificate" => request(
+                service,
+                region,
+                channel,
+                json!({ "iin": who::CITIZEN_ASTANA }),
+                who::ASTANA_ARCHIVES,
+                json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
+            ),
+            "medical-licence" => licence_request(channel, "issue"),
+            _ => request(service, region, channel, json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({})),
+        };
+        let o = drive(&env, &req, "approve").await;
+        assert_eq!(o.status, Status::Completed, "{service} {channel}: {o:#?}");
+        let route = qyzmet::pipeline::transition::route_for(&regs, service, region, channel).expect("route");
+        // P-44: the delivery of this channel, from the data.
+        let delivery = o.delivery.as_ref().expect("a final Outcome says how the result is delivered");
+        assert_eq!(delivery.method, method, "{service} {channel}");
+        assert_eq!(delivery.text.ru, route.channel.delivery.texts.ru);
+        // P-52: the variant's contacts.
+        let phones: Vec<&str> = o.contacts.iter().flatten().map(|c| c.phone.as_str()).collect();
+        let want: Vec<&str> = route.variant.contacts.iter().map(|c| c.phone.as_str()).collect();
+        assert!(!phones.is_empty() && phones == want, "{service}: {phones:?} vs {want:?}");
+        // P-43, P-45: each status before the end carries its step's notice, where the data has one.
+        let all = env.outcomes_of(id_of(&req)).await;
+        for (index, step) in route.channel.steps.iter().enumerate() {
+            let pool = qyzmet::broker::pool_name(step.pool);
+            let status = if index == 0 { Status::Registered } else { Status::InProgress };
+            let Some(seen) = all.iter().find(|x| x.status == status && x.step.as_deref() == Some(pool)) else {
+                continue;
+            };
+            let want = step.notice.as_ref().map(|n| n.texts.kk.clone());
+            assert_eq!(seen.notice.as_ref().map(|n| n.kk.clone()), want, "{service} {channel} at {pool}");
+            assert!(seen.delivery.is_none() && seen.contacts.is_none(), "only final Outcomes carry delivery");
+        }
+        assert!(all.iter().any(|x| x.notice.is_some()), "{service} {channel}: some status carries the sources' words");
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
-use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
+use crate::contract::{EXCHANGE_DECISIONS, EXCHANGE_FEEDBACK, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS};
 use crate::regulations::PoolName;
 
 /// Internal exchange carrying step tasks to pool queues (routing key = pool name).
@@ -28,6 +28,8 @@ pub const QUEUE_INTAKE: &str = "qyzmet.intake";
 pub const QUEUE_PAYMENT_NOTICES: &str = "qyzmet.payment-notices";
 /// Queue of staff Decisions for the review pool.
 pub const QUEUE_DECISIONS: &str = "qyzmet.staff-decisions";
+/// Queue of applicants' questionnaire answers (P-51), read by the result pool.
+pub const QUEUE_QUESTIONNAIRE: &str = "qyzmet.questionnaire";
 /// Dead-letter queue: every message here has an `x-qyzmet-reason` header.
 pub const QUEUE_DEAD: &str = "qyzmet.dead-letter";
 
@@ -386,7 +388,7 @@ async fn declare_queue(ch: &Channel, queue: &str, dead_letter: bool) -> Result<(
 
 /// Declares exchanges, queues and bindings (idempotent; the same on RabbitMQ 3.10 and 4.x).
 pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
-    for ex in [EXCHANGE_REQUESTS, EXCHANGE_PAYMENTS, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES] {
+    for ex in [EXCHANGE_REQUESTS, EXCHANGE_PAYMENTS, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_FEEDBACK] {
         ch.exchange_declare(ex.into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default()).await?;
     }
     ch.exchange_declare(EXCHANGE_WORK.into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default()).await?;
@@ -404,6 +406,7 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), BrokerError> {
         (QUEUE_INTAKE, EXCHANGE_REQUESTS, "#"),
         (QUEUE_PAYMENT_NOTICES, EXCHANGE_PAYMENTS, "#"),
         (QUEUE_DECISIONS, EXCHANGE_DECISIONS, "#"),
+        (QUEUE_QUESTIONNAIRE, EXCHANGE_FEEDBACK, "#"),
     ];
     for (queue, exchange, key) in inputs {
         declare_queue(ch, queue, true).await?;

@@ -24,12 +24,20 @@ pub const EXCHANGE_PAYMENTS: &str = "qyzmet.payments";
 pub const EXCHANGE_DECISIONS: &str = "qyzmet.decisions";
 /// Exchange qyzmet publishes Outcomes to.
 pub const EXCHANGE_OUTCOMES: &str = "qyzmet.outcomes";
+/// Exchange applicants' questionnaire answers arrive on (contract v1.1, P-51), published by
+/// the system that submitted the request.
+pub const EXCHANGE_FEEDBACK: &str = "qyzmet.feedback";
 /// Routing key of every PaymentNotice on [`EXCHANGE_PAYMENTS`].
 pub const ROUTING_KEY_PAYMENT: &str = "payment.confirmed";
 
 /// Routing key of a Decision on [`EXCHANGE_DECISIONS`] for a service (`decision.<service>`).
 pub fn decision_routing_key(service: &str) -> String {
     format!("decision.{service}")
+}
+
+/// Routing key of questionnaire answers on [`EXCHANGE_FEEDBACK`] (`questionnaire.<service>`).
+pub fn questionnaire_routing_key(service: &str) -> String {
+    format!("questionnaire.{service}")
 }
 
 macro_rules! code_enum {
@@ -706,6 +714,53 @@ impl Decision {
     }
 }
 
+/// An applicant's answers to the quality and accessibility questionnaire (contract v1.1, P-51):
+/// two questions, each answered 1 (not satisfied), 2 (partly) or 3 (satisfied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuestionnaireAnswer {
+    /// The sender's id of this answer set (a repeat is the same set).
+    pub answer_id: String,
+    /// The request it is about.
+    pub request_id: Uuid,
+    /// «Удовлетворены ли Вы качеством процесса и результатом оказания …»: 1–3.
+    pub quality: i16,
+    /// «Удовлетворены ли Вы качеством информации о порядке оказания …»: 1–3.
+    pub information: i16,
+    /// When the applicant answered.
+    pub answered_at: DateTime<FixedOffset>,
+}
+
+impl QuestionnaireAnswer {
+    /// Reads answers from an understood envelope.
+    pub fn from_envelope(env: &Envelope) -> Result<QuestionnaireAnswer, FieldError> {
+        let obj = &env.body;
+        check_storable(obj)?;
+        let answer_id = id_at(obj, "answer_id", "answer_id")?;
+        let answers = match obj.get("answers") {
+            Some(Value::Object(a)) => a,
+            Some(other) => {
+                return Err(FieldError::new("answers", format!("must be an object, not {}", type_name(other))));
+            }
+            None => return Err(FieldError::new("answers", "is missing")),
+        };
+        let answer = |key: &str| -> Result<i16, FieldError> {
+            let field = format!("answers.{key}");
+            match answers.get(key).and_then(Value::as_i64) {
+                Some(n @ 1..=3) => Ok(n as i16),
+                Some(n) => Err(FieldError::new(field, format!("must be 1, 2 or 3, not {n}"))),
+                None => Err(FieldError::new(field, "must be 1, 2 or 3")),
+            }
+        };
+        let (quality, information) = (answer("quality")?, answer("information")?);
+        if let Some(extra) = answers.keys().find(|k| !matches!(k.as_str(), "quality" | "information")) {
+            return Err(FieldError::new(format!("answers.{extra}"), "is not a question of the questionnaire"));
+        }
+        let answered_at = DateTime::parse_from_rfc3339(string_at(obj, "answered_at", "answered_at")?)
+            .map_err(|_| FieldError::new("answered_at", "must be an RFC 3339 date-time with offset"))?;
+        Ok(QuestionnaireAnswer { answer_id, request_id: env.request_id, quality, information, answered_at })
+    }
+}
+
 /// Outcome status (contract: `registered`, `in_progress`, `completed`, `refused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -793,6 +848,37 @@ pub struct Contact {
     pub text: Wording,
 }
 
+/// The questionnaire a final Outcome offers the applicant (contract v1.1, P-51).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Questionnaire {
+    /// Routing key to send the answers with on [`EXCHANGE_FEEDBACK`].
+    pub routing_key: String,
+    /// The two questions, with the key their answer goes under (`quality`, `information`).
+    pub questions: Vec<Question>,
+    /// The three answers, with the value to send (1, 2, 3).
+    pub answers: Vec<AnswerChoice>,
+}
+
+/// A question of the questionnaire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    /// The member of `answers` its answer goes under.
+    pub key: String,
+    /// Its wording.
+    #[serde(flatten)]
+    pub text: Wording,
+}
+
+/// An answer of the questionnaire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerChoice {
+    /// The value to send.
+    pub value: i16,
+    /// Its wording.
+    #[serde(flatten)]
+    pub text: Wording,
+}
+
 /// What qyzmet publishes on `qyzmet.outcomes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -828,6 +914,9 @@ pub struct Outcome {
     /// Contract v1.1: the information contacts of the service (final Outcomes; P-52).
     #[serde(default)]
     pub contacts: Option<Vec<Contact>>,
+    /// Contract v1.1: the questionnaire the applicant may answer (final Outcomes; P-51).
+    #[serde(default)]
+    pub questionnaire: Option<Questionnaire>,
 }
 
 /// Current time in Almaty (+05:00), the offset every timestamp qyzmet writes carries.

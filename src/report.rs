@@ -283,3 +283,52 @@ pub fn sla_table(rows: &[crate::store::SlaRow]) -> String {
     }
     out
 }
+
+/// The questionnaire report as CSV: one line per service, region and channel.
+pub fn questionnaire_csv(rows: &[crate::store::QuestionnaireCount]) -> String {
+    let mut out = String::from(
+        "service,region,channel,accepted,ignored,quality_1,quality_2,quality_3,information_1,information_2,information_3\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.service,
+            r.region,
+            r.channel,
+            r.accepted,
+            r.ignored,
+            r.quality_1,
+            r.quality_2,
+            r.quality_3,
+            r.information_1,
+            r.information_2,
+            r.information_3
+        ));
+    }
+    out
+}
+
+/// The questionnaire report as a table: answers per question as counts of 1 / 2 / 3.
+pub fn questionnaire_table(rows: &[crate::store::QuestionnaireCount]) -> String {
+    let mut out = format!(
+        "{:<22} {:<8} {:<9} {:>8} {:>7}  {:<14} {:<14}\n",
+        "service", "region", "channel", "accepted", "ignored", "quality 1/2/3", "information 1/2/3"
+    );
+    for r in rows {
+        let service = if r.service.is_empty() { "(unknown request)" } else { r.service.as_str() };
+        out.push_str(&format!(
+            "{:<22} {:<8} {:<9} {:>8} {:>7}  {:<14} {:<14}\n",
+            service,
+            r.region,
+            r.channel,
+            r.accepted,
+            r.ignored,
+            format!("{}/{}/{}", r.quality_1, r.quality_2, r.quality_3),
+            format!("{}/{}/{}", r.information_1, r.information_2, r.information_3)
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("no questionnaire answers yet\n");
+    }
+    out
+}

@@ -6,7 +6,8 @@
 //! - the broker's users, permissions and topic permissions, as RabbitMQ definitions
 //!   ([`Systems::definitions`], `qyzmet systems definitions`, imported with
 //!   `rabbitmqctl import_definitions` or at boot with `load_definitions`): a portal may write
-//!   only to `qyzmet.requests` with its services' routing keys, the gateway only to
+//!   only to `qyzmet.requests` with its services' routing keys (and its applicants'
+//!   questionnaire answers to `qyzmet.feedback`, `questionnaire.<service>`), the gateway only to
 //!   `qyzmet.payments`, staff applications only to `qyzmet.decisions`, readers may only read
 //!   their own queues bound to `qyzmet.outcomes`; only qyzmet's own user may configure;
 //! - the checks qyzmet makes on the broker-validated `user_id` of every Request, PaymentNotice
@@ -42,7 +43,8 @@ use serde_json::{Value, json};
 
 use crate::broker::{EXCHANGE_DEAD, EXCHANGE_WORK};
 use crate::contract::{
-    Channel, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, ServiceCode,
+    Channel, EXCHANGE_DECISIONS, EXCHANGE_FEEDBACK, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS,
+    ServiceCode,
 };
 
 /// What kind of system a broker user belongs to; decides what it may publish or read.
@@ -346,7 +348,19 @@ impl Systems {
         for s in &self.systems {
             user(&s.user)?;
             let (exchange, keys): (&str, Vec<String>) = match s.kind {
-                Kind::Portal | Kind::ProviderWorkstation | Kind::Centre => (EXCHANGE_REQUESTS, services_of(s)),
+                Kind::Portal | Kind::ProviderWorkstation | Kind::Centre => {
+                    // Requests, and its applicants' questionnaire answers (contract v1.1, P-51).
+                    let services = services_of(s);
+                    let answers: Vec<String> =
+                        services.iter().map(|x| crate::contract::questionnaire_routing_key(x)).collect();
+                    permissions.push(json!({ "user": s.user, "vhost": vhost, "configure": "^$",
+                        "write": anchored(&[EXCHANGE_REQUESTS.to_owned(), EXCHANGE_FEEDBACK.to_owned()]), "read": "^$" }));
+                    topic.push(json!({ "user": s.user, "vhost": vhost, "exchange": EXCHANGE_REQUESTS,
+                        "write": anchored(&services), "read": "^$" }));
+                    topic.push(json!({ "user": s.user, "vhost": vhost, "exchange": EXCHANGE_FEEDBACK,
+                        "write": anchored(&answers), "read": "^$" }));
+                    continue;
+                }
                 Kind::PaymentGateway => (EXCHANGE_PAYMENTS, vec![crate::contract::ROUTING_KEY_PAYMENT.into()]),
                 Kind::StaffApplication => (
                     EXCHANGE_DECISIONS,
@@ -377,6 +391,7 @@ impl Systems {
             (EXCHANGE_PAYMENTS, "topic"),
             (EXCHANGE_DECISIONS, "topic"),
             (EXCHANGE_OUTCOMES, "topic"),
+            (EXCHANGE_FEEDBACK, "topic"),
             (EXCHANGE_WORK, "direct"),
             (EXCHANGE_DEAD, "fanout"),
         ]
@@ -539,7 +554,7 @@ mod tests {
         };
         assert_eq!(perm("qyzmet")["configure"], ".*");
         assert_eq!(perm("portal")["configure"], "^$");
-        assert_eq!(perm("portal")["write"], "^(qyzmet\\.requests)$");
+        assert_eq!(perm("portal")["write"], "^(qyzmet\\.requests|qyzmet\\.feedback)$");
         assert_eq!(perm("portal")["read"], "^$");
         assert_eq!(perm("monitor")["read"], "^(monitor\\.outcomes)$");
         assert_eq!(perm("monitor")["write"], "^$");
@@ -547,6 +562,14 @@ mod tests {
             d["topic_permissions"].as_array().expect("list").iter().find(|p| p["user"] == user).cloned().expect("topic")
         };
         assert_eq!(topic("portal")["write"], "^(doctor\\-appointment)$");
+        let feedback = d["topic_permissions"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|p| p["user"] == "portal" && p["exchange"] == "qyzmet.feedback")
+            .cloned()
+            .expect("the portal may send its applicants' questionnaire answers");
+        assert_eq!(feedback["write"], "^(questionnaire\\.doctor\\-appointment)$");
         assert_eq!(topic("pshep")["write"], "^(payment\\.confirmed)$");
         assert_eq!(topic("staff")["write"], "^(decision\\.medical\\-licence)$");
         assert_eq!(d["bindings"].as_array().expect("list").len(), 2);

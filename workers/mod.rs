@@ -12,7 +12,7 @@ mod test_support;
 
 use std::sync::Arc;
 
-use crate::broker::{QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES};
+use crate::broker::{QUEUE_DECISIONS, QUEUE_INTAKE, QUEUE_PAYMENT_NOTICES, QUEUE_QUESTIONNAIRE};
 use crate::pipeline::Step;
 use crate::pipeline::runtime::Handler;
 use crate::regulations::PoolName;
@@ -29,12 +29,13 @@ pub fn step_of(pool: PoolName) -> Option<Arc<dyn Step>> {
 }
 
 /// The queues of outside messages a pool consumes, with their handlers: intake's Requests,
-/// payment's PaymentNotices, review's staff Decisions.
+/// payment's PaymentNotices, review's staff Decisions, result's questionnaire answers (P-51).
 pub fn event_consumers(pool: PoolName) -> Vec<(String, Arc<dyn Handler>)> {
     match pool {
         PoolName::Intake => vec![(QUEUE_INTAKE.into(), Arc::new(intake::IntakeHandler))],
         PoolName::Payment => vec![(QUEUE_PAYMENT_NOTICES.into(), Arc::new(payment::NoticeHandler))],
         PoolName::Review => vec![(QUEUE_DECISIONS.into(), Arc::new(review::DecisionHandler))],
-        PoolName::Registry | PoolName::Result => Vec::new(),
+        PoolName::Result => vec![(QUEUE_QUESTIONNAIRE.into(), Arc::new(result::QuestionnaireHandler))],
+        PoolName::Registry => Vec::new(),
     }
 }

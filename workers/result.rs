@@ -1,13 +1,86 @@
 //! Result-generation pool (P-36…P-39): builds the service's result document from the request,
 //! the registry findings and the regulation data. The pipeline numbers it (per prefix and year,
 //! e.g. licence numbers), signs it on behalf of the provider and publishes it as `completed`.
+//!
+//! The pool also reads what follows a result: the applicant's answers to the quality and
+//! accessibility questionnaire (P-51) on `qyzmet.questionnaire`. One answer set per request is
+//! accepted, from the system that submitted the request, after the final outcome and within
+//! [`QUESTIONNAIRE_WINDOW_DAYS`]; every other set is recorded with why it was ignored.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
+use crate::contract::QuestionnaireAnswer;
 use crate::ident::{self, Identifier};
 use futures_util::future::BoxFuture;
 
-use crate::pipeline::{Ctx, DocumentDraft, Step, StepError, StepInput, StepOutcome};
+use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
+use crate::pipeline::{Ctx, DocumentDraft, Failure, Step, StepError, StepInput, StepOutcome};
+use crate::store::{QuestionnaireRow, QuestionnaireSubject, Store};
+
+/// How many days after its final outcome an applicant's answers still count (the sources say
+/// only "after the service"; a month keeps the figures about that service).
+pub const QUESTIONNAIRE_WINDOW_DAYS: i64 = 30;
+
+/// Why an answer set is ignored, if it is; `None` accepts it.
+pub fn judge(subject: Option<&QuestionnaireSubject>, sender: Option<&str>, now: DateTime<Utc>) -> Option<&'static str> {
+    let Some(s) = subject else { return Some("unknown_request") };
+    let Some(finished) = s.finished_at else { return Some("not_finished") };
+    if s.answered {
+        return Some("already_answered");
+    }
+    if let Some(submitter) = s.submitter.as_deref()
+        && sender != Some(submitter)
+    {
+        return Some("not_the_submitting_system");
+    }
+    if now - finished > chrono::Duration::days(QUESTIONNAIRE_WINDOW_DAYS) {
+        return Some("late");
+    }
+    None
+}
+
+/// Handles questionnaire answers.
+pub struct QuestionnaireHandler;
+
+impl Handler for QuestionnaireHandler {
+    fn handle<'a>(&'a self, ctx: &'a Ctx, msg: &'a Incoming) -> BoxFuture<'a, Disposition> {
+        Box::pin(async move {
+            match runtime::read(ctx, msg, QuestionnaireAnswer::from_envelope, "invalid_questionnaire") {
+                Ok((_, a)) => runtime::settle(record(ctx, &a, msg.sender(ctx)).await, a.request_id, "questionnaire"),
+                Err(disposition) => disposition,
+            }
+        })
+    }
+}
+
+async fn record(ctx: &Ctx, a: &QuestionnaireAnswer, sender: Option<&str>) -> Result<(), Failure> {
+    let mut tx = ctx.store.begin().await?;
+    Store::lock_request_id(&mut tx, a.request_id).await?;
+    let subject = Store::questionnaire_subject(&mut tx, a.request_id).await?;
+    let rejection = judge(subject.as_ref(), sender, Utc::now());
+    let (service, region, channel) =
+        subject.as_ref().map(|s| (s.service.as_str(), s.region.as_str(), s.channel.as_str())).unwrap_or(("", "", ""));
+    let row = QuestionnaireRow {
+        answer_id: &a.answer_id,
+        request_id: a.request_id,
+        service,
+        region,
+        channel,
+        quality: a.quality,
+        information: a.information,
+        answered_at: a.answered_at.with_timezone(&Utc),
+        submitter: sender,
+        rejection,
+    };
+    if Store::insert_questionnaire(&mut tx, &row).await? {
+        tracing::info!(request_id = %a.request_id, answer_id = %a.answer_id, accepted = rejection.is_none(), ?rejection, "questionnaire answers recorded");
+    } else {
+        tracing::info!(request_id = %a.request_id, answer_id = %a.answer_id, "questionnaire answers repeated; nothing to do");
+    }
+    tx.commit().await?;
+    Ok(())
+}
 
 /// The result pool's step (numbering and signing follow in the step loop, for every result).
 pub struct ResultStep;

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::broker::{EXCHANGE_WORK, Message, pool_name};
 use crate::contract::{
-    Contact, Delivery, EXCHANGE_OUTCOMES, Outcome, Reason, StaffReason, Status, Wording, routing_word, to_local,
+    AnswerChoice, Contact, Delivery, EXCHANGE_OUTCOMES, Outcome, Question, Questionnaire, Reason, StaffReason, Status,
+    Wording, routing_word, to_local,
 };
 use crate::regulations::{Regulations, Route, Texts, code_of};
 use crate::store::{FinalOutcome, Position, RequestRow, StepExit, Store};
@@ -65,13 +66,16 @@ pub struct Head {
 }
 
 /// What a final Outcome adds (contract v1.1): how the result reaches the applicant on this
-/// channel (P-44) and where to ask (P-52), from the regulation data.
+/// channel (P-44), where to ask (P-52) and the questionnaire to answer (P-51), from the
+/// regulation data.
 #[derive(Debug, Clone, Default)]
 pub struct Finale {
     /// Delivery on the request's channel.
     pub delivery: Option<Delivery>,
     /// The service's information contacts.
     pub contacts: Option<Vec<Contact>>,
+    /// The questionnaire offered after the service (P-51).
+    pub questionnaire: Option<Questionnaire>,
 }
 
 impl Finale {
@@ -88,6 +92,7 @@ impl Finale {
                     .map(|c| Contact { phone: c.phone.clone(), text: wording(&c.texts) })
                     .collect(),
             ),
+            questionnaire: Some(questionnaire_of(route)),
         }
     }
 }
@@ -98,6 +103,19 @@ pub fn route_for<'a>(regs: &'a Regulations, service: &str, region: &str, channel
     use crate::contract::{Channel, Region, ServiceCode};
     let (service, region, channel) = (ServiceCode::parse(service)?, Region::parse(region)?, Channel::parse(channel)?);
     regs.route(service, region, channel).ok()
+}
+
+/// The questionnaire of a route's service, as a final Outcome offers it (P-51).
+fn questionnaire_of(route: &Route<'_>) -> Questionnaire {
+    let q = &route.service.questionnaire;
+    Questionnaire {
+        routing_key: crate::contract::questionnaire_routing_key(route.service.service.as_str()),
+        questions: vec![
+            Question { key: "quality".into(), text: wording(&q.quality) },
+            Question { key: "information".into(), text: wording(&q.information) },
+        ],
+        answers: (1..).zip(&q.answers).map(|(value, a)| AnswerChoice { value, text: wording(a) }).collect(),
+    }
 }
 
 /// The three texts of a data text.
@@ -198,6 +216,7 @@ pub fn outcome_message(
         notice,
         delivery: finale.delivery,
         contacts: finale.contacts,
+        questionnaire: finale.questionnaire,
     };
     let body = serde_json::to_vec(&outcome).unwrap_or_default();
     let message = Message {

@@ -507,6 +507,16 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
         }
     }
 
+    let q = &file.questionnaire;
+    if q.answers.len() != 3 {
+        return Err(c.err("questionnaire.answers", "has three answers: not satisfied, partly, satisfied"));
+    }
+    for (field, texts) in [("quality", &q.quality), ("information", &q.information)]
+        .into_iter()
+        .chain(q.answers.iter().map(|a| ("answers", a)))
+    {
+        c.text(&format!("questionnaire.{field}"), texts, &q.text_source, &q.source)?;
+    }
     for (kind, d) in &file.documents {
         check_behaviours(path, &format!("documents.{kind}.behaviours"), &d.behaviours)?;
         if d.number_prefix.is_empty() || !d.number_prefix.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())

@@ -48,6 +48,24 @@ pub struct ServiceFile {
     /// Choices made where sources conflict (regulations.md §12), kept with the data.
     #[serde(default)]
     pub decisions: Vec<DecisionNote>,
+    /// The quality and accessibility questionnaire offered after the service (P-51).
+    pub questionnaire: QuestionnaireDef,
+}
+
+/// The questionnaire of a service (P-51): two questions, three ordered answers each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionnaireDef {
+    /// Question 1, on the quality of the process and the result.
+    pub quality: Texts,
+    /// Question 2, on the quality of the information about the procedure.
+    pub information: Texts,
+    /// The answers 1 (not satisfied), 2 (partly), 3 (satisfied), in that order.
+    pub answers: Vec<Texts>,
+    /// How each text came to be (the same for all of them).
+    pub text_source: TextSources,
+    /// The source clause.
+    pub source: String,
 }
 
 /// A text the applicant is shown, with where its words come from (one level of `flatten`

@@ -336,6 +336,75 @@ pub struct PersonRecord {
     pub birth_date: Option<chrono::NaiveDate>,
 }
 
+/// What a questionnaire answer is about (see [`Store::questionnaire_subject`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QuestionnaireSubject {
+    /// Service as stored.
+    pub service: String,
+    /// Region as stored.
+    pub region: String,
+    /// Channel as stored.
+    pub channel: String,
+    /// The system that submitted the request: only it may send the applicant's answers.
+    pub submitter: Option<String>,
+    /// When the request got its final outcome; answers before it are ignored.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Whether an answer set was accepted already (one per request).
+    pub answered: bool,
+}
+
+/// An answer set to record.
+#[derive(Debug, Clone)]
+pub struct QuestionnaireRow<'a> {
+    /// The sender's id of the set.
+    pub answer_id: &'a str,
+    /// The request.
+    pub request_id: Uuid,
+    /// Service, region and channel of the request ('' when unknown), for the report.
+    pub service: &'a str,
+    /// Region.
+    pub region: &'a str,
+    /// Channel.
+    pub channel: &'a str,
+    /// Answer to question 1 (1–3).
+    pub quality: i16,
+    /// Answer to question 2 (1–3).
+    pub information: i16,
+    /// When the applicant answered.
+    pub answered_at: DateTime<Utc>,
+    /// Who sent it.
+    pub submitter: Option<&'a str>,
+    /// Why it is ignored; `None` when accepted.
+    pub rejection: Option<&'a str>,
+}
+
+/// A line of the questionnaire report.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QuestionnaireCount {
+    /// Service.
+    pub service: String,
+    /// Region.
+    pub region: String,
+    /// Channel.
+    pub channel: String,
+    /// Answer sets accepted.
+    pub accepted: i64,
+    /// Answer sets recorded and ignored.
+    pub ignored: i64,
+    /// Accepted answers 1, 2, 3 to question 1.
+    pub quality_1: i64,
+    /// …
+    pub quality_2: i64,
+    /// …
+    pub quality_3: i64,
+    /// Accepted answers 1, 2, 3 to question 2.
+    pub information_1: i64,
+    /// …
+    pub information_2: i64,
+    /// …
+    pub information_3: i64,
+}
+
 /// A legal entity in ГБД ЮЛ.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct EntityRecord {
@@ -927,6 +996,65 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         Ok(row.is_some())
+    }
+
+    /// What an arriving questionnaire answer refers to, read under the request's lock; `None`
+    /// for an unknown request.
+    pub async fn questionnaire_subject(
+        tx: &mut PgConnection,
+        request_id: Uuid,
+    ) -> Result<Option<QuestionnaireSubject>, StoreError> {
+        sqlx::query_as(
+            "SELECT r.service, r.region, r.channel, r.submitter, o.at AS finished_at, \
+                    EXISTS (SELECT 1 FROM questionnaire_answers q WHERE q.request_id = r.request_id AND q.accepted) \
+                      AS answered \
+             FROM requests r LEFT JOIN outcomes o ON o.request_id = r.request_id WHERE r.request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_optional(&mut *tx)
+        .await
+    }
+
+    /// Records an answer set; `false` when this `answer_id` was recorded before (a repeat).
+    pub async fn insert_questionnaire(tx: &mut PgConnection, a: &QuestionnaireRow<'_>) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO questionnaire_answers (answer_id, request_id, service, region, channel, quality, \
+                 information, answered_at, submitter, accepted, rejection) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (answer_id) DO NOTHING",
+        )
+        .bind(a.answer_id)
+        .bind(a.request_id)
+        .bind(a.service)
+        .bind(a.region)
+        .bind(a.channel)
+        .bind(a.quality)
+        .bind(a.information)
+        .bind(a.answered_at)
+        .bind(a.submitter)
+        .bind(a.rejection.is_none())
+        .bind(a.rejection)
+        .execute(&mut *tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Questionnaire answers by service, region and channel: how many were accepted and
+    /// ignored, and how the accepted ones answered each question (`qyzmet report
+    /// questionnaire`).
+    pub async fn questionnaire_counts(&self) -> Result<Vec<QuestionnaireCount>, StoreError> {
+        sqlx::query_as(
+            "SELECT service, region, channel, \
+                    count(*) FILTER (WHERE accepted) AS accepted, count(*) FILTER (WHERE NOT accepted) AS ignored, \
+                    count(*) FILTER (WHERE accepted AND quality = 1) AS quality_1, \
+                    count(*) FILTER (WHERE accepted AND quality = 2) AS quality_2, \
+                    count(*) FILTER (WHERE accepted AND quality = 3) AS quality_3, \
+                    count(*) FILTER (WHERE accepted AND information = 1) AS information_1, \
+                    count(*) FILTER (WHERE accepted AND information = 2) AS information_2, \
+                    count(*) FILTER (WHERE accepted AND information = 3) AS information_3 \
+             FROM questionnaire_answers GROUP BY service, region, channel ORDER BY service, region, channel",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Decisions recorded for a request: (decision_id, applied, rejection).

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use qyzmet::broker::pool_name;
 use qyzmet::contract::{
-    Channel, Decision, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Envelope,
-    PaymentNotice, Region, Request, ServiceCode, Status,
+    Channel, Decision, EXCHANGE_DECISIONS, EXCHANGE_FEEDBACK, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS,
+    Envelope, PaymentNotice, QuestionnaireAnswer, Region, Request, ServiceCode, Status,
 };
 use qyzmet::pipeline::transition::{Finale, Head, Said, common_reason, notice, outcome_message, regulation_reason};
 use qyzmet::regulations::{PoolName, REFUSAL_CODES, REFUSAL_KINDS};
@@ -183,12 +183,13 @@ fn definitions() -> Value {
     systems.definitions("/", &|_| Ok("password".to_owned())).expect("definitions")
 }
 
-fn topic_write_keys(defs: &Value, user: &str) -> (String, BTreeSet<String>) {
+/// The routing keys `user` may write on `exchange`.
+fn topic_write_keys(defs: &Value, user: &str, exchange: &str) -> BTreeSet<String> {
     let perm = defs["topic_permissions"]
         .as_array()
-        .and_then(|all| all.iter().find(|p| p["user"] == user))
-        .unwrap_or_else(|| panic!("no topic permission for {user}"));
-    (perm["exchange"].as_str().expect("exchange").to_owned(), keys_of_pattern(perm["write"].as_str().expect("write")))
+        .and_then(|all| all.iter().find(|p| p["user"] == user && p["exchange"] == exchange))
+        .unwrap_or_else(|| panic!("no topic permission for {user} on {exchange}"));
+    keys_of_pattern(perm["write"].as_str().expect("write"))
 }
 
 #[test]
@@ -211,7 +212,8 @@ fn exchanges_and_routing_keys_of_the_document_are_the_librarys() {
     let doc = document();
     let defs = definitions();
     let by_exchange = channels_by_exchange(&doc);
-    let contract_exchanges = set([EXCHANGE_REQUESTS, EXCHANGE_PAYMENTS, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES]);
+    let contract_exchanges =
+        set([EXCHANGE_REQUESTS, EXCHANGE_PAYMENTS, EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_FEEDBACK]);
     assert_eq!(by_exchange.keys().cloned().collect::<BTreeSet<_>>(), contract_exchanges, "exchanges");
 
     // Type and durability as qyzmet declares them (the definitions list the same exchanges).
@@ -229,17 +231,23 @@ fn exchanges_and_routing_keys_of_the_document_are_the_librarys() {
     }
 
     // Inbound: the routing keys the broker permissions let each kind of system write.
-    for (user, exchange) in
-        [("portal", EXCHANGE_REQUESTS), ("gateway", EXCHANGE_PAYMENTS), ("staff", EXCHANGE_DECISIONS)]
-    {
-        let (permitted_exchange, permitted_keys) = topic_write_keys(&defs, user);
-        assert_eq!(permitted_exchange, exchange, "{user} writes to {exchange}");
+    for (user, exchange) in [
+        ("portal", EXCHANGE_REQUESTS),
+        ("portal", EXCHANGE_FEEDBACK),
+        ("gateway", EXCHANGE_PAYMENTS),
+        ("staff", EXCHANGE_DECISIONS),
+    ] {
+        let permitted_keys = topic_write_keys(&defs, user, exchange);
         let documented: BTreeSet<String> =
             by_exchange[exchange].iter().flat_map(|(_, ch)| addresses(&doc, ch)).collect();
         assert_eq!(documented, permitted_keys, "routing keys on {exchange}");
     }
     let services = set(ServiceCode::ALL.iter().map(|s| s.as_str()));
-    assert_eq!(topic_write_keys(&defs, "portal").1, services, "a Request's routing key is its service code");
+    assert_eq!(
+        topic_write_keys(&defs, "portal", EXCHANGE_REQUESTS),
+        services,
+        "a Request's routing key is its service code"
+    );
 
     // Outbound: the routing keys qyzmet's Outcome messages carry, for every status.
     let regs = regulations();
@@ -429,8 +437,8 @@ fn message_examples_of_the_document_are_accepted_by_the_code_and_match_their_sch
     let messages = s.doc["components"]["messages"].as_object().expect("messages").clone();
     assert_eq!(
         messages.keys().cloned().collect::<BTreeSet<_>>(),
-        set(["Decision", "Outcome", "PaymentNotice", "Request"]),
-        "the four messages of the contract"
+        set(["Decision", "Outcome", "PaymentNotice", "QuestionnaireAnswer", "Request"]),
+        "the five messages of the contract (QuestionnaireAnswer since 1.1)"
     );
     for (name, message) in &messages {
         let payload = message["payload"]["$ref"].as_str().expect("payload $ref");
@@ -445,6 +453,9 @@ fn message_examples_of_the_document_are_accepted_by_the_code_and_match_their_sch
                 "Request" => intake_check(&regs, body),
                 "PaymentNotice" => PaymentNotice::from_envelope(&envelope(body)).map(drop).map_err(|e| e.to_string()),
                 "Decision" => Decision::from_envelope(&envelope(body)).map(drop).map_err(|e| e.to_string()),
+                "QuestionnaireAnswer" => {
+                    QuestionnaireAnswer::from_envelope(&envelope(body)).map(drop).map_err(|e| e.to_string())
+                }
                 _ => serde_json::from_value::<qyzmet::contract::Outcome>(body.clone())
                     .map(drop)
                     .map_err(|e| e.to_string()),

@@ -489,3 +489,83 @@ async fn p43_p44_p45_p52_outcomes_carry_the_sources_status_wording_the_delivery_
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+/// Answers as a portal would send them.
+fn answers(request_id: uuid::Uuid, answer_id: &str, quality: i64, information: i64) -> Vec<u8> {
+    let body = json!({
+        "answer_id": answer_id,
+        "request_id": request_id,
+        "answers": { "quality": quality, "information": information },
+        "answered_at": qyzmet::contract::now_local(),
+    });
+    serde_json::to_vec(&body).expect("json")
+}
+
+#[tokio::test]
+async fn p51_the_questionnaire_is_offered_with_the_result_and_one_answer_set_per_request_counts() {
+    use qyzmet::contract::EXCHANGE_FEEDBACK;
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let done =
+        request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}));
+    let o = drive(&env, &done, "approve").await;
+    assert_eq!(o.status, Status::Completed);
+    // The final Outcome offers the service's questionnaire in the sources' words.
+    let q = o.questionnaire.as_ref().expect("a final Outcome offers the questionnaire");
+    assert_eq!(q.routing_key, "questionnaire.doctor-appointment");
+    assert_eq!(q.questions.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(), ["quality", "information"]);
+    assert!(q.questions[0].text.ru.starts_with("Удовлетворены ли Вы качеством процесса"), "{q:#?}");
+    assert_eq!(q.answers.iter().map(|a| a.value).collect::<Vec<_>>(), [1, 2, 3]);
+    // A licence still waiting for staff: answers before the end are recorded and ignored.
+    let waiting = licence_request("provider", "issue");
+    env.publish_request(&waiting).await;
+    env.wait_step(id_of(&waiting), "review").await;
+
+    let key = "questionnaire.doctor-appointment";
+    env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-1", 3, 2)).await;
+    env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-1", 3, 2)).await; // a repeat
+    env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-2", 1, 1)).await; // a second set
+    env.publish_raw(EXCHANGE_FEEDBACK, key, answers(uuid::Uuid::new_v4(), "a-3", 2, 2)).await; // unknown
+    env.publish_raw(EXCHANGE_FEEDBACK, "questionnaire.medical-licence", answers(id_of(&waiting), "a-4", 2, 3)).await;
+    env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-5", 4, 1)).await; // no such answer
+    let (_, headers) = env.wait_dead_letter().await;
+    assert_eq!(headers.get("x-qyzmet-reason").map(String::as_str), Some("invalid_questionnaire"), "{headers:?}");
+    let recorded = async {
+        loop {
+            let n: (i64,) = sqlx::query_as("SELECT count(*) FROM questionnaire_answers")
+                .fetch_one(env.store.pool())
+                .await
+                .expect("count");
+            if n.0 >= 4 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, recorded).await.expect("four answer sets are recorded");
+    let why: Vec<(String, bool, Option<String>)> =
+        sqlx::query_as("SELECT answer_id, accepted, rejection FROM questionnaire_answers ORDER BY answer_id")
+            .fetch_all(env.store.pool())
+            .await
+            .expect("answers");
+    let expected = [
+        ("a-1", true, None),
+        ("a-2", false, Some("already_answered")),
+        ("a-3", false, Some("unknown_request")),
+        ("a-4", false, Some("not_finished")),
+    ];
+    let got: Vec<(&str, bool, Option<&str>)> = why.iter().map(|(a, ok, r)| (a.as_str(), *ok, r.as_deref())).collect();
+    assert_eq!(got, expected);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+        .args(["report", "questionnaire", "--format", "csv"])
+        .envs(env.child_env())
+        .output()
+        .await
+        .expect("qyzmet report questionnaire");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("doctor-appointment,akmola,provider,1,1,0,0,1,0,1,0\n"), "{report}");
+    assert!(report.contains("medical-licence,aktobe,provider,0,1,"), "{report}");
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

@@ -197,6 +197,16 @@ enum ReportCommand {
         #[command(flatten)]
         settings: Settings,
     },
+    /// The questionnaire (P-51): per service, region and channel, how many answer sets were
+    /// accepted and ignored, and how the accepted ones answered each question (1 not satisfied,
+    /// 2 partly, 3 satisfied).
+    Questionnaire {
+        /// table or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Subcommand)]
@@ -386,6 +396,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "csv" => print!("{}", qyzmet::report::sla_csv(&rows)),
                 "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
                 other => bail!("--format {other:?}: use table, csv or json"),
+            }
+            Ok(())
+        }
+        Command::Report { command: ReportCommand::Questionnaire { format, settings } } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let rows = store.questionnaire_counts().await?;
+            match format.as_str() {
+                "table" => print!("{}", qyzmet::report::questionnaire_table(&rows)),
+                "csv" => print!("{}", qyzmet::report::questionnaire_csv(&rows)),
+                other => bail!("--format {other:?}: use table or csv"),
             }
             Ok(())
         }

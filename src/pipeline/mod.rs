@@ -17,6 +17,7 @@
 
 pub mod failure;
 pub mod outbox;
+pub mod retention;
 pub mod runtime;
 pub mod sweeper;
 pub mod task;

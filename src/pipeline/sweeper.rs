@@ -1,7 +1,9 @@
 //! The deadline sweeper. Every process runs one (they coordinate through `FOR UPDATE SKIP
 //! LOCKED`), so a request whose step deadline passes while it sits in a queue, waits for a
 //! payment or a staff decision, or waits for a retry, is refused even when no worker of its pool
-//! is running. The sweeper also re-queues retries that are due and runs the outbox relay.
+//! is running. The sweeper also re-queues retries that are due, runs the outbox relay and, about
+//! hourly, purges the personal data of requests past their retention period (P-48,
+//! [`super::retention`]).
 
 use std::sync::Arc;
 
@@ -19,9 +21,13 @@ const BATCH: i64 = 200;
 /// How often the waiting and outbox gauges are refreshed.
 const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often the retention pass runs (its work is days old; once an hour is timely).
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Runs until shutdown.
 pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
     let mut last_observed: Option<std::time::Instant> = None;
+    let mut last_retention: Option<std::time::Instant> = None;
     while !shutdown.is_shutdown() {
         let busy = match sweep_once(&ctx).await {
             Ok(n) => n,
@@ -39,6 +45,12 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
         if last_observed.is_none_or(|t| t.elapsed() >= OBSERVE_EVERY) {
             observe(&ctx).await;
             last_observed = Some(std::time::Instant::now());
+        }
+        if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            if let Err(e) = super::retention::run_once(&ctx.store, &ctx.regs, false).await {
+                tracing::warn!(error = %e, "retention pass failed");
+            }
+            last_retention = Some(std::time::Instant::now());
         }
         if busy < BATCH as usize {
             shutdown.sleep(ctx.sweep_interval).await;

@@ -144,6 +144,8 @@ pub struct Regulations {
     calendar: Calendar,
     /// Operator or test override of a pool's step duration (tiny deadlines in tests, drills).
     overrides: HashMap<PoolName, Duration>,
+    /// Test override of every service's retention period.
+    retention_override: Option<Duration>,
 }
 
 /// The route of one (service, region, channel).
@@ -216,7 +218,7 @@ impl Regulations {
         if services.is_empty() {
             return Err(LoadError::new(dir, "-", "no service files found".into()));
         }
-        Ok(Regulations { services, common, calendar, overrides: HashMap::new() })
+        Ok(Regulations { services, common, calendar, overrides: HashMap::new(), retention_override: None })
     }
 
     /// The working-day calendar.
@@ -237,6 +239,17 @@ impl Regulations {
     /// Texts for a refusal kind no regulation defines.
     pub fn common(&self, kind: &str) -> Option<&CommonRefusal> {
         self.common.refusals.get(kind)
+    }
+
+    /// How long a finished request of `service` keeps its personal data (P-48).
+    pub fn retention(&self, service: ServiceCode) -> Option<Duration> {
+        let keep = self.services.get(&service)?.file.retention.keep_days;
+        Some(self.retention_override.unwrap_or_else(|| Duration::days(i64::from(keep))))
+    }
+
+    /// Shortens every service's retention (tests, demonstrations).
+    pub fn override_retention(&mut self, keep: Duration) {
+        self.retention_override = Some(keep);
     }
 
     /// Makes every step of `pool` due `span` after the request was received, in every route
@@ -507,6 +520,9 @@ fn validate_service(path: &Path, file: &ServiceFile) -> Result<(), LoadError> {
         }
     }
 
+    if file.retention.keep_days == 0 || file.retention.source.trim().is_empty() {
+        return Err(c.err("retention", "needs keep_days (at least 1) and its source"));
+    }
     let q = &file.questionnaire;
     if q.answers.len() != 3 {
         return Err(c.err("questionnaire.answers", "has three answers: not satisfied, partly, satisfied"));

@@ -50,6 +50,19 @@ pub struct ServiceFile {
     pub decisions: Vec<DecisionNote>,
     /// The quality and accessibility questionnaire offered after the service (P-51).
     pub questionnaire: QuestionnaireDef,
+    /// How long a finished request keeps its personal data (P-48).
+    pub retention: RetentionDef,
+}
+
+/// Retention of a service's requests (P-48): after `keep_days` from the final outcome, the
+/// personal data are purged and the audit skeleton stays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDef {
+    /// Days after the final outcome that a request, its document and its personal data are kept.
+    pub keep_days: u32,
+    /// Where the period comes from, or why it was chosen.
+    pub source: String,
 }
 
 /// The questionnaire of a service (P-51): two questions, three ordered answers each.

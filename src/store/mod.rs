@@ -1057,6 +1057,39 @@ impl Store {
         .await
     }
 
+    /// Finished requests of `service` whose personal data are due for purging: final outcome
+    /// older than `keep`, not purged yet; at most `limit`, oldest first.
+    pub async fn due_for_purge(
+        &self,
+        service: &str,
+        keep: chrono::Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT request_id FROM requests \
+             WHERE service = $1 AND purged_at IS NULL AND finished_at IS NOT NULL AND finished_at < now() - $2 \
+             ORDER BY finished_at LIMIT $3",
+        )
+        .bind(service)
+        .bind(keep)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Purges one finished request's personal data if its final outcome is older than `keep`
+    /// (migration 0010: the one function that may rewrite a request's body and outcome);
+    /// whether it did.
+    pub async fn purge_personal_data(&self, request_id: Uuid, keep: chrono::Duration) -> Result<bool, StoreError> {
+        let (done,): (bool,) = sqlx::query_as("SELECT purge_personal_data($1, $2)")
+            .bind(request_id)
+            .bind(keep)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(done)
+    }
+
     /// Decisions recorded for a request: (decision_id, applied, rejection).
     pub async fn decisions_for(&self, request_id: Uuid) -> Result<Vec<(String, bool, Option<String>)>, StoreError> {
         sqlx::query_as(

@@ -119,3 +119,77 @@ async fn p49_audit_verify_finds_a_changed_a_removed_and_a_cut_off_row() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn p48_after_the_retention_period_personal_data_are_purged_and_the_audit_skeleton_stays() {
+    use qyzmet::pipeline::retention::run_once;
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let req =
+        request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}));
+    let id = id_of(&req);
+    env.publish_request(&req).await;
+    let done = env.final_outcome(id).await;
+    assert_eq!(done.status, Status::Completed);
+    let history_before = env.store.history_of(id).await.expect("history").len();
+    let stored = |what: &'static str| {
+        let sql = match what {
+            "request" => {
+                "SELECT body::text || facts::text || coalesce(applicant_id, '') FROM requests WHERE request_id = $1"
+            }
+            _ => "SELECT body::text || coalesce(document::text, '') FROM outcomes WHERE request_id = $1",
+        };
+        let store = env.store.clone();
+        async move {
+            let (text,): (String,) = sqlx::query_as(sql).bind(id).fetch_one(store.pool()).await.expect("row");
+            text
+        }
+    };
+    assert!(stored("request").await.contains(who::CITIZEN) && stored("outcome").await.contains(who::CITIZEN));
+
+    // The repository's period (three years) keeps it; the pass runs as the pipeline's own role.
+    let kept = run_once(&app.ctx.store, &app.ctx.regs, false).await.expect("retention pass");
+    assert!(kept.iter().all(|p| p.due == 0 && p.purged == 0), "{kept:?}");
+    // A shortened period: a dry run counts it and changes nothing, then a pass purges it.
+    let mut short = regulations();
+    short.override_retention(chrono::Duration::zero());
+    let dry = run_once(&app.ctx.store, &short, true).await.expect("dry run");
+    assert!(dry.iter().any(|p| p.due == 1 && p.purged == 0), "{dry:?}");
+    assert!(stored("request").await.contains(who::CITIZEN), "a dry run changes nothing");
+    let ran = run_once(&app.ctx.store, &short, false).await.expect("retention pass");
+    assert_eq!(ran.iter().map(|p| p.purged).sum::<usize>(), 1, "{ran:?}");
+    for what in ["request", "outcome"] {
+        let text = stored(what).await;
+        assert!(!text.contains(who::CITIZEN) && !text.contains("Сапарова"), "{what} keeps personal data: {text}");
+    }
+    // The skeleton stays: number, service, steps and times, the outcome's status and code.
+    let row = env.store.get_request(id).await.expect("row").expect("the request stays");
+    assert_eq!(row.request_number, done.request_number);
+    assert_eq!(row.state, "completed");
+    assert_eq!(env.store.history_of(id).await.expect("history").len(), history_before);
+    let (status, step): (String, Option<String>) =
+        sqlx::query_as("SELECT status, step FROM outcomes WHERE request_id = $1")
+            .bind(id)
+            .fetch_one(env.store.pool())
+            .await
+            .expect("outcome");
+    assert_eq!((status.as_str(), step.as_deref()), ("completed", Some("result")));
+    let (ok, report) = audit_verify(&env);
+    assert!(ok, "the audit trail is untouched: {report}");
+    // Once is enough: nothing is due any more.
+    let again = run_once(&app.ctx.store, &short, false).await.expect("retention pass");
+    assert!(again.iter().all(|p| p.due == 0), "{again:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+        .args(["retention", "run", "--dry-run"])
+        .envs(env.child_env())
+        .output()
+        .expect("qyzmet retention run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("keep  1095 days"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

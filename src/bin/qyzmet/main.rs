@@ -172,6 +172,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Retention (P-48): purges the personal data of finished requests past their service's
+    /// retention period (the sweeper of every process does the same about hourly).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// The systems file: which upstream system may submit, pay, decide or read what.
     Systems {
         #[command(subcommand)]
@@ -215,6 +221,18 @@ enum OperatorsCommand {
     HashPassword,
     /// Prints a new random API token (give it to the system) and its SHA-256 (for `sha256`).
     NewToken,
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// One pass over every service: how many requests are past their period, and purges them.
+    Run {
+        /// Only count what is due; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Subcommand)]
@@ -532,6 +550,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "demo")]
         Command::Bench { settings, args } => bench::run(&settings, &args).await,
         Command::Verify { file, settings } => qyzmet::report::verify_file(&settings, &file),
+        Command::Retention { command: RetentionCommand::Run { dry_run, settings } } => {
+            let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
+            let regs = load_regulations(&settings.regulations_dir)?;
+            let report = qyzmet::pipeline::retention::run_once(&store, &regs, dry_run).await?;
+            for r in &report {
+                let done = if dry_run { "dry run, nothing changed".to_owned() } else { format!("{} purged", r.purged) };
+                println!("{:<22} keep {:>5} days  {:>5} due  {done}", r.service.as_str(), r.keep.num_days(), r.due);
+            }
+            Ok(())
+        }
         Command::Audit { command: AuditCommand::Verify { request, settings } } => {
             let store = Store::connect(&settings.database_url, 2).await.context("cannot connect to PostgreSQL")?;
             let breaks = store.audit_breaks(request).await.context("cannot read the audit trail")?;

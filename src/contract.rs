@@ -660,6 +660,13 @@ pub struct Decision {
     pub decided_at: DateTime<FixedOffset>,
     /// Signed by the staff member.
     pub signature: SignatureBlock,
+    /// Contract v1.1, `extend` only: the new deadline of the decision step (P-34).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_to: Option<DateTime<FixedOffset>>,
+    /// Contract v1.1, `extend` only: one of the exceptional cases the law allows a longer term
+    /// for (S5: up to six months), which the reason must explain.
+    #[serde(default)]
+    pub exceptional: bool,
 }
 
 /// The staff member's verdict.
@@ -670,6 +677,8 @@ pub enum Verdict {
     Approve,
     /// Refuse with a reason.
     Refuse,
+    /// Contract v1.1: extend the decision step's term, with a reason (P-34).
+    Extend,
 }
 
 /// The reason given by staff, in Russian and Kazakh.
@@ -690,8 +699,9 @@ impl Decision {
         let decision = match string_at(obj, "decision", "decision")? {
             "approve" => Verdict::Approve,
             "refuse" => Verdict::Refuse,
+            "extend" => Verdict::Extend,
             other => {
-                return Err(FieldError::new("decision", format!("must be approve or refuse, not {other:?}")));
+                return Err(FieldError::new("decision", format!("must be approve, refuse or extend, not {other:?}")));
             }
         };
         let reason = match obj.get("reason") {
@@ -704,13 +714,41 @@ impl Decision {
                 return Err(FieldError::new("reason", format!("must be an object, not {}", type_name(other))));
             }
         };
-        if decision == Verdict::Refuse && reason.is_none() {
-            return Err(FieldError::new("reason", "is required when the decision is refuse"));
+        if matches!(decision, Verdict::Refuse | Verdict::Extend) && reason.is_none() {
+            return Err(FieldError::new("reason", "is required when the decision is refuse or extend"));
         }
         let decided_at = DateTime::parse_from_rfc3339(string_at(obj, "decided_at", "decided_at")?)
             .map_err(|_| FieldError::new("decided_at", "must be an RFC 3339 date-time with offset"))?;
+        let extend_to = match (decision, obj.get("extend_to")) {
+            (Verdict::Extend, Some(Value::String(t))) => Some(
+                DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| FieldError::new("extend_to", "must be an RFC 3339 date-time with offset"))?,
+            ),
+            (Verdict::Extend, _) => {
+                return Err(FieldError::new("extend_to", "is required when the decision is extend"));
+            }
+            (_, None | Some(Value::Null)) => None,
+            (_, Some(_)) => return Err(FieldError::new("extend_to", "is only for a decision to extend")),
+        };
+        let exceptional = match obj.get("exceptional") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) if decision == Verdict::Extend || !*b => *b,
+            Some(Value::Bool(_)) => return Err(FieldError::new("exceptional", "is only for a decision to extend")),
+            Some(other) => {
+                return Err(FieldError::new("exceptional", format!("must be true or false, not {}", type_name(other))));
+            }
+        };
         let signature = signature_at(obj)?;
-        Ok(Decision { decision_id, request_id: env.request_id, decision, reason, decided_at, signature })
+        Ok(Decision {
+            decision_id,
+            request_id: env.request_id,
+            decision,
+            reason,
+            decided_at,
+            signature,
+            extend_to,
+            exceptional,
+        })
     }
 }
 

@@ -57,6 +57,32 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
     Ok(StepOutcome::Pass { facts: None })
 }
 
+/// Why a decision to extend the step's term cannot be applied, if it cannot (P-34): the step
+/// allows no extension (or no exceptional one), the new deadline is not later than the current
+/// one, or it is past the longest term the regulation allows, counted from when the step began.
+pub fn extension_problem(
+    regs: &crate::regulations::Regulations,
+    row: &crate::store::RequestRow,
+    route: &crate::regulations::Route<'_>,
+    d: &Decision,
+) -> Option<String> {
+    let to = d.extend_to?.with_timezone(&Utc);
+    let current = row.step_deadline?;
+    if to <= current {
+        return Some(format!("not_later: the step is due {} already", crate::contract::to_local(current)));
+    }
+    let index = usize::try_from(row.step_index).ok()?;
+    let start = transition::step_deadline(row, row.step_index - 1).unwrap_or(row.received_at);
+    match regs.extension_limit(route, index, start, d.exceptional) {
+        None if d.exceptional => Some("extension_not_allowed: this step has no exceptional extension".into()),
+        None => Some("extension_not_allowed: the regulation gives this step no extension".into()),
+        Some(limit) if to > limit => {
+            Some(format!("beyond_the_allowed_term: at most {}", crate::contract::to_local(limit)))
+        }
+        Some(_) => None,
+    }
+}
+
 /// Handles staff Decisions.
 pub struct DecisionHandler;
 
@@ -110,6 +136,10 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                     Some("late: the review deadline has passed".into())
                 } else if let Err(f) = ctx.verifier.verify(&env.body, &d.signature, &expected) {
                     Some(format!("signature_not_confirmed: {f}"))
+                } else if let Some(why) =
+                    (d.decision == Verdict::Extend).then(|| extension_problem(&ctx.regs, row, &route, d)).flatten()
+                {
+                    Some(why)
                 } else {
                     let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
                     pending = Some(match d.decision {
@@ -130,6 +160,17 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
                             .await?
                             .unwrap_or_default()
                         }
+                        Verdict::Extend => {
+                            let to = d.extend_to.map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
+                            let detail = json!({
+                                "decision_id": d.decision_id,
+                                "verdict": "extend",
+                                "from": row.step_deadline.map(crate::contract::to_local),
+                                "to": crate::contract::to_local(to),
+                                "exceptional": d.exceptional,
+                            });
+                            transition::extend(&mut tx, row, &route, to, detail).await?
+                        }
                     });
                     None
                 }
@@ -140,6 +181,7 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
     let verdict = match d.decision {
         Verdict::Approve => "approve",
         Verdict::Refuse => "refuse",
+        Verdict::Extend => "extend",
     };
     Store::insert_decision(
         &mut tx,

@@ -356,6 +356,47 @@ pub async fn advance(
     Ok(Some(Pending { ids, messages, finals: Vec::new() }))
 }
 
+/// Extends the term of the decision step a request waits at (P-34) to `to`: that step's
+/// deadline, every later one and the service deadline move by the same amount, and an
+/// `in_progress` Outcome announces the new service deadline. In the caller's transaction, which
+/// holds the request's lock.
+pub async fn extend(
+    conn: &mut PgConnection,
+    row: &RequestRow,
+    route: &Route<'_>,
+    to: DateTime<Utc>,
+    detail: Value,
+) -> Result<Pending, Failure> {
+    let now = Utc::now();
+    let index = usize::try_from(row.step_index).unwrap_or(0);
+    let shift = to - row.step_deadline.unwrap_or(to);
+    let deadlines: Vec<Value> = row
+        .deadlines
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .enumerate()
+                .map(|(i, d)| match d.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()) {
+                    Some(t) if i >= index => json!((t.with_timezone(&Utc) + shift).to_rfc3339()),
+                    _ => d.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let service = row.service_deadline.map(|d| d + shift);
+    let mut head = Head::from(row);
+    head.deadline = service;
+    let step = route.step(index).map(|s| pool_name(s.pool)).unwrap_or("review");
+    let said = Said { notice: notice(route, index), ..Said::default() };
+    let id = format!("{}:{}:extended-{}", row.request_id, row.step_index, to.timestamp());
+    let (_, message) = outcome_message(&head, Status::InProgress, Some(step), said, now, id);
+    let messages = vec![message];
+    let ids =
+        Store::extend(conn, row.request_id, (row.step_index, step), &json!(deadlines), to, service, &detail, &messages)
+            .await?;
+    Ok(Pending { ids, messages, finals: Vec::new() })
+}
+
 /// Ends a request with a refusal, if it still stands `at` that position; `None` if it had
 /// moved (or already had its final outcome). One statement.
 pub async fn refuse(

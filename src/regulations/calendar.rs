@@ -191,6 +191,18 @@ impl Calendar {
         self.at_local(d, self.workday_end)
     }
 
+    /// Close of business on the same local date `n` months after `from` (the month's last day
+    /// when it is shorter); if that is a day off, the next working day.
+    pub fn add_calendar_months(&self, from: DateTime<Utc>, n: u32) -> DateTime<Utc> {
+        let start = self.local_date(from);
+        let mut d = start.checked_add_months(chrono::Months::new(n)).unwrap_or(start);
+        while !self.is_working_day(d) {
+            d = d.succ_opt().unwrap_or(d);
+        }
+        self.warn_uncovered(d);
+        self.at_local(d, self.workday_end)
+    }
+
     /// The last instant of the local day of `from`.
     pub fn end_of_day(&self, from: DateTime<Utc>) -> DateTime<Utc> {
         self.end_of_date(self.local_date(from))

@@ -72,6 +72,9 @@ pub enum Term {
     WorkingDays(u32),
     /// Close of the Nth calendar day (moved off days off).
     CalendarDays(u32),
+    /// Close of the same date N calendar months later (moved off days off; S5's «до 6 айға
+    /// дейін», P-34).
+    CalendarMonths(u32),
     /// End of the local day (or of the next working day after an intake cut-off).
     SameDay,
     /// Ends with the previous step.
@@ -92,6 +95,7 @@ impl Term {
             return match (unit, n) {
                 ("working day", 1) | ("working days", 2..) => Some(Term::WorkingDays(n)),
                 ("calendar day", 1) | ("calendar days", 2..) => Some(Term::CalendarDays(n)),
+                ("month", 1) | ("months", 2..) => Some(Term::CalendarMonths(n)),
                 _ => None,
             };
         }
@@ -241,6 +245,28 @@ impl Regulations {
         self.common.refusals.get(kind)
     }
 
+    /// The latest deadline an extension of the decision step at `index` may set (P-34): its
+    /// term `up_to` (or, for an exceptional case, `exceptional_up_to`) counted from `start`,
+    /// the moment the step began (the previous step's planned deadline). `None` when the step
+    /// cannot be extended (or not exceptionally).
+    pub fn extension_limit(
+        &self,
+        route: &Route<'_>,
+        index: usize,
+        start: DateTime<Utc>,
+        exceptional: bool,
+    ) -> Option<DateTime<Utc>> {
+        let x = route.step(index)?.extension.as_ref()?;
+        let term = if exceptional { x.exceptional_up_to.as_deref()? } else { x.up_to.as_str() };
+        let cal = &self.calendar;
+        Some(match Term::parse(term)? {
+            Term::CalendarDays(n) => cal.add_calendar_days(start, n),
+            Term::WorkingDays(n) => cal.add_working_days(start, n),
+            Term::CalendarMonths(n) => cal.add_calendar_months(start, n),
+            _ => return None,
+        })
+    }
+
     /// How long a finished request of `service` keeps its personal data (P-48).
     pub fn retention(&self, service: ServiceCode) -> Option<Duration> {
         let keep = self.services.get(&service)?.file.retention.keep_days;
@@ -372,6 +398,7 @@ impl Regulations {
                 Term::Span(d) => at + d,
                 Term::WorkingDays(n) => cal.add_working_days(at, n),
                 Term::CalendarDays(n) => cal.add_calendar_days(at, n),
+                Term::CalendarMonths(n) => cal.add_calendar_months(at, n),
                 Term::SameDay => self.same_day(route, at, provider_closes),
                 Term::Shared => at,
             };
@@ -618,6 +645,21 @@ fn validate_steps(c: &Checker<'_>, cf: &str, required: &[String], steps: &[StepD
             return Err(c.err(format!("{sf}.deadline_source"), "must quote the step table"));
         }
         check_behaviours(c.path, &format!("{sf}.behaviours"), &s.behaviours)?;
+        if let Some(x) = &s.extension {
+            if s.mode != Some(ReviewMode::Decision) {
+                return Err(c.err(format!("{sf}.extension"), "only a staff decision step can be extended"));
+            }
+            for (field, term) in [("up_to", Some(&x.up_to)), ("exceptional_up_to", x.exceptional_up_to.as_ref())] {
+                if let Some(t) = term
+                    && !matches!(
+                        Term::parse(t),
+                        Some(Term::CalendarDays(_) | Term::WorkingDays(_) | Term::CalendarMonths(_))
+                    )
+                {
+                    return Err(c.err(format!("{sf}.extension.{field}"), "must be a term in days or months"));
+                }
+            }
+        }
         if let Some(n) = &s.notice {
             c.text(&format!("{sf}.notice"), &n.texts, &n.text_source, &n.source)?;
         }

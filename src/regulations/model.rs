@@ -376,6 +376,24 @@ pub struct StepDef {
     /// for intake, `in_progress` for the others; P-43, P-45), where the sources say something.
     #[serde(default)]
     pub notice: Option<SourcedText>,
+    /// How far staff may extend this decision step's term by a signed Decision (P-34).
+    #[serde(default)]
+    pub extension: Option<ExtensionDef>,
+}
+
+/// An extension of a decision step's term that staff may grant (S5, P-34): measured, like the
+/// term, from the moment the step starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionDef {
+    /// The longest term an extension may give («…30 күн күнтізбелік күнге дейін»).
+    pub up_to: String,
+    /// The longest term in the exceptional cases the law allows («жекелеген жағдайларда 6
+    /// айға дейін»); the Decision must say it is one.
+    #[serde(default)]
+    pub exceptional_up_to: Option<String>,
+    /// The source clause.
+    pub source: String,
 }
 
 /// A deadline as written in the data.

@@ -1057,6 +1057,34 @@ impl Store {
         .await
     }
 
+    /// Extends a request's current step (P-34), in the caller's transaction and under its lock:
+    /// the new step deadlines, the step's and the service's deadline, an `extended` history row
+    /// and the Outcome announcing it; the outbox ids.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn extend(
+        tx: &mut PgConnection,
+        id: Uuid,
+        step: (i32, &str),
+        deadlines: &Value,
+        step_deadline: DateTime<Utc>,
+        service_deadline: Option<DateTime<Utc>>,
+        detail: &Value,
+        messages: &[Message],
+    ) -> Result<Vec<i64>, StoreError> {
+        sqlx::query(
+            "UPDATE requests SET deadlines = $2, step_deadline = $3, service_deadline = $4, updated_at = now() \
+             WHERE request_id = $1",
+        )
+        .bind(id)
+        .bind(deadlines)
+        .bind(step_deadline)
+        .bind(service_deadline)
+        .execute(&mut *tx)
+        .await?;
+        Store::history(tx, id, step.0, step.1, "extended", Some(step_deadline), Some(detail)).await?;
+        Store::outbox_insert(tx, messages).await
+    }
+
     /// Finished requests of `service` whose personal data are due for purging: final outcome
     /// older than `keep`, not purged yet; at most `limit`, oldest first.
     pub async fn due_for_purge(

@@ -97,16 +97,16 @@ const ROUTES: &[(&str, &str, &str, Steps)] = &[
         "centre",
         &[("intake", "3m"), ("registry", "1m30s"), ("review", S4_TERM), ("result", "shared")],
     ),
-    // S5: the upper bound of «15 тен 30 күн» (D21); the six-month case and the 15-day start with
-    // extensions are issue 10's P-34 work. Signing and routing the result «1 минуттан артық емес».
-    ("archive-certificate", "astana", "portal", &[("intake", "2m"), ("review", "30 calendar days"), ("result", "1m")]),
+    // S5: «15 тен 30 күн … (жекелеген жағдайларда 6 айға дейін)»: the term starts at 15 calendar
+    // days, which staff may extend (P-34, checked below). The result «1 минуттан артық емес».
+    ("archive-certificate", "astana", "portal", &[("intake", "2m"), ("review", "15 calendar days"), ("result", "1m")]),
     (
         "archive-certificate",
         "astana",
         "provider",
-        &[("intake", "1m"), ("review", "30 calendar days"), ("result", "1m")],
+        &[("intake", "1m"), ("review", "15 calendar days"), ("result", "1m")],
     ),
-    ("archive-certificate", "astana", "centre", &[("intake", "2m"), ("review", "30 calendar days"), ("result", "1m")]),
+    ("archive-certificate", "astana", "centre", &[("intake", "2m"), ("review", "15 calendar days"), ("result", "1m")]),
 ];
 
 fn shown(spec: &DeadlineSpec) -> String {
@@ -458,6 +458,33 @@ fn p16_p47_each_region_refuses_a_signature_in_its_own_sources_words() {
                 if let Some((_, _, key)) = expected.iter().find(|(es, er, _)| *es == s && *er == r) {
                     assert_eq!(ch.signature.refusal.as_deref(), Some(*key), "{s} {r} portal");
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn p34_s5_decision_steps_start_at_15_calendar_days_and_extend_to_30_or_exceptionally_6_months() {
+    let regs = repo();
+    let s5 = regs.service(qyzmet::contract::ServiceCode::ArchiveCertificate).expect("S5");
+    for v in &s5.variants {
+        for ch in &v.channels {
+            let review = ch.steps.iter().find(|s| pool_name(s.pool) == "review").expect("a review step");
+            let x = review.extension.as_ref().unwrap_or_else(|| panic!("{} review can be extended", ch.channel));
+            assert_eq!((x.up_to.as_str(), x.exceptional_up_to.as_deref()), ("30 calendar days", Some("6 months")));
+        }
+    }
+    // Nothing else may be extended: the other regulations give no extension.
+    for service in regs.services().filter(|s| s.file.code != "S5") {
+        for v in &service.file.variants {
+            for ch in &v.channels {
+                assert!(
+                    ch.steps.iter().all(|s| s.extension.is_none()),
+                    "{} {} {}",
+                    service.file.code,
+                    v.region,
+                    ch.channel
+                );
             }
         }
     }

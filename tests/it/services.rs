@@ -569,3 +569,77 @@ async fn p51_the_questionnaire_is_offered_with_the_result_and_one_answer_set_per
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+/// A staff Decision extending the review of a request to `to`.
+fn extension(request_id: uuid::Uuid, to: chrono::DateTime<chrono::Utc>, exceptional: bool) -> serde_json::Value {
+    let mut d = decision(request_id, "extend");
+    d["extend_to"] = json!(qyzmet::contract::to_local(to).to_rfc3339());
+    d["exceptional"] = json!(exceptional);
+    d["reason"] = json!({
+        "ru": "Требуется изучение документов двух и более организаций",
+        "kk": "Екі және одан да көп ұйымның құжаттарын зерделеу қажет",
+    });
+    d
+}
+
+#[tokio::test]
+async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applicant_is_told() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let req = request(
+        "archive-certificate",
+        "astana",
+        "portal",
+        json!({ "iin": who::CITIZEN_ASTANA }),
+        who::ASTANA_ARCHIVES,
+        json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
+    );
+    let id = id_of(&req);
+    env.publish_request(&req).await;
+    env.wait_step(id, "review").await;
+    let row = env.store.get_request(id).await.expect("row").expect("registered");
+    let due = row.step_deadline.expect("a review deadline");
+    let first_service = row.service_deadline.expect("a service deadline");
+    // The term starts at 15 calendar days (close of business, moved off days off).
+    let days = (due - row.received_at).num_days();
+    assert!((15..=18).contains(&days), "the review starts with 15 calendar days, got {days}");
+
+    // Too far without an exceptional case (past 30 days from the step's start): recorded, not applied.
+    env.publish_decision("archive-certificate", &extension(id, row.received_at + chrono::Duration::days(60), false))
+        .await;
+    let rejected = env.wait_decisions(id).await;
+    assert!(rejected[0].2.as_deref().is_some_and(|r| r.starts_with("beyond_the_allowed_term")), "{rejected:?}");
+    // Within 30 days: applied, and an in_progress Outcome announces the later service deadline.
+    let to = due + chrono::Duration::days(10);
+    env.publish_decision("archive-certificate", &extension(id, to, false)).await;
+    let announced = env
+        .wait_for(id, "extension", |o| {
+            o.status == Status::InProgress && o.deadline.is_some_and(|d| d.with_timezone(&chrono::Utc) > first_service)
+        })
+        .await;
+    let shift = announced.deadline.expect("deadline").with_timezone(&chrono::Utc) - first_service;
+    assert_eq!(shift, to - due, "the service deadline moves with the review's");
+    let row = env.store.get_request(id).await.expect("row").expect("row");
+    assert_eq!(row.step_deadline, Some(to));
+    let history = env.store.history_of(id).await.expect("history");
+    assert!(history.iter().any(|h| h.event == "extended"), "the extension is in the audit trail");
+    // An exceptional case may go up to six months; one not later than the current deadline is refused.
+    env.publish_decision("archive-certificate", &extension(id, to - chrono::Duration::days(1), false)).await;
+    env.publish_decision("archive-certificate", &extension(id, row.received_at + chrono::Duration::days(120), true))
+        .await;
+    let exceptional = env
+        .wait_for(id, "exceptional extension", |o| {
+            o.status == Status::InProgress
+                && o.deadline
+                    .is_some_and(|d| d.with_timezone(&chrono::Utc) > first_service + chrono::Duration::days(90))
+        })
+        .await;
+    assert!(exceptional.deadline.is_some());
+    let decisions = env.store.decisions_for(id).await.expect("decisions");
+    assert!(decisions.iter().any(|d| d.2.as_deref().is_some_and(|r| r.starts_with("not_later"))), "{decisions:?}");
+    // The request then ends as usual.
+    env.publish_decision("archive-certificate", &decision(id, "approve")).await;
+    assert_eq!(env.final_outcome(id).await.status, Status::Completed);
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

@@ -125,8 +125,7 @@ async fn p48_after_the_retention_period_personal_data_are_purged_and_the_audit_s
     use qyzmet::pipeline::retention::run_once;
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    let req =
-        request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}));
+    let req = appointment_at_provider();
     let id = id_of(&req);
     env.publish_request(&req).await;
     let done = env.final_outcome(id).await;

@@ -29,10 +29,6 @@ fn s1_portal() -> serde_json::Value {
     request("doctor-appointment", "akmola", "portal", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}))
 }
 
-fn s1_provider() -> serde_json::Value {
-    request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}))
-}
-
 async fn refused_at(pool: PoolName, step: &str, req: serde_json::Value) {
     let env = TestEnv::new().await;
     let mut regs = regulations();
@@ -51,7 +47,7 @@ async fn p46_deadline_exceeded_at_intake() {
 
 #[tokio::test]
 async fn p46_deadline_exceeded_at_registry() {
-    refused_at(PoolName::Registry, "registry", s1_provider()).await;
+    refused_at(PoolName::Registry, "registry", appointment_at_provider()).await;
 }
 
 #[tokio::test]
@@ -133,7 +129,7 @@ async fn p46_sweeper_refuses_a_request_waiting_in_the_queue_of_a_stopped_pool() 
     let opts =
         Options { pools: vec![(PoolName::Intake, 2)], sweeper: true, console: false, name: "intake only".into() };
     let app = env.start(regs, opts).await;
-    let req = s1_provider();
+    let req = appointment_at_provider();
     env.publish_request(&req).await;
     assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
     // The task is still in the stopped pool's queue; when a worker comes it is ignored.
@@ -222,7 +218,7 @@ async fn with_registry(
 #[tokio::test]
 async fn p46_a_step_running_past_its_deadline_is_cancelled_and_refused() {
     let (env, app, _) = with_registry("hang", Span::milliseconds(1500)).await;
-    let req = s1_provider();
+    let req = appointment_at_provider();
     env.publish_request(&req).await;
     assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
     app.shutdown(Duration::from_secs(5)).await;
@@ -232,7 +228,7 @@ async fn p46_a_step_running_past_its_deadline_is_cancelled_and_refused() {
 #[tokio::test]
 async fn transient_failures_are_retried_with_backoff_until_the_deadline_then_refused() {
     let (env, app, reg) = with_registry("down", Span::seconds(3)).await;
-    let req = s1_provider();
+    let req = appointment_at_provider();
     env.publish_request(&req).await;
     assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
     assert!(reg.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2, "retried");
@@ -245,7 +241,7 @@ async fn transient_failures_are_retried_with_backoff_until_the_deadline_then_ref
 #[tokio::test]
 async fn transient_failures_that_clear_before_the_deadline_end_in_the_result() {
     let (env, app, _) = with_registry("flaky", Span::seconds(30)).await;
-    let req = s1_provider();
+    let req = appointment_at_provider();
     env.publish_request(&req).await;
     assert_eq!(env.final_outcome(id_of(&req)).await.status, Status::Completed);
     app.shutdown(Duration::from_secs(5)).await;
@@ -255,7 +251,7 @@ async fn transient_failures_that_clear_before_the_deadline_end_in_the_result() {
 #[tokio::test]
 async fn a_panicking_step_is_handled_as_a_failure_and_the_worker_keeps_going() {
     let (env, app, _) = with_registry("panic", Span::seconds(2)).await;
-    let req = s1_provider();
+    let req = appointment_at_provider();
     env.publish_request(&req).await;
     assert_deadline_refusal(&env.final_outcome(id_of(&req)).await, "registry");
     // The same workers still serve requests that need no registry.

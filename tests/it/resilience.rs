@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde_json::json;
 use tokio::sync::Notify;
 
 use qyzmet::contract::Status;
@@ -65,18 +64,7 @@ async fn without_registry(
             },
         )
         .await;
-    let reqs: Vec<_> = (0..n)
-        .map(|_| {
-            request(
-                "doctor-appointment",
-                "akmola",
-                "provider",
-                json!({ "iin": who::CITIZEN }),
-                who::AKMOLA_PHC,
-                json!({}),
-            )
-        })
-        .collect();
+    let reqs: Vec<_> = (0..n).map(|_| appointment_at_provider()).collect();
     for r in &reqs {
         env.publish_request(r).await;
     }
@@ -171,18 +159,7 @@ async fn a_worker_process_killed_with_sigkill_loses_nothing_and_doubles_nothing(
         .kill_on_drop(true)
         .spawn()
         .expect("spawn qyzmet worker registry");
-    let reqs: Vec<_> = (0..40)
-        .map(|_| {
-            request(
-                "doctor-appointment",
-                "akmola",
-                "provider",
-                json!({ "iin": who::CITIZEN }),
-                who::AKMOLA_PHC,
-                json!({}),
-            )
-        })
-        .collect();
+    let reqs: Vec<_> = (0..40).map(|_| appointment_at_provider()).collect();
     for r in &reqs {
         env.publish_request(r).await;
     }
@@ -307,14 +284,7 @@ async fn exclusive_after_a_broker_outage_longer_than_the_recovery_patience_no_de
     wait_consuming(&app, consumers, "every consumer is back on a new connection").await;
     let reqs: Vec<_> = (0..24)
         .map(|_| {
-            let mut r = request(
-                "doctor-appointment",
-                "akmola",
-                "provider",
-                json!({ "iin": who::CITIZEN }),
-                who::AKMOLA_PHC,
-                json!({}),
-            );
+            let mut r = appointment_at_provider();
             sign_as(&proper_signer(&r), &mut r);
             r
         })

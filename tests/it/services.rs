@@ -355,17 +355,7 @@ async fn p16_signature_not_confirmed_uses_each_regulations_code() {
             Some("A6"),
         ),
         // P-14: no check is specified for the PHC employee's signature; qyzmet still checks it.
-        (
-            request(
-                "doctor-appointment",
-                "akmola",
-                "provider",
-                json!({ "iin": who::CITIZEN }),
-                who::AKMOLA_PHC,
-                json!({}),
-            ),
-            None,
-        ),
+        (appointment_at_provider(), None),
     ];
     for (mut req, code) in cases {
         req["signature"] = bad.clone();
@@ -506,8 +496,7 @@ async fn p51_the_questionnaire_is_offered_with_the_result_and_one_answer_set_per
     use qyzmet::contract::EXCHANGE_FEEDBACK;
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    let done =
-        request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}));
+    let done = appointment_at_provider();
     let o = drive(&env, &done, "approve").await;
     assert_eq!(o.status, Status::Completed);
     // The final Outcome offers the service's questionnaire in the sources' words.

@@ -839,6 +839,11 @@ pub fn request(service: &str, region: &str, channel: &str, applicant: Value, pro
 }
 
 /// A medical-licence request (S4, Aktobe) of the demo clinic.
+/// An S1 request at an Akmola provider for the attached citizen: it completes without staff.
+pub fn appointment_at_provider() -> Value {
+    request("doctor-appointment", "akmola", "provider", json!({ "iin": who::CITIZEN }), who::AKMOLA_PHC, json!({}))
+}
+
 pub fn licence_request(channel: &str, kind: &str) -> Value {
     request(
         "medical-licence",

@@ -208,26 +208,28 @@ fn field<'a>(row: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a 
     }
 }
 
-fn opt_date(row: &serde_json::Map<String, Value>, name: &str) -> Result<Option<chrono::NaiveDate>, String> {
+/// An optional text member parsed by `parse`; empty counts as absent, anything else unparsable
+/// is refused with `expected` (what the member must be).
+fn optional<T>(
+    row: &serde_json::Map<String, Value>,
+    name: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, String> {
     match row.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-            .map(Some)
-            .map_err(|_| format!("{name} must be a date YYYY-MM-DD")),
-        Some(_) => Err(format!("{name} must be a date YYYY-MM-DD")),
+        Some(Value::String(s)) => parse(s.trim()).map(Some).ok_or_else(|| format!("{name} must be {expected}")),
+        Some(_) => Err(format!("{name} must be {expected}")),
     }
 }
 
+fn opt_date(row: &serde_json::Map<String, Value>, name: &str) -> Result<Option<chrono::NaiveDate>, String> {
+    optional(row, name, |s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok(), "a date YYYY-MM-DD")
+}
+
 fn opt_time(row: &serde_json::Map<String, Value>, name: &str) -> Result<Option<chrono::NaiveTime>, String> {
-    match row.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M")
-            .map(Some)
-            .map_err(|_| format!("{name} must be a local time HH:MM")),
-        Some(_) => Err(format!("{name} must be a local time HH:MM")),
-    }
+    optional(row, name, |s| chrono::NaiveTime::parse_from_str(s, "%H:%M").ok(), "a local time HH:MM")
 }
 
 fn checked<'a>(row: &'a serde_json::Map<String, Value>, name: &str, bin: bool) -> Result<&'a str, String> {

@@ -242,28 +242,32 @@ async fn refuse_invalid(ctx: &Ctx, row: &RequestRow, step_name: &str, failure: &
     let problem = failure.to_string();
     let reason = transition::common_reason(&ctx.regs, "invalid_request", &problem);
     let detail = json!({ "field": failure.field(), "problem": problem, "permanent": true });
-    refuse_if_current(ctx, row, step_name, reason, detail).await.map(|_| ())
+    refuse_if_current(ctx, row, None, step_name, reason, detail).await.map(|_| ())
 }
 
 /// Refuses for its deadline a request still at this task's step.
 async fn refuse_overdue(ctx: &Ctx, row: &RequestRow, route: Option<&Route<'_>>, why: &str) -> Result<(), Failure> {
     let (step_name, reason, detail) = deadline_refusal(ctx, row, route, why);
-    if refuse_if_current(ctx, row, &step_name, reason, detail).await? {
+    if refuse_if_current(ctx, row, route, &step_name, reason, detail).await? {
         crate::metrics::deadline_refusal(&step_name);
     }
     Ok(())
 }
 
 /// Refuses a request if it is still where `row` saw it, then publishes the outcome. Whether
-/// it was refused here.
+/// it was refused here. `route` when the caller has it (else it is found from the row).
 async fn refuse_if_current(
     ctx: &Ctx,
     row: &RequestRow,
+    route: Option<&Route<'_>>,
     step_name: &str,
     reason: crate::contract::Reason,
     detail: serde_json::Value,
 ) -> Result<bool, Failure> {
-    let head = head_of(ctx, row);
+    let head = match route {
+        Some(route) => Head::from(row).on(route),
+        None => head_of(ctx, row),
+    };
     let mut conn = ctx.store.pool().acquire().await?;
     let pending = transition::refuse(&mut conn, &head, row.position(), step_name, reason, Some(detail)).await?;
     drop(conn);

@@ -257,7 +257,7 @@ fn specs() -> Vec<Spec> {
             req(s2, "astana", "provider", iin(UNATTACHED), ASTANA_PHC, json!({})),
         ),
         spec(
-            "S2 Astana portal, provider missing from ГБД ЮЛ: no sourced ground, served (P-22, D27)",
+            "S2 Astana portal, provider not in ГБД ЮЛ",
             "completed",
             None,
             Proper,

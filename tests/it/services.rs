@@ -511,8 +511,22 @@ async fn p51_the_questionnaire_is_offered_with_the_result_and_one_answer_set_per
     env.wait_step(id_of(&waiting), "review").await;
 
     let key = "questionnaire.doctor-appointment";
+    let count = || async {
+        let n: (i64,) = sqlx::query_as("SELECT count(*) FROM questionnaire_answers")
+            .fetch_one(env.store.pool())
+            .await
+            .expect("count");
+        n.0
+    };
     env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-1", 3, 2)).await;
     env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-1", 3, 2)).await; // a repeat
+    // Deliveries are handled concurrently: the second set goes out once the first is recorded.
+    let first = async {
+        while count().await < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, first).await.expect("the first answer set is recorded");
     env.publish_raw(EXCHANGE_FEEDBACK, key, answers(id_of(&done), "a-2", 1, 1)).await; // a second set
     env.publish_raw(EXCHANGE_FEEDBACK, key, answers(uuid::Uuid::new_v4(), "a-3", 2, 2)).await; // unknown
     env.publish_raw(EXCHANGE_FEEDBACK, "questionnaire.medical-licence", answers(id_of(&waiting), "a-4", 2, 3)).await;
@@ -520,14 +534,7 @@ async fn p51_the_questionnaire_is_offered_with_the_result_and_one_answer_set_per
     let (_, headers) = env.wait_dead_letter().await;
     assert_eq!(headers.get("x-qyzmet-reason").map(String::as_str), Some("invalid_questionnaire"), "{headers:?}");
     let recorded = async {
-        loop {
-            let n: (i64,) = sqlx::query_as("SELECT count(*) FROM questionnaire_answers")
-                .fetch_one(env.store.pool())
-                .await
-                .expect("count");
-            if n.0 >= 4 {
-                return;
-            }
+        while count().await < 4 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     };
@@ -624,7 +631,17 @@ async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applica
         })
         .await;
     assert!(exceptional.deadline.is_some());
-    let decisions = env.store.decisions_for(id).await.expect("decisions");
+    // The two were handled concurrently: wait until both are recorded.
+    let all_four = async {
+        loop {
+            let d = env.store.decisions_for(id).await.expect("decisions");
+            if d.len() >= 4 {
+                return d;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let decisions = tokio::time::timeout(EVENT_TIMEOUT, all_four).await.expect("four decisions are recorded");
     assert!(decisions.iter().any(|d| d.2.as_deref().is_some_and(|r| r.starts_with("not_later"))), "{decisions:?}");
     // The request then ends as usual.
     env.publish_decision("archive-certificate", &decision(id, "approve")).await;

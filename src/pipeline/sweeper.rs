@@ -28,6 +28,7 @@ const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600
 pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
     let mut last_observed: Option<std::time::Instant> = None;
     let mut last_retention: Option<std::time::Instant> = None;
+    let mut last_relay: Option<std::time::Instant> = None;
     while !shutdown.is_shutdown() {
         let busy = match sweep_once(&ctx).await {
             Ok(n) => n,
@@ -36,9 +37,11 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
                 0
             }
         };
-        match ctx.outbox.relay_once(500).await {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "outbox relay failed"),
+        if last_relay.is_none_or(|t| t.elapsed() >= ctx.outbox.relay_interval()) {
+            if let Err(e) = ctx.outbox.relay_once(500).await {
+                tracing::warn!(error = %e, "outbox relay failed");
+            }
+            last_relay = Some(std::time::Instant::now());
         }
         // The gauges need no sweep-interval freshness; two queries per process every pass would
         // be load on the database for nothing.

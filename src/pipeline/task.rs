@@ -25,16 +25,17 @@ use backon::BackoffBuilder;
 use chrono::Utc;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::broker::pool_name;
 use crate::contract::{Request, now_local};
 use crate::regulations::{PoolName, Route};
-use crate::store::{RequestRow, Store};
+use crate::store::RequestRow;
 
 use super::runtime::{self, Disposition, Handler, Incoming, panic_text};
 use super::transition::{self, Head, Pending};
-use super::{Ctx, Failure, Step, StepInput, StepOutcome, Task};
+use super::{Ctx, DocumentDraft, Failure, Step, StepInput, StepOutcome, Task};
 
 /// Runs the steps of one pool.
 pub struct TaskHandler {
@@ -79,7 +80,7 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// Parses the stored request and finds its route. A failure is permanent: the row will read
 /// the same next time (the regulations changed under it, or it was written by a bug).
 pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), Failure> {
-    let request: Request = serde_json::from_value(row.body.clone())
+    let request = Request::deserialize(&row.body)
         .map_err(|e| Failure::permanent("request", format!("stored request unreadable: {e}")))?;
     let route = ctx
         .regs
@@ -174,43 +175,55 @@ async fn apply(
     step_name: &str,
     outcome: StepOutcome,
 ) -> Result<(), Failure> {
-    let mut conn = ctx.store.pool().acquire().await?;
+    // Each answer takes a connection for its statement only; a document is numbered and signed
+    // before, so that no connection is held while it signs.
+    let pool = ctx.store.pool();
     let pending = match outcome {
-        StepOutcome::Pass { facts } => transition::advance(&mut conn, row, route, facts, None).await?,
+        StepOutcome::Pass { facts } => {
+            transition::advance(&mut *pool.acquire().await?, row, route, facts, None).await?
+        }
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
-            transition::refuse(&mut conn, &Head::from(row).on(route), row.position(), step_name, reason, detail).await?
+            let head = Head::from(row).on(route);
+            transition::refuse(&mut *pool.acquire().await?, &head, row.position(), step_name, reason, detail).await?
         }
         StepOutcome::Wait => {
-            transition::wait(&mut conn, row, step_name).await?;
+            transition::wait(&mut *pool.acquire().await?, row, step_name).await?;
             None
         }
         StepOutcome::Complete { document } => {
-            // The number is taken in a statement of its own, so that no completion holds the
-            // counter's row while it signs; a completion that then finds the request moved
-            // leaves a gap.
-            let year = now_local().format("%Y");
-            let scope = format!("{}-{year}", document.number_prefix);
-            let n = Store::next_document_number(&mut conn, &scope).await?;
-            let number = format!("{scope}-{n:06}");
-            let mut doc = Map::new();
-            doc.insert("kind".into(), json!(document.kind));
-            doc.insert("number".into(), json!(number));
-            doc.insert("issued_at".into(), json!(now_local()));
-            doc.insert("content".into(), document.content);
-            let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
-            let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
-            doc.insert("signature".into(), signature);
-            transition::complete(&mut conn, row, route, doc).await?
+            let doc = finished_document(ctx, row, document).await?;
+            transition::complete(&mut *pool.acquire().await?, row, route, doc).await?
         }
     };
-    // The connection goes back to the pool before the wait for the broker's confirms.
-    drop(conn);
+    // The connection went back to the pool before the wait for the broker's confirms.
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
     Ok(())
+}
+
+/// Numbers and signs a result document. The number comes from the process's block (no
+/// completion holds the counter's row while it signs); a completion that then finds the request
+/// moved leaves a gap.
+async fn finished_document(
+    ctx: &Ctx,
+    row: &RequestRow,
+    document: DocumentDraft,
+) -> Result<Map<String, Value>, Failure> {
+    let year = now_local().format("%Y");
+    let scope = format!("{}-{year}", document.number_prefix);
+    let n = ctx.store.next_document_number(&scope).await?;
+    let mut doc = Map::new();
+    doc.insert("kind".into(), json!(document.kind));
+    doc.insert("number".into(), json!(format!("{scope}-{n:06}")));
+    doc.insert("issued_at".into(), json!(now_local()));
+    doc.insert("content".into(), document.content);
+    let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
+    let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
+    doc.insert("signature".into(), signature);
+    Ok(doc)
 }
 
 async fn schedule_retry(

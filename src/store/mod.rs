@@ -61,6 +61,9 @@ pub struct Store {
     /// registering a request costs no round trip of its own for its number. Numbers stay unique;
     /// with several intake processes they are not in order of arrival across processes.
     serials: std::sync::Arc<tokio::sync::Mutex<Vec<i64>>>,
+    /// Document numbers taken ahead of use, [`DOCUMENT_BLOCK`] at a time per scope, for the same
+    /// reason: the next and the last number of each scope's block.
+    documents: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>>,
 }
 
 /// A request's row as the pipeline needs it.
@@ -111,6 +114,9 @@ macro_rules! request_columns {
 
 /// Request serials taken from the sequence at a time ([`Store::next_request_serial`]).
 const SERIAL_BLOCK: i64 = 32;
+
+/// How many document numbers of a scope a process takes at once (migration 0012).
+const DOCUMENT_BLOCK: i32 = 16;
 
 /// The request row's insert ($1–$18), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
 macro_rules! insert_request {
@@ -470,7 +476,7 @@ impl Store {
             .acquire_timeout(o.acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(Store { pool, serials: Default::default() })
+        Ok(Store { pool, serials: Default::default(), documents: Default::default() })
     }
 
     /// Applies the embedded migrations.
@@ -1128,12 +1134,25 @@ impl Store {
         .await
     }
 
-    /// Next document number in a scope (prefix and year).
-    pub async fn next_document_number(conn: &mut PgConnection, scope: &str) -> Result<i64, StoreError> {
-        // Committed without waiting for its WAL flush, so that completions of one scope do not
-        // queue on the counter row (migration 0007 says why that is safe).
-        let (n,): (i64,) = sqlx::query_as("SELECT next_document_number($1)").bind(scope).fetch_one(&mut *conn).await?;
-        Ok(n)
+    /// Next document number in a scope (prefix and year), from this process's block; a new
+    /// block of [`DOCUMENT_BLOCK`] is taken when it is used up (migration 0012 says why that is
+    /// safe without a synchronous commit).
+    pub async fn next_document_number(&self, scope: &str) -> Result<i64, StoreError> {
+        let mut blocks = self.documents.lock().await;
+        if let Some((next, last)) = blocks.get_mut(scope)
+            && *next <= *last
+        {
+            *next += 1;
+            return Ok(*next - 1);
+        }
+        let (last,): (i64,) = sqlx::query_as("SELECT next_document_numbers($1, $2)")
+            .bind(scope)
+            .bind(DOCUMENT_BLOCK)
+            .fetch_one(&self.pool)
+            .await?;
+        let first = last - i64::from(DOCUMENT_BLOCK) + 1;
+        blocks.insert(scope.to_owned(), (first + 1, last));
+        Ok(first)
     }
 
     // ---- registries -----------------------------------------------------------------------

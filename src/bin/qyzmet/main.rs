@@ -28,6 +28,11 @@ mod drill;
 /// `qyzmet regulations trace`.
 mod trace;
 
+/// jemalloc instead of the system allocator (Cargo.toml says why).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// qyzmet: processes e-government service requests from RabbitMQ through worker pools, with
 /// the deadlines and reasoned refusals of the regulations, keeping state in PostgreSQL.
 #[derive(Parser)]

@@ -85,6 +85,12 @@ pub struct ReaderQueue {
     pub name: String,
     /// Routing keys on `qyzmet.outcomes` (`completed.*`, `#`).
     pub bindings: Vec<String>,
+    /// At most this many Outcomes wait in the queue; beyond it the oldest are dropped (a
+    /// policy, so it applies to a queue that exists already). Only for a reader that may fall
+    /// behind for good, such as the demo's example reader, which nobody reads: without a bound
+    /// it would keep every Outcome of every later run. Unbounded when omitted.
+    #[serde(default)]
+    pub max_length: Option<u64>,
 }
 
 /// One upstream system.
@@ -314,8 +320,8 @@ impl Systems {
         }
     }
 
-    /// RabbitMQ definitions for virtual host `vhost`: qyzmet's exchanges, the readers' queues
-    /// and bindings, every user with its password hash (`password(user)`), permissions and
+    /// RabbitMQ definitions for virtual host `vhost`: qyzmet's exchanges, the readers' queues,
+    /// bindings and length bounds (policies), every user with its password hash (`password(user)`), permissions and
     /// topic permissions. Import them with `rabbitmqctl import_definitions FILE` (or through the
     /// management API's `POST /api/definitions`).
     pub fn definitions(&self, vhost: &str, password: &dyn Fn(&str) -> Result<String, String>) -> Result<Value, String> {
@@ -332,6 +338,7 @@ impl Systems {
         let mut topic = Vec::new();
         let mut queues = Vec::new();
         let mut bindings = Vec::new();
+        let mut policies = Vec::new();
         let mut user = |name: &str| -> Result<(), String> {
             let salt = random_salt()?;
             users.push(json!({
@@ -371,6 +378,11 @@ impl Systems {
                     permissions.push(json!({ "user": s.user, "vhost": vhost,
                         "configure": "^$", "write": "^$", "read": anchored(&names) }));
                     for q in &s.queues {
+                        if let Some(max) = q.max_length {
+                            policies.push(json!({ "vhost": vhost, "name": format!("{}-bound", q.name),
+                                "pattern": anchored(std::slice::from_ref(&q.name)), "apply-to": "queues",
+                                "priority": 0, "definition": { "max-length": max } }));
+                        }
                         queues.push(json!({ "name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
                             "arguments": { "x-queue-type": "quorum" } }));
                         for key in &q.bindings {
@@ -409,6 +421,7 @@ impl Systems {
             "exchanges": exchanges,
             "queues": queues,
             "bindings": bindings,
+            "policies": policies,
         }))
     }
 
@@ -574,6 +587,22 @@ mod tests {
         assert_eq!(topic("staff")["write"], "^(decision\\.medical\\-licence)$");
         assert_eq!(d["bindings"].as_array().expect("list").len(), 2);
         assert_eq!(d["users"].as_array().expect("list").len(), 6);
+    }
+
+    #[test]
+    fn a_reader_queue_with_a_length_bound_gets_a_policy_and_others_none() {
+        let unbounded = systems().definitions("/", &|u| Ok(format!("pw-{u}"))).expect("definitions");
+        assert_eq!(unbounded["policies"], json!([]), "no bound unless the file asks for one");
+        let bounded =
+            FILE.replace(r#"bindings = ["completed.*", "refused.*"] }"#, r##"bindings = ["#"], max_length = 500 }"##);
+        let d = Systems::parse(&bounded, Path::new("/etc/qyzmet"))
+            .expect("valid")
+            .definitions("/", &|u| Ok(format!("pw-{u}")))
+            .expect("definitions");
+        let policy = &d["policies"][0];
+        assert_eq!(policy["pattern"], "^(monitor\\.outcomes)$");
+        assert_eq!(policy["apply-to"], "queues");
+        assert_eq!(policy["definition"], json!({ "max-length": 500 }));
     }
 
     #[test]

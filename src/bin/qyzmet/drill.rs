@@ -308,6 +308,9 @@ async fn answer(
     }
 }
 
+/// The drill's own queue of every Outcome.
+const DRILL_OUTCOMES: &str = "drill.outcomes";
+
 /// Runs the drill and prints its report.
 pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -316,15 +319,17 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     let broker = settings.broker("qyzmet drill").await?;
     purge_pipeline_queues(&broker).await?;
     // Outcomes land in a durable quorum queue of the drill's, so none is missed across restarts.
+    // It is deleted once read; should the drill be killed, the broker deletes it an hour after
+    // its last use, so that it does not keep every Outcome of later runs on this virtual host.
     let ch = broker.channel().await?;
     let mut qargs = FieldTable::default();
     qargs.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    ch.queue_declare("drill.outcomes".into(), QueueDeclareOptions { durable: true, ..Default::default() }, qargs)
-        .await?;
-    ch.queue_purge("drill.outcomes".into(), Default::default()).await?;
+    qargs.insert("x-expires".into(), AMQPValue::LongLongInt(3_600_000));
+    ch.queue_delete(DRILL_OUTCOMES.into(), Default::default()).await?;
+    ch.queue_declare(DRILL_OUTCOMES.into(), QueueDeclareOptions { durable: true, ..Default::default() }, qargs).await?;
     ch.queue_purge(QUEUE_DEAD.into(), Default::default()).await?;
     ch.queue_bind(
-        "drill.outcomes".into(),
+        DRILL_OUTCOMES.into(),
         EXCHANGE_OUTCOMES.into(),
         "#".into(),
         QueueBindOptions::default(),
@@ -457,7 +462,11 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     fleet.stop().await;
 
     // What went on the wire, and what was dead-lettered.
-    let wire = drain_finals(&broker, "drill.outcomes").await?;
+    let wire = drain_finals(&broker, DRILL_OUTCOMES).await?;
+    if let Ok(ch) = broker.channel().await {
+        let _ = ch.queue_delete(DRILL_OUTCOMES.into(), Default::default()).await;
+        let _ = ch.close(200, "ok".into()).await;
+    }
     let dead = drain_dead(&broker).await?;
     let kinds = store.outcome_kinds(&expected).await?;
 

@@ -174,7 +174,10 @@ rabbit_env() {
     export RABBITMQ_LOG_BASE="$RMQ_BASE/log"
     export RABBITMQ_PID_FILE="$RMQ_BASE/rabbit.pid"
     export RABBITMQ_DIST_PORT="$DIST_PORT"
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    # The broker shares the machine's cores with PostgreSQL and the workers here, so its
+    # schedulers do not spin while waiting for work (RabbitMQ's runtime guide: scheduler busy
+    # waiting); QYZMET_RABBIT_ERL_EXTRA='' keeps the runtime's default.
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} ${QYZMET_RABBIT_ERL_EXTRA-+sbwt none +sbwtdcpu none +sbwtdio none}"
     export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
     export ERL_EPMD_ADDRESS=127.0.0.1
     export ERL_EPMD_PORT="$EPMD_PORT"

@@ -25,16 +25,33 @@ pub const SHARE_BUCKETS: &[f64] = &[0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
-/// Installs the process's recorder (once; later calls return the same handle).
+/// How often the recorder folds recorded histogram samples into its buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the process's recorder (once; later calls return the same handle), with the thread
+/// that keeps it: the recorder holds every histogram sample until upkeep folds it into the
+/// buckets, which without it happens only when `/metrics` is scraped — so a worker nobody
+/// scraped grew by every sample of every request (about 6 MiB per 100,000 requests).
 pub fn install() -> Result<PrometheusHandle, String> {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_share".into()), SHARE_BUCKETS))
                 .map_err(|e| e.to_string())?
                 .install_recorder()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let keeper = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        keeper.run_upkeep();
+                    }
+                })
+                .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
+            Ok(handle)
         })
         .clone()
 }

@@ -15,6 +15,7 @@ use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS,
 use qyzmet::signature::Signer;
 use qyzmet::signature::keys::Keyring;
 use qyzmet::startup::{Deps, Options};
+use qyzmet::store::Store;
 
 use crate::common::*;
 
@@ -173,6 +174,36 @@ async fn poison_batches_of_every_kind_stop_no_pool_and_are_never_retried() {
     for retry_word in ["will retry", "returning the delivery", "retry scheduled"] {
         assert!(!log.contains(retry_word), "nothing was retried, but the log says {retry_word:?}");
     }
+    env.cleanup().await;
+}
+
+/// Document numbers come from blocks each process takes ahead of use (migration 0012): two
+/// processes interleaving their completions, and a third started after them, never give one
+/// number twice, and each gives its own in increasing order.
+#[tokio::test]
+async fn document_numbers_taken_in_blocks_are_unique_across_processes() {
+    let env = TestEnv::new().await;
+    let url = &env.settings.database_url;
+    let (a, b) = (Store::connect(url, 2).await.expect("a"), Store::connect(url, 2).await.expect("b"));
+    let scope = "TEST-2026";
+    let mut seen = std::collections::HashSet::new();
+    let (mut last_a, mut last_b) = (0, 0);
+    for _ in 0..40 {
+        let (n, m) = (a.next_document_number(scope).await.expect("a"), b.next_document_number(scope).await.expect("b"));
+        assert!(n > last_a && m > last_b, "each process's numbers increase: {last_a}→{n}, {last_b}→{m}");
+        (last_a, last_b) = (n, m);
+        assert!(seen.insert(n) && seen.insert(m), "{n} or {m} given twice");
+    }
+    let c = Store::connect(url, 4).await.expect("c");
+    let concurrent = futures_util::future::join_all((0..40).map(|_| c.next_document_number(scope))).await;
+    for n in concurrent {
+        let n = n.expect("c");
+        assert!(n > last_a.max(last_b), "a later process starts after every block taken: {n}");
+        assert!(seen.insert(n), "{n} given twice");
+    }
+    assert_eq!(seen.len(), 120);
+    let other = a.next_document_number("OTHER-2026").await.expect("other scope");
+    assert_eq!(other, 1, "scopes count on their own");
     env.cleanup().await;
 }
 

@@ -321,9 +321,9 @@ impl Systems {
     }
 
     /// RabbitMQ definitions for virtual host `vhost`: qyzmet's exchanges, the readers' queues,
-    /// bindings and length bounds (policies), every user with its password hash (`password(user)`), permissions and
-    /// topic permissions. Import them with `rabbitmqctl import_definitions FILE` (or through the
-    /// management API's `POST /api/definitions`).
+    /// bindings and length bounds (policies), every user with its password hash
+    /// (`password(user)`), permissions and topic permissions. Import them with `rabbitmqctl
+    /// import_definitions FILE` (or through the management API's `POST /api/definitions`).
     pub fn definitions(&self, vhost: &str, password: &dyn Fn(&str) -> Result<String, String>) -> Result<Value, String> {
         let anchored =
             |names: &[String]| format!("^({})$", names.iter().map(|n| regex_escape(n)).collect::<Vec<_>>().join("|"));

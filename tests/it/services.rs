@@ -596,8 +596,10 @@ async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applica
     let row = env.store.get_request(id).await.expect("row").expect("registered");
     let due = row.step_deadline.expect("a review deadline");
     let first_service = row.service_deadline.expect("a service deadline");
-    // The term starts at 15 calendar days (close of business, moved off days off).
-    let days = (due - row.received_at).num_days();
+    // The term starts at 15 calendar days (close of business, moved off days off), counted in
+    // local dates: a request received after close of business is due less than 15×24 hours later.
+    let local_date = |t| qyzmet::contract::to_local(t).date_naive();
+    let days = (local_date(due) - local_date(row.received_at)).num_days();
     assert!((15..=18).contains(&days), "the review starts with 15 calendar days, got {days}");
 
     // Too far without an exceptional case (past 30 days from the step's start): recorded, not applied.

@@ -24,11 +24,35 @@ const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often the retention pass runs (its work is days old; once an hour is timely).
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// A chore the sweeper runs at most once per interval, the first time at once.
+struct Every {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Every {
+    fn new(interval: std::time::Duration) -> Every {
+        Every { interval, last: None }
+    }
+
+    /// Whether the chore is due; if so, it counts as run now.
+    fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|t| t.elapsed() >= self.interval);
+        if due {
+            self.last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
 /// Runs until shutdown.
 pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
-    let mut last_observed: Option<std::time::Instant> = None;
-    let mut last_retention: Option<std::time::Instant> = None;
-    let mut last_relay: Option<std::time::Instant> = None;
+    // The gauges need no sweep-interval freshness; two queries per process every pass would be
+    // load on the database for nothing. The relay's rows are old by definition (see
+    // `Outbox::relay_interval`).
+    let mut relay = Every::new(ctx.outbox.relay_interval());
+    let mut observing = Every::new(OBSERVE_EVERY);
+    let mut retention = Every::new(RETENTION_EVERY);
     while !shutdown.is_shutdown() {
         let busy = match sweep_once(&ctx).await {
             Ok(n) => n,
@@ -37,23 +61,18 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
                 0
             }
         };
-        if last_relay.is_none_or(|t| t.elapsed() >= ctx.outbox.relay_interval()) {
-            if let Err(e) = ctx.outbox.relay_once(500).await {
-                tracing::warn!(error = %e, "outbox relay failed");
-            }
-            last_relay = Some(std::time::Instant::now());
+        if relay.due()
+            && let Err(e) = ctx.outbox.relay_once(500).await
+        {
+            tracing::warn!(error = %e, "outbox relay failed");
         }
-        // The gauges need no sweep-interval freshness; two queries per process every pass would
-        // be load on the database for nothing.
-        if last_observed.is_none_or(|t| t.elapsed() >= OBSERVE_EVERY) {
+        if observing.due() {
             observe(&ctx).await;
-            last_observed = Some(std::time::Instant::now());
         }
-        if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
-            if let Err(e) = super::retention::run_once(&ctx.store, &ctx.regs, false).await {
-                tracing::warn!(error = %e, "retention pass failed");
-            }
-            last_retention = Some(std::time::Instant::now());
+        if retention.due()
+            && let Err(e) = super::retention::run_once(&ctx.store, &ctx.regs, false).await
+        {
+            tracing::warn!(error = %e, "retention pass failed");
         }
         if busy < BATCH as usize {
             shutdown.sleep(ctx.sweep_interval).await;

@@ -62,8 +62,8 @@ pub struct Store {
     /// with several intake processes they are not in order of arrival across processes.
     serials: std::sync::Arc<tokio::sync::Mutex<Vec<i64>>>,
     /// Document numbers taken ahead of use, [`DOCUMENT_BLOCK`] at a time per scope, for the same
-    /// reason: the next and the last number of each scope's block.
-    documents: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>>,
+    /// reason (the stock of each scope, as for `serials`).
+    documents: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, Vec<i64>>>>,
 }
 
 /// A request's row as the pipeline needs it.
@@ -117,6 +117,19 @@ const SERIAL_BLOCK: i64 = 32;
 
 /// How many document numbers of a scope a process takes at once (migration 0012).
 const DOCUMENT_BLOCK: i32 = 16;
+
+/// The next of the numbers a process took ahead of use (`stock`, the next last), refilled with
+/// the block `take` gives, in order, when it is used up.
+async fn next_ahead(
+    stock: &mut Vec<i64>,
+    take: impl std::future::Future<Output = Result<Vec<i64>, StoreError>>,
+) -> Result<i64, StoreError> {
+    if stock.is_empty() {
+        *stock = take.await?;
+        stock.reverse();
+    }
+    stock.pop().ok_or(sqlx::Error::RowNotFound)
+}
 
 /// The request row's insert ($1–$18), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
 macro_rules! insert_request {
@@ -505,14 +518,14 @@ impl Store {
     /// sequence when the last is used up).
     pub async fn next_request_serial(&self) -> Result<i64, StoreError> {
         let mut serials = self.serials.lock().await;
-        if serials.is_empty() {
+        next_ahead(&mut serials, async {
             let block: Vec<(i64,)> = sqlx::query_as("SELECT nextval('request_number_seq') FROM generate_series(1, $1)")
                 .bind(SERIAL_BLOCK)
                 .fetch_all(&self.pool)
                 .await?;
-            serials.extend(block.into_iter().rev().map(|(n,)| n));
-        }
-        serials.pop().ok_or(sqlx::Error::RowNotFound)
+            Ok(block.into_iter().map(|(n,)| n).collect())
+        })
+        .await
     }
 
     /// Inserts a request unless its id exists; `false` when it was a duplicate.
@@ -1139,20 +1152,19 @@ impl Store {
     /// safe without a synchronous commit).
     pub async fn next_document_number(&self, scope: &str) -> Result<i64, StoreError> {
         let mut blocks = self.documents.lock().await;
-        if let Some((next, last)) = blocks.get_mut(scope)
-            && *next <= *last
-        {
-            *next += 1;
-            return Ok(*next - 1);
+        if !blocks.contains_key(scope) {
+            blocks.insert(scope.to_owned(), Vec::new());
         }
-        let (last,): (i64,) = sqlx::query_as("SELECT next_document_numbers($1, $2)")
-            .bind(scope)
-            .bind(DOCUMENT_BLOCK)
-            .fetch_one(&self.pool)
-            .await?;
-        let first = last - i64::from(DOCUMENT_BLOCK) + 1;
-        blocks.insert(scope.to_owned(), (first + 1, last));
-        Ok(first)
+        let stock = blocks.get_mut(scope).ok_or(sqlx::Error::RowNotFound)?;
+        next_ahead(stock, async {
+            let (last,): (i64,) = sqlx::query_as("SELECT next_document_numbers($1, $2)")
+                .bind(scope)
+                .bind(DOCUMENT_BLOCK)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok((last - i64::from(DOCUMENT_BLOCK) + 1..=last).collect())
+        })
+        .await
     }
 
     // ---- registries -----------------------------------------------------------------------

@@ -172,6 +172,9 @@ pub struct Backlog {
     pub drain_seconds: f64,
     /// Worker RSS samples (MiB, the largest process) every few seconds.
     pub rss_mib_over_time: Vec<f64>,
+    /// Final outcomes per second in each minute of the drain: whether the pipeline slows down
+    /// as the work done (the database) grows.
+    pub drain_rate_per_minute: Vec<f64>,
     /// Outcomes by kind.
     pub outcomes: BTreeMap<String, usize>,
     /// Growth of the database on disk over the backlog, bytes per request (the requests' rows,
@@ -861,6 +864,8 @@ async fn backlog(
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut rss = Vec::new();
     let mut last_sample = Instant::now() - Duration::from_secs(10);
+    let mut per_minute = Vec::new();
+    let (mut minute_started, mut finished_before) = (Instant::now(), 0);
     loop {
         let (finished, refused) = {
             let b = board.lock().await;
@@ -869,6 +874,10 @@ async fn backlog(
         if last_sample.elapsed() >= Duration::from_secs(5) {
             rss.push(workers.largest_rss_mib().await);
             last_sample = Instant::now();
+        }
+        if minute_started.elapsed() >= Duration::from_secs(60) {
+            per_minute.push((finished - finished_before) as f64 / minute_started.elapsed().as_secs_f64());
+            (minute_started, finished_before) = (Instant::now(), finished);
         }
         progress("backlog drain", n, n, finished, refused, started);
         if finished >= n || Instant::now() > deadline {
@@ -898,6 +907,7 @@ async fn backlog(
         unfinished: n - seen.len(),
         drain_seconds: drain_secs,
         rss_mib_over_time: rss,
+        drain_rate_per_minute: per_minute,
         outcomes,
     })
 }
@@ -1007,6 +1017,8 @@ fn print_report(r: &Report) {
             b.requests, b.publish_rate, b.drain_rate, b.drain_seconds, b.unfinished
         );
         println!("worker RSS over the drain (MiB, largest process, every 5 s): {:?}", b.rss_mib_over_time);
+        let rates: Vec<String> = b.drain_rate_per_minute.iter().map(|r| format!("{r:.0}")).collect();
+        println!("drain rate in each minute (final outcomes/s): {}", rates.join(" "));
         println!(
             "database grew {:.0} bytes per request (rows, audit trail, outcomes, indexes); {} outbox rows left",
             b.database_bytes_per_request, b.outbox_rows_after

@@ -2,7 +2,8 @@
 //!
 //! - `throughput.svg`: requests per second of every run beside the ceiling, with each run's p99;
 //! - `steps.svg`: p50 / p95 / p99 of every step, per run;
-//! - `rss.svg`: the largest worker's resident memory over a backlog drain.
+//! - `rss.svg`: the largest worker's resident memory over a backlog drain;
+//! - `drain.svg`: the drain rate in each minute of a backlog drain.
 //!
 //! Plain SVG written by hand (bars, a line, text): nothing here needs a plotting library, and
 //! every value is a number the report also prints.
@@ -35,7 +36,16 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<std::path::PathB
     if let Some(b) = &report.backlog
         && !b.rss_mib_over_time.is_empty()
     {
-        save("rss.svg", rss(&b.rss_mib_over_time, b.requests))?;
+        let title =
+            format!("Largest worker's RSS (MiB) while draining a backlog of {} requests, every 5 s", b.requests);
+        save("rss.svg", line(&title, "MiB", &b.rss_mib_over_time))?;
+    }
+    if let Some(b) = &report.backlog
+        && !b.drain_rate_per_minute.is_empty()
+    {
+        let title =
+            format!("Final outcomes per second in each minute of draining a backlog of {} requests", b.requests);
+        save("drain.svg", line(&title, "/s", &b.drain_rate_per_minute))?;
     }
     Ok(written)
 }
@@ -146,14 +156,12 @@ fn steps(r: &Report) -> String {
     svg
 }
 
-fn rss(samples: &[f64], requests: usize) -> String {
+/// A line over evenly spaced samples, from zero up, with its first, last and largest value.
+fn line(title: &str, unit: &str, samples: &[f64]) -> String {
     let height = 300.0;
     let (top, bottom) = (50.0, height - 40.0);
     let max = samples.iter().copied().fold(0.0, f64::max).max(1.0) * 1.2;
-    let mut svg = header(
-        &format!("Largest worker's RSS (MiB) while draining a backlog of {requests} requests, every 5 s"),
-        height,
-    );
+    let mut svg = header(title, height);
     let step = BAR_AREA / (samples.len().max(2) - 1) as f64;
     let points: Vec<String> = samples
         .iter()
@@ -162,7 +170,7 @@ fn rss(samples: &[f64], requests: usize) -> String {
         .collect();
     let _ = write!(
         svg,
-        r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="grey"/><line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="grey"/><text x="{}" y="{}" text-anchor="end">{max:.0}</text><text x="{}" y="{bottom}" text-anchor="end">0</text><polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{LEFT}" y="{}">{} samples; first {:.1}, last {:.1}, largest {:.1} MiB</text>"#,
+        r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="grey"/><line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="grey"/><text x="{}" y="{}" text-anchor="end">{max:.0}</text><text x="{}" y="{bottom}" text-anchor="end">0</text><polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{LEFT}" y="{}">{} samples; first {:.1}, last {:.1}, largest {:.1} {}</text>"#,
         LEFT + BAR_AREA,
         LEFT - 6.0,
         top + 4.0,
@@ -173,7 +181,8 @@ fn rss(samples: &[f64], requests: usize) -> String {
         samples.len(),
         samples.first().copied().unwrap_or(0.0),
         samples.last().copied().unwrap_or(0.0),
-        samples.iter().copied().fold(0.0, f64::max)
+        samples.iter().copied().fold(0.0, f64::max),
+        escape(unit)
     );
     svg.push_str("</svg>\n");
     svg
@@ -200,9 +209,9 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_chart_names_its_largest_sample() {
-        let svg = rss(&[22.0, 24.5, 23.0], 1000);
-        assert!(svg.contains("largest 24.5 MiB"), "{svg}");
+    fn a_line_chart_names_its_first_last_and_largest_sample_in_its_unit() {
+        let svg = line("RSS", "MiB", &[22.0, 24.5, 23.0]);
+        assert!(svg.contains("first 22.0, last 23.0, largest 24.5 MiB"), "{svg}");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
     }
 }

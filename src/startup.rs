@@ -162,10 +162,14 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     if systems.is_none() {
         tracing::warn!("no systems file (QYZMET_SYSTEMS_FILE): who sends what is recorded but not checked");
     }
+    let (advances, endings) =
+        (crate::pipeline::batch::Commits::start(store.clone()), crate::pipeline::batch::Commits::start(store.clone()));
     let ctx = Arc::new(Ctx {
         store,
         regs: Arc::new(regs),
         outbox,
+        advances,
+        endings,
         verifier: deps.verifier,
         signer: deps.signer,
         registry,

@@ -6,6 +6,7 @@
 //!   function, classify its result, apply it.
 //! - [`transition`]: state changes with their audit-trail rows and outbox messages, each one
 //!   statement guarded by the request's position.
+//! - [`batch`]: group commit — the advances, or the ends, of many deliveries in one statement.
 //! - [`outbox`]: publishing after commit, and the relay for what a crash left behind.
 //! - [`failure`]: the one classification of failures — transient (retry within bounds) or
 //!   permanent (refuse or dead-letter at once).
@@ -15,6 +16,7 @@
 //! A pool's step is a plain function from [`StepInput`] to [`StepOutcome`] behind the [`Step`]
 //! trait (see `workers/`), unit-tested without a broker or a database.
 
+pub mod batch;
 pub mod failure;
 pub mod outbox;
 pub mod retention;
@@ -48,6 +50,10 @@ pub struct Ctx {
     pub regs: Arc<Regulations>,
     /// Publishing after commit, and the relay.
     pub outbox: Outbox,
+    /// Group commit of the steps that pass: one statement for the advances of many deliveries.
+    pub advances: batch::Commits<crate::store::Advance>,
+    /// Group commit of requests' ends (completed, refused) decided by the steps.
+    pub endings: batch::Commits<transition::Ending>,
     /// Signature checks (Requests, Decisions).
     pub verifier: Arc<dyn Verifier>,
     /// Result-document signing.

@@ -4,7 +4,8 @@
 //! longer queued at step N (a duplicate or stale message); refuse if the step deadline already
 //! passed; otherwise run the pool's step under a timeout that ends at the step deadline,
 //! catching panics. The result is classified once:
-//! - a business answer (pass, refuse, wait, complete) is applied in one statement;
+//! - a business answer (pass, refuse, wait, complete) is applied in one statement (a pass in
+//!   one with other deliveries' passes: [`super::batch`]);
 //! - a transient failure (a dependency down, a panic) schedules the next attempt in PostgreSQL
 //!   with exponential back-off and jitter, unless it would fall after the deadline, in which
 //!   case the request is refused `deadline_exceeded`;
@@ -160,8 +161,9 @@ async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure
 /// Applies a step's answer, if the request is still where the step saw it.
 ///
 /// Every answer is one statement guarded by the request's position (state, step, attempts),
-/// so nothing is locked while the step runs or beforehand, each commits on its own, and a
-/// duplicate delivery changes nothing the second time.
+/// so nothing is locked while the step runs or beforehand, and a duplicate delivery changes
+/// nothing the second time. A step that passes, and a request's end, are committed with other
+/// deliveries' in one statement ([`super::batch`]); a wait commits on its own.
 ///
 /// Waiting is the same for every step that waits: the row becomes `waiting`, and the event it
 /// waits for (a PaymentNotice, a staff Decision) moves it on. The event's handler locks the row
@@ -175,29 +177,27 @@ async fn apply(
     step_name: &str,
     outcome: StepOutcome,
 ) -> Result<(), Failure> {
-    // Each answer takes a connection for its statement only; a document is numbered and signed
-    // before, so that no connection is held while it signs.
-    let pool = ctx.store.pool();
+    // A pass and an end are committed in batches with other deliveries'; a wait takes a
+    // connection for its statement only. A document is numbered and signed before, so that
+    // nothing waits on it while it signs.
     let pending = match outcome {
-        StepOutcome::Pass { facts } => {
-            transition::advance(&mut *pool.acquire().await?, row, route, facts, None).await?
-        }
+        StepOutcome::Pass { facts } => ctx.advances.commit(transition::next_step(row, route, facts, None)?).await?,
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));
             let head = Head::from(row).on(route);
-            transition::refuse(&mut *pool.acquire().await?, &head, row.position(), step_name, reason, detail).await?
+            ctx.endings.commit(transition::refusal(&head, row.position(), step_name, reason, detail)).await?
         }
         StepOutcome::Wait => {
-            transition::wait(&mut *pool.acquire().await?, row, step_name).await?;
+            transition::wait(&mut *ctx.store.pool().acquire().await?, row, step_name).await?;
             None
         }
         StepOutcome::Complete { document } => {
             let doc = finished_document(ctx, row, document).await?;
-            transition::complete(&mut *pool.acquire().await?, row, route, doc).await?
+            ctx.endings.commit(transition::completion(row, route, doc)).await?
         }
     };
-    // The connection went back to the pool before the wait for the broker's confirms.
+    // No connection is held while the broker's confirms are awaited.
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
@@ -281,9 +281,8 @@ async fn refuse_if_current(
         Some(route) => Head::from(row).on(route),
         None => head_of(ctx, row),
     };
-    let mut conn = ctx.store.pool().acquire().await?;
-    let pending = transition::refuse(&mut conn, &head, row.position(), step_name, reason, Some(detail)).await?;
-    drop(conn);
+    let pending =
+        ctx.endings.commit(transition::refusal(&head, row.position(), step_name, reason, Some(detail))).await?;
     let refused = pending.is_some();
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;

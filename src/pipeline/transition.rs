@@ -16,7 +16,7 @@ use crate::contract::{
     Wording, routing_word, to_local,
 };
 use crate::regulations::{Regulations, Route, Texts, code_of};
-use crate::store::{FinalOutcome, Position, RequestRow, StepExit, Store};
+use crate::store::{Advance, Finish, OwnedExit, Position, RequestRow, StepExit, Store};
 
 use super::{Failure, Task};
 
@@ -32,6 +32,12 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// What a transition wrote to the outbox; `None` when it wrote nothing because its request
+    /// had moved.
+    pub fn written(ids: Vec<i64>, messages: Vec<Message>) -> Option<Pending> {
+        (!ids.is_empty()).then(|| Pending { ids, messages, finals: Vec::new() })
+    }
+
     /// Adds another batch.
     pub fn extend(&mut self, other: Pending) {
         self.ids.extend(other.ids);
@@ -317,24 +323,21 @@ pub fn common_reason(regs: &Regulations, kind: &str, detail: &str) -> Reason {
     }
 }
 
-/// Moves a request from its current step to the next one and queues it, if it is still where
-/// `row` saw it; `None` if it had moved (a duplicate task, a payment or a decision that came
-/// first). One statement: on a plain connection it is its own transaction.
-pub async fn advance(
-    conn: &mut PgConnection,
+/// The move of a request from its current step to the next one: the new position, the audit
+/// rows' content and the messages. Nothing is written; [`advance`] applies it on a connection,
+/// [`super::batch::Commits`] with other deliveries' in one statement.
+pub fn next_step(
     row: &RequestRow,
     route: &Route<'_>,
     add_facts: Option<Value>,
     detail: Option<Value>,
-) -> Result<Option<Pending>, Failure> {
+) -> Result<Advance, Failure> {
     let now = Utc::now();
     let current = route.step(row.step_index as usize).map(|s| pool_name(s.pool)).unwrap_or("?");
     let next_index = row.step_index + 1;
     let Some(next) = route.step(next_index as usize) else {
         return Err(Failure::permanent("service", format!("its route has no step {next_index}")));
     };
-    let deadline = step_deadline(row, next_index).unwrap_or(now);
-    let facts = merge_facts(&row.facts, add_facts);
     let next_name = pool_name(next.pool);
     let head = Head::from(row);
     let said = Said { notice: notice(route, next_index as usize), ..Said::default() };
@@ -347,13 +350,28 @@ pub async fn advance(
         format!("{}:{next_index}:in_progress", row.request_id),
     );
     let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
-    let messages = vec![status, task];
-    let from = StepExit { at: row.position(), step: current, deadline: row.step_deadline, detail: detail.as_ref() };
-    let ids = Store::advance(conn, row.request_id, &from, (next_index, next_name, deadline), &facts, &messages).await?;
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Pending { ids, messages, finals: Vec::new() }))
+    Ok(Advance {
+        request_id: row.request_id,
+        from: exit_at(row.position(), current, row.step_deadline, detail),
+        to_index: next_index,
+        to_step: next_name.to_owned(),
+        to_deadline: step_deadline(row, next_index).unwrap_or(now),
+        facts: merge_facts(&row.facts, add_facts),
+        messages: vec![status, task],
+    })
+}
+
+/// Moves a request from its current step to the next one and queues it, if it is still where
+/// `row` saw it; `None` if it had moved (a duplicate task, a payment or a decision that came
+/// first). One statement: on a plain connection it is its own transaction.
+pub async fn advance(
+    conn: &mut PgConnection,
+    row: &RequestRow,
+    route: &Route<'_>,
+    add_facts: Option<Value>,
+    detail: Option<Value>,
+) -> Result<Option<Pending>, Failure> {
+    super::batch::write_on(conn, next_step(row, route, add_facts, detail)?).await
 }
 
 /// Extends the term of the decision step a request waits at (P-34) to `to`: that step's
@@ -397,6 +415,59 @@ pub async fn extend(
     Ok(Pending { ids, messages, finals: Vec::new() })
 }
 
+/// A request's end: what [`Store::finish_all`] writes, and its metric labels, counted once it
+/// committed.
+#[derive(Debug)]
+pub struct Ending {
+    /// The final state, outcome, audit row and message.
+    pub finish: Finish,
+    /// The final outcome's labels.
+    pub label: crate::metrics::FinalLabels,
+}
+
+impl Ending {
+    /// What it wrote to the outbox, with its final outcome to count; `None` when its request
+    /// had moved.
+    pub fn written(self, ids: Vec<i64>) -> Option<Pending> {
+        let mut pending = Pending::written(ids, self.finish.messages)?;
+        pending.finals.push(self.label);
+        Some(pending)
+    }
+}
+
+/// A refusal of a request standing `at` that position. Nothing is written: [`refuse`] applies it
+/// on a connection, [`super::batch::Commits`] with other deliveries' ends in one statement.
+pub fn refusal(head: &Head, at: Position<'_>, step: &str, reason: Reason, detail: Option<Value>) -> Ending {
+    let now = Utc::now();
+    let (outcome, message) = outcome_message(
+        head,
+        Status::Refused,
+        Some(step),
+        Said { reason: Some(reason.clone()), ..Said::default() },
+        now,
+        format!("{}:final", head.request_id),
+    );
+    let mut detail = detail.unwrap_or_else(|| json!({}));
+    if let Some(obj) = detail.as_object_mut() {
+        obj.insert("code".into(), json!(reason.code));
+        obj.insert("kind".into(), json!(reason.kind));
+    }
+    let label = final_labels(head, "refused", Some(&reason), now);
+    let finish = Finish {
+        request_id: head.request_id,
+        from: exit_at(at, step, head.deadline, Some(detail)),
+        status: "refused",
+        step: Some(step.to_owned()),
+        code: reason.code,
+        kind: Some(reason.kind),
+        document: None,
+        body: serde_json::to_value(&outcome).unwrap_or(Value::Null),
+        at: now,
+        messages: vec![message],
+    };
+    Ending { finish, label }
+}
+
 /// Ends a request with a refusal, if it still stands `at` that position; `None` if it had
 /// moved (or already had its final outcome). One statement.
 pub async fn refuse(
@@ -407,47 +478,12 @@ pub async fn refuse(
     reason: Reason,
     detail: Option<Value>,
 ) -> Result<Option<Pending>, Failure> {
-    let now = Utc::now();
-    let (outcome, message) = outcome_message(
-        head,
-        Status::Refused,
-        Some(step),
-        Said { reason: Some(reason.clone()), ..Said::default() },
-        now,
-        format!("{}:final", head.request_id),
-    );
-    let body = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-    let final_row = FinalOutcome {
-        status: "refused",
-        step: Some(step),
-        code: reason.code.as_deref(),
-        kind: Some(&reason.kind),
-        document: None,
-        body: &body,
-        at: now,
-    };
-    let mut detail = detail.unwrap_or_else(|| json!({}));
-    if let Some(obj) = detail.as_object_mut() {
-        obj.insert("code".into(), json!(reason.code));
-        obj.insert("kind".into(), json!(reason.kind));
-    }
-    let exit = StepExit { at, step, deadline: head.deadline, detail: Some(&detail) };
-    let messages = vec![message];
-    let ids = Store::finish(conn, head.request_id, &exit, &final_row, &messages).await?;
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Pending { ids, messages, finals: vec![final_labels(head, "refused", Some(&reason), now)] }))
+    super::batch::write_on(conn, refusal(head, at, step, reason, detail)).await
 }
 
-/// Ends a request with its result document, if it still stands where `row` saw it; `None` if
-/// it had moved. One statement.
-pub async fn complete(
-    conn: &mut PgConnection,
-    row: &RequestRow,
-    route: &Route<'_>,
-    document: Map<String, Value>,
-) -> Result<Option<Pending>, Failure> {
+/// The completion of a request with its result document, where `row` saw it. Nothing is
+/// written, as with [`refusal`].
+pub fn completion(row: &RequestRow, route: &Route<'_>, document: Map<String, Value>) -> Ending {
     let now = Utc::now();
     let head = Head::from(row).on(route);
     let document = Value::Object(document);
@@ -459,24 +495,43 @@ pub async fn complete(
         now,
         format!("{}:final", row.request_id),
     );
-    let body = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-    let final_row = FinalOutcome {
+    let detail = json!({ "document": document.get("number") });
+    let finish = Finish {
+        request_id: row.request_id,
+        from: exit_at(row.position(), "result", row.step_deadline, Some(detail)),
         status: "completed",
-        step: Some("result"),
+        step: Some("result".to_owned()),
         code: None,
         kind: None,
-        document: Some(&document),
-        body: &body,
+        document: Some(document),
+        body: serde_json::to_value(&outcome).unwrap_or(Value::Null),
         at: now,
+        messages: vec![message],
     };
-    let detail = json!({ "document": document.get("number") });
-    let exit = StepExit { at: row.position(), step: "result", deadline: row.step_deadline, detail: Some(&detail) };
-    let messages = vec![message];
-    let ids = Store::finish(conn, row.request_id, &exit, &final_row, &messages).await?;
-    if ids.is_empty() {
-        return Ok(None);
+    Ending { finish, label: final_labels(&head, "completed", None, now) }
+}
+
+/// Ends a request with its result document, if it still stands where `row` saw it; `None` if
+/// it had moved. One statement.
+pub async fn complete(
+    conn: &mut PgConnection,
+    row: &RequestRow,
+    route: &Route<'_>,
+    document: Map<String, Value>,
+) -> Result<Option<Pending>, Failure> {
+    super::batch::write_on(conn, completion(row, route, document)).await
+}
+
+/// Where a request leaving `step` must still stand, owned.
+fn exit_at(at: Position<'_>, step: &str, deadline: Option<DateTime<Utc>>, detail: Option<Value>) -> OwnedExit {
+    OwnedExit {
+        state: at.state.to_owned(),
+        step_index: at.step_index,
+        attempts: at.attempts,
+        step: step.to_owned(),
+        deadline,
+        detail,
     }
-    Ok(Some(Pending { ids, messages, finals: vec![final_labels(&head, "completed", None, now)] }))
 }
 
 /// Parks a request until an external event (payment, staff decision) or its deadline, if it

@@ -224,14 +224,28 @@ impl<'a> OutboxColumns<'a> {
         q.bind(c.exchanges).bind(c.keys).bind(c.ids).bind(c.bodies).bind(c.traces)
     }
 
-    fn of(messages: &'a [Message]) -> Self {
-        OutboxColumns {
-            exchanges: messages.iter().map(|m| m.exchange.as_str()).collect(),
-            keys: messages.iter().map(|m| m.routing_key.as_str()).collect(),
-            ids: messages.iter().map(|m| m.message_id.as_str()).collect(),
-            bodies: messages.iter().map(|m| m.body.as_slice()).collect(),
-            traces: messages.iter().map(|m| m.traceparent.as_deref()).collect(),
+    /// Binds many transitions' messages as a statement's last six parameters: their requests'
+    /// ids (`$n::uuid[]`), then the five outbox columns.
+    fn bind_owned<'q>(q: PgQuery<'q>, owned: &'q [(Uuid, &'q Message)]) -> PgQuery<'q> {
+        let c = OutboxColumns::of(owned.iter().map(|(_, m)| *m));
+        q.bind(owned.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(c.exchanges)
+            .bind(c.keys)
+            .bind(c.ids)
+            .bind(c.bodies)
+            .bind(c.traces)
+    }
+
+    fn of(messages: impl IntoIterator<Item = &'a Message>) -> Self {
+        let mut c = OutboxColumns { exchanges: vec![], keys: vec![], ids: vec![], bodies: vec![], traces: vec![] };
+        for m in messages {
+            c.exchanges.push(m.exchange.as_str());
+            c.keys.push(m.routing_key.as_str());
+            c.ids.push(m.message_id.as_str());
+            c.bodies.push(m.body.as_slice());
+            c.traces.push(m.traceparent.as_deref());
         }
+        c
     }
 }
 
@@ -241,23 +255,57 @@ async fn outbox_ids(q: PgQuery<'_>, conn: &mut PgConnection) -> Result<Vec<i64>,
     q.fetch_all(&mut *conn).await?.iter().map(|row| sqlx::Row::try_get::<i64, _>(row, 0)).collect()
 }
 
-/// A final outcome row.
+/// The messages of many transitions, each with its request's id, in order.
+fn owned_messages<'a>(all: impl Iterator<Item = (Uuid, &'a [Message])>) -> Vec<(Uuid, &'a Message)> {
+    all.flat_map(|(id, messages)| messages.iter().map(move |m| (id, m))).collect()
+}
+
+/// Hands each returned outbox row (`id`, `message_id`) back to the transition whose message it
+/// holds: message ids are unique within a request, and the requests of one statement differ.
+fn ids_by_owner<'a>(
+    rows: Vec<sqlx::postgres::PgRow>,
+    messages: impl Iterator<Item = &'a [Message]>,
+) -> Result<Vec<Vec<i64>>, StoreError> {
+    let mut count = 0;
+    let mut owner = std::collections::HashMap::new();
+    for (i, of_one) in messages.enumerate() {
+        owner.extend(of_one.iter().map(|m| (m.message_id.as_str(), i)));
+        count = i + 1;
+    }
+    let mut ids = vec![Vec::new(); count];
+    for row in rows {
+        let id: i64 = sqlx::Row::try_get(&row, 0)?;
+        let message_id: String = sqlx::Row::try_get(&row, 1)?;
+        if let Some(&i) = owner.get(message_id.as_str()) {
+            ids[i].push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A request ending, owned, so that it can wait in a batch for [`Store::finish_all`].
 #[derive(Debug)]
-pub struct FinalOutcome<'a> {
+pub struct Finish {
+    /// The request.
+    pub request_id: Uuid,
+    /// Where it must still stand, and what its audit row records of the step it ends at.
+    pub from: OwnedExit,
     /// completed | refused.
-    pub status: &'a str,
+    pub status: &'static str,
     /// Deciding step.
-    pub step: Option<&'a str>,
+    pub step: Option<String>,
     /// Refusal code.
-    pub code: Option<&'a str>,
+    pub code: Option<String>,
     /// Refusal kind.
-    pub kind: Option<&'a str>,
+    pub kind: Option<String>,
     /// Result document.
-    pub document: Option<&'a Value>,
+    pub document: Option<Value>,
     /// The whole Outcome message.
-    pub body: &'a Value,
+    pub body: Value,
     /// When.
     pub at: DateTime<Utc>,
+    /// The final Outcome's message.
+    pub messages: Vec<Message>,
 }
 
 /// Where a request stands. A state change applies only while the request still stands there,
@@ -292,6 +340,43 @@ pub struct StepExit<'a> {
     /// Detail recorded with the audit row (the payment or decision that moved it on; the
     /// refusal's code).
     pub detail: Option<&'a Value>,
+}
+
+/// A request leaving its step for the next one, owned, so that it can wait in a batch for
+/// [`Store::advance_all`].
+#[derive(Debug)]
+pub struct Advance {
+    /// The request.
+    pub request_id: Uuid,
+    /// Where it must still stand, and what its audit row records of the step it leaves.
+    pub from: OwnedExit,
+    /// Index of the next step.
+    pub to_index: i32,
+    /// Its pool.
+    pub to_step: String,
+    /// Its deadline.
+    pub to_deadline: DateTime<Utc>,
+    /// The request's facts after the step (what it learnt merged in).
+    pub facts: Value,
+    /// The Outcome and the task message it causes.
+    pub messages: Vec<Message>,
+}
+
+/// An owned [`StepExit`].
+#[derive(Debug, Clone)]
+pub struct OwnedExit {
+    /// State it must still be in.
+    pub state: String,
+    /// Index of the step it must still be at.
+    pub step_index: i32,
+    /// Attempts of that step it must still have.
+    pub attempts: i32,
+    /// Pool of the step.
+    pub step: String,
+    /// Deadline recorded with the audit row.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Detail recorded with the audit row.
+    pub detail: Option<Value>,
 }
 
 /// A step-history row for the status screen.
@@ -606,47 +691,124 @@ impl Store {
         Ok(())
     }
 
-    /// The commonest transition in one statement: queue the request at its next step, append
-    /// "step passed" and "next step queued" to the audit trail, and write the outbox messages.
-    /// It applies only while the request is still where the caller saw it (`from`: state, step
-    /// index and attempts), so it needs no lock taken beforehand: run on its own it is its own
-    /// transaction, and of two deliveries of the same task the second finds the request moved
-    /// and changes nothing. Returns the outbox ids, none when the request had moved.
-    pub async fn advance(
-        conn: &mut PgConnection,
-        id: Uuid,
-        from: &StepExit<'_>,
-        (to_index, to_step, to_deadline): (i32, &str, DateTime<Utc>),
-        facts: &Value,
-        messages: &[Message],
-    ) -> Result<Vec<i64>, StoreError> {
+    /// The commonest transition, for any number of requests in one statement: queue each
+    /// request at its next step, append "step passed" and "next step queued" to its audit
+    /// trail, and write its outbox messages. Each applies only while its request is still where
+    /// the caller saw it ([`Advance::from`]), so it needs no lock taken beforehand: run on its
+    /// own the statement is its own transaction, and of two deliveries of the same task the
+    /// second finds the request moved and changes nothing. Returns, per advance and in order,
+    /// the ids of its outbox rows; none when its request had moved.
+    ///
+    /// Many advances in one statement is the group commit of [`crate::pipeline::batch`]: one
+    /// round trip, one plan and one commit for them all. The request ids must differ.
+    pub async fn advance_all(conn: &mut PgConnection, all: &[&Advance]) -> Result<Vec<Vec<i64>>, StoreError> {
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owned = owned_messages(all.iter().map(|a| (a.request_id, a.messages.as_slice())));
         let q = sqlx::query(
-            "WITH upd AS ( \
-                 UPDATE requests SET state = 'queued', step_index = $2, step = $3, step_deadline = $4, facts = $5, \
-                     attempts = 0, next_attempt_at = NULL, updated_at = now() \
-                 WHERE request_id = $1 AND state = $10 AND step_index = $6 AND attempts = $11 \
-                 RETURNING request_id), \
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], \
+                                      $6::timestamptz[], $7::jsonb[], $8::integer[], $9::text[], \
+                                      $10::timestamptz[], $11::jsonb[]) \
+                     WITH ORDINALITY AS i(request_id, from_state, from_index, from_attempts, from_step, \
+                                          from_deadline, detail, to_index, to_step, to_deadline, facts, n)), \
+             upd AS ( \
+                 UPDATE requests r SET state = 'queued', step_index = i.to_index, step = i.to_step, \
+                     step_deadline = i.to_deadline, facts = i.facts, attempts = 0, next_attempt_at = NULL, \
+                     updated_at = now() \
+                 FROM input i \
+                 WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
+                     AND r.attempts = i.from_attempts \
+                 RETURNING i.*), \
              hist AS ( \
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-                 SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd, \
-                     (VALUES ($6::integer, $7::text, 'passed', $8::timestamptz, $9::jsonb), \
-                             ($2, $3, 'queued', $4, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
+                 SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd \
+                     CROSS JOIN LATERAL (VALUES (upd.from_index, upd.from_step, 'passed', upd.from_deadline, upd.detail), \
+                                                (upd.to_index, upd.to_step, 'queued', upd.to_deadline, NULL::jsonb)) \
+                         AS x(step_index, step, event, deadline, detail) \
+                 ORDER BY upd.n, x.event = 'queued') \
              INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-             SELECT m.* FROM upd, unnest($12::text[], $13::text[], $14::text[], $15::bytea[], $16::text[]) AS m \
-             RETURNING id",
+             SELECT m.exchange, m.routing_key, m.message_id, m.body, m.traceparent \
+             FROM upd JOIN unnest($12::uuid[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[]) \
+                 WITH ORDINALITY AS m(request_id, exchange, routing_key, message_id, body, traceparent, k) \
+                 ON m.request_id = upd.request_id \
+             ORDER BY m.k \
+             RETURNING id, message_id",
         )
-        .bind(id)
-        .bind(to_index)
-        .bind(to_step)
-        .bind(to_deadline)
-        .bind(facts)
-        .bind(from.at.step_index)
-        .bind(from.step)
-        .bind(from.deadline)
-        .bind(from.detail)
-        .bind(from.at.state)
-        .bind(from.at.attempts);
-        outbox_ids(OutboxColumns::bind(q, messages), conn).await
+        .bind(all.iter().map(|a| a.request_id).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.from.state.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.from.step_index).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.from.attempts).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.from.step.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.from.deadline).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.from.detail.as_ref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.to_index).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.to_step.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.to_deadline).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| &a.facts).collect::<Vec<_>>());
+        let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
+        ids_by_owner(rows, all.iter().map(|a| a.messages.as_slice()))
+    }
+
+    /// Ends many requests in one statement, each as [`Store::finish`] would alone: its final
+    /// state, its one final outcome, its audit row and its outbox messages, if it still stands
+    /// where its [`Finish::from`] says. Returns, per finish and in order, the ids of its outbox
+    /// rows; none when its request had moved. The request ids must differ.
+    ///
+    /// The result document is stored once, in `outcomes.document`; the stored Outcome body
+    /// leaves it out and [`Store::outcome_of`] puts it back.
+    pub async fn finish_all(conn: &mut PgConnection, all: &[&Finish]) -> Result<Vec<Vec<i64>>, StoreError> {
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owned = owned_messages(all.iter().map(|f| (f.request_id, f.messages.as_slice())));
+        let q = sqlx::query(
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], \
+                                      $6::timestamptz[], $7::jsonb[], $8::text[], $9::text[], $10::text[], \
+                                      $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[]) \
+                     WITH ORDINALITY AS i(request_id, from_state, from_index, from_attempts, from_step, \
+                                          from_deadline, detail, status, step, code, kind, document, body, at, n)), \
+             upd AS ( \
+                 UPDATE requests r SET state = i.status, finished_at = i.at, next_attempt_at = NULL, \
+                     updated_at = now() \
+                 FROM input i \
+                 WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
+                     AND r.attempts = i.from_attempts \
+                 RETURNING i.*), \
+             fin AS ( \
+                 INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
+                 SELECT request_id, status, step, code, kind, document, body - 'document', at FROM upd \
+                 ORDER BY n RETURNING request_id), \
+             hist AS ( \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+                 SELECT upd.request_id, upd.from_index, upd.from_step, upd.status, upd.from_deadline, upd.detail \
+                 FROM upd JOIN fin USING (request_id) ORDER BY upd.n) \
+             INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
+             SELECT m.exchange, m.routing_key, m.message_id, m.body, m.traceparent \
+             FROM fin JOIN unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::bytea[], $20::text[]) \
+                 WITH ORDINALITY AS m(request_id, exchange, routing_key, message_id, body, traceparent, k) \
+                 ON m.request_id = fin.request_id \
+             ORDER BY m.k \
+             RETURNING id, message_id",
+        )
+        .bind(all.iter().map(|f| f.request_id).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.from.state.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.from.step_index).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.from.attempts).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.from.step.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.from.deadline).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.from.detail.as_ref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.status).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.step.as_deref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.code.as_deref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.kind.as_deref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.document.as_ref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| &f.body).collect::<Vec<_>>())
+        .bind(all.iter().map(|f| f.at).collect::<Vec<_>>());
+        let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
+        ids_by_owner(rows, all.iter().map(|f| f.messages.as_slice()))
     }
 
     /// Parks a request at its step until an external event (payment, staff decision) or its
@@ -697,51 +859,6 @@ impl Store {
         .execute(&mut *conn)
         .await?;
         Ok(rows.rows_affected() == 1)
-    }
-
-    /// Ends a request, in one statement: its final state, the one final outcome (the primary
-    /// key makes a second impossible), the audit row and the outbox messages — if the request
-    /// still stands where `from` says. Returns the outbox ids, none when it had moved.
-    ///
-    /// The result document is stored once, in `outcomes.document`; the stored Outcome body
-    /// leaves it out and [`Store::outcome_of`] puts it back.
-    pub async fn finish(
-        conn: &mut PgConnection,
-        id: Uuid,
-        from: &StepExit<'_>,
-        o: &FinalOutcome<'_>,
-        messages: &[Message],
-    ) -> Result<Vec<i64>, StoreError> {
-        let q = sqlx::query(
-            "WITH upd AS ( \
-                 UPDATE requests SET state = $2, finished_at = $8, next_attempt_at = NULL, updated_at = now() \
-                 WHERE request_id = $1 AND state = $9 AND step_index = $10 AND attempts = $11 \
-                 RETURNING request_id), \
-             fin AS ( \
-                 INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
-                 SELECT request_id, $2, $3, $4, $5, $6, $7 - 'document', $8 FROM upd RETURNING request_id), \
-             hist AS ( \
-                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-                 SELECT request_id, $10, $12, $2, $13, $14 FROM fin) \
-             INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-             SELECT m.* FROM fin, unnest($15::text[], $16::text[], $17::text[], $18::bytea[], $19::text[]) AS m \
-             RETURNING id",
-        )
-        .bind(id)
-        .bind(o.status)
-        .bind(o.step)
-        .bind(o.code)
-        .bind(o.kind)
-        .bind(o.document)
-        .bind(o.body)
-        .bind(o.at)
-        .bind(from.at.state)
-        .bind(from.at.step_index)
-        .bind(from.at.attempts)
-        .bind(from.step)
-        .bind(from.deadline)
-        .bind(from.detail);
-        outbox_ids(OutboxColumns::bind(q, messages), conn).await
     }
 
     /// Appends to the audit trail.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use qyzmet::contract::Status;
@@ -310,4 +311,164 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// Starts every pool but the registry's and publishes `n` S1 requests at a provider; returns
+/// them once each is registered and queued for the registry step.
+async fn queued_for_registry(env: &TestEnv, n: usize) -> (qyzmet::startup::Running, Vec<Value>) {
+    let others = env
+        .start(
+            regulations(),
+            Options {
+                pools: vec![
+                    (PoolName::Intake, 8),
+                    (PoolName::Review, 8),
+                    (PoolName::Result, 8),
+                    (PoolName::Payment, 1),
+                ],
+                sweeper: true,
+                console: false,
+                name: "others".into(),
+            },
+        )
+        .await;
+    let reqs: Vec<_> = (0..n).map(|_| appointment_at_provider()).collect();
+    for r in &reqs {
+        env.publish_request(r).await;
+    }
+    for r in &reqs {
+        env.wait_step(id_of(r), "registry").await;
+    }
+    (others, reqs)
+}
+
+/// Group commit at the store: one statement advances many requests, each only where its
+/// request still stands; the audit trail of each is chained and in order, and every outbox row
+/// goes back to the advance whose message it holds.
+#[tokio::test]
+async fn many_advances_commit_in_one_statement_each_only_where_its_request_still_stands() {
+    use qyzmet::pipeline::transition;
+    use qyzmet::store::Store;
+    let env = TestEnv::new().await;
+    let (others, reqs) = queued_for_registry(&env, 5).await;
+    let regs = regulations();
+    let mut advances = Vec::new();
+    for r in &reqs {
+        let row = env.store.get_request(id_of(r)).await.expect("read").expect("row");
+        let route = transition::route_for(&regs, &row.service, &row.region, &row.channel).expect("route");
+        advances.push(transition::next_step(&row, &route, Some(json!({ "checked": true })), None).expect("next step"));
+    }
+    // The third one saw its request at another attempt: it must change nothing.
+    advances[2].from.attempts = 7;
+    let refs: Vec<_> = advances.iter().collect();
+    let mut conn = env.store.pool().acquire().await.expect("connection");
+    let ids = Store::advance_all(&mut conn, &refs).await.expect("one statement");
+    drop(conn);
+    let counts: Vec<usize> = ids.iter().map(Vec::len).collect();
+    assert_eq!(counts, [2, 2, 0, 2, 2], "an in-progress Outcome and a task each, except where the request moved");
+    for (i, r) in reqs.iter().enumerate() {
+        let id = id_of(r);
+        let row = env.store.get_request(id).await.expect("read").expect("row");
+        let events: Vec<(String, String)> =
+            env.store.history_of(id).await.expect("history").into_iter().map(|h| (h.step, h.event)).collect();
+        if i == 2 {
+            assert_eq!(row.step.as_deref(), Some("registry"), "the stale advance left its request alone");
+            assert!(!events.iter().any(|(_, e)| e == "passed"), "{events:?}");
+        } else {
+            assert_eq!(row.step.as_deref(), Some("review"));
+            assert_eq!(row.facts["checked"], true);
+            let tail: Vec<(&str, &str)> =
+                events.iter().rev().take(2).rev().map(|(s, e)| (s.as_str(), e.as_str())).collect();
+            assert_eq!(tail, [("registry", "passed"), ("review", "queued")], "{events:?}");
+        }
+        let owned: Vec<String> = sqlx::query_scalar("SELECT message_id FROM outbox WHERE id = ANY($1)")
+            .bind(&ids[i])
+            .fetch_all(env.store.pool())
+            .await
+            .expect("outbox rows");
+        assert!(owned.iter().all(|m| m.starts_with(&id.to_string())), "{owned:?} belong to {id}");
+    }
+    assert!(env.store.audit_breaks(None).await.expect("verify").is_empty(), "every audit chain holds");
+    others.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+/// A worker process killed while its batched commit is inside PostgreSQL — the statement sent,
+/// waiting for row locks the test holds — loses nothing and doubles nothing: whether the
+/// orphaned statement then commits or not, every request ends in exactly one final outcome,
+/// passes its registry step once, and the outbox drains.
+#[tokio::test]
+async fn a_worker_killed_inside_a_batched_commit_loses_nothing_and_doubles_nothing() {
+    let env = TestEnv::new().await;
+    let (others, reqs) = queued_for_registry(&env, 40).await;
+    let ids: Vec<uuid::Uuid> = reqs.iter().map(id_of).collect();
+    let mut locks = env.store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM requests WHERE request_id = ANY($1) FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *locks)
+        .await
+        .expect("lock the rows");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+        .args(["worker", "registry", "--concurrency", "64"])
+        .envs(env.child_env())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn qyzmet worker registry");
+    // Both of its batch writers' statements wait for the locks: the commit is in flight.
+    let blocked = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'WITH input AS%'",
+            )
+            .fetch_one(env.store.pool())
+            .await
+            .expect("activity");
+            if n >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, blocked).await.expect("the batched advances reach the database");
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    locks.commit().await.expect("release the rows");
+    let replacement = env
+        .start(
+            regulations(),
+            Options {
+                pools: vec![(PoolName::Registry, 8)],
+                sweeper: false,
+                console: false,
+                name: "replacement".into(),
+            },
+        )
+        .await;
+    for id in &ids {
+        assert_eq!(env.final_outcome(*id).await.status, Status::Completed);
+    }
+    let drained = async {
+        while env.queue_ready("qyzmet.registry").await > 0 || env.store.outbox_backlog().await.unwrap_or(1) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, drained).await.expect("everything drains");
+    for id in &ids {
+        let finals = env.outcomes_of(*id).await.into_iter().filter(|o| o.status.is_final()).count();
+        assert_eq!(finals, 1, "exactly one final outcome for {id}");
+        let passed = env
+            .store
+            .history_of(*id)
+            .await
+            .expect("history")
+            .iter()
+            .filter(|h| h.step == "registry" && h.event == "passed")
+            .count();
+        assert_eq!(passed, 1, "{id} passed its registry step once");
+    }
+    assert!(env.store.audit_breaks(None).await.expect("verify").is_empty(), "every audit chain holds");
+    replacement.shutdown(Duration::from_secs(5)).await;
+    others.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
 }

@@ -1,0 +1,207 @@
+//! Group commit: the commonest transitions of many deliveries in one statement.
+//!
+//! A pool's deliveries run as tasks of their own, up to its concurrency. When their steps end,
+//! each would otherwise write its transition in a statement and a commit of its own; most of
+//! what PostgreSQL spends on such a statement (the round trip, the executor's start and end, the
+//! locks, the commit) does not depend on how many rows it writes. So a step that passes hands
+//! its [`Advance`] to a [`Commits`], and a request's end its [`Ending`] to another; each writes
+//! whatever is waiting in one statement ([`Store::advance_all`], [`Store::finish_all`]) and
+//! answers each delivery once that statement committed. A delivery is acknowledged only after
+//! its answer, so a crash at any point loses nothing: uncommitted transitions are redelivered and
+//! run again, committed ones are found applied (the request moved) and their outbox messages
+//! published by the relay.
+//!
+//! Nothing waits for a batch to fill: a runner takes whatever arrived while the previous
+//! statement ran, so under light load a batch is one advance and costs no latency, and under
+//! heavy load batches grow by themselves.
+//!
+//! A batch that the database refuses for its data is split: each transition is tried on its own,
+//! so only the one at fault fails (permanently, and its request is refused `invalid_request`).
+//! A transient failure (the database unreachable) fails every transition of the batch as
+//! transient, and each delivery retries as it would have alone.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use sqlx::PgConnection;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::store::{Advance, Store, StoreError};
+
+use super::Failure;
+use super::transition::{Ending, Pending};
+
+/// The most transitions in one statement: enough that the statement's fixed cost is spread
+/// thin, few enough that a batch's statement stays short (each row holds its request's lock
+/// until the commit).
+const MAX_BATCH: usize = 64;
+
+/// Statements in flight at once per kind and process: while one commits, the next batch gathers.
+const RUNNERS: usize = 2;
+
+/// A transition that can be written together with others of its kind.
+pub trait Batched: std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// The request it moves: a statement moves each request once.
+    fn request_id(&self) -> Uuid;
+    /// Writes them all in one statement; per transition, in order, the ids of its outbox rows
+    /// (none when its request had moved).
+    fn write_all<'a>(
+        conn: &'a mut PgConnection,
+        all: &'a [&'a Self],
+    ) -> BoxFuture<'a, Result<Vec<Vec<i64>>, StoreError>>;
+    /// What it wrote, to publish; `None` when its request had moved.
+    fn written(self, ids: Vec<i64>) -> Option<Pending>;
+}
+
+impl Batched for Advance {
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+
+    fn write_all<'a>(
+        conn: &'a mut PgConnection,
+        all: &'a [&'a Self],
+    ) -> BoxFuture<'a, Result<Vec<Vec<i64>>, StoreError>> {
+        Box::pin(Store::advance_all(conn, all))
+    }
+
+    fn written(self, ids: Vec<i64>) -> Option<Pending> {
+        Pending::written(ids, self.messages)
+    }
+}
+
+impl Batched for Ending {
+    fn request_id(&self) -> Uuid {
+        self.finish.request_id
+    }
+
+    fn write_all<'a>(
+        conn: &'a mut PgConnection,
+        all: &'a [&'a Self],
+    ) -> BoxFuture<'a, Result<Vec<Vec<i64>>, StoreError>> {
+        Box::pin(async move {
+            let finishes: Vec<_> = all.iter().map(|e| &e.finish).collect();
+            Store::finish_all(conn, &finishes).await
+        })
+    }
+
+    fn written(self, ids: Vec<i64>) -> Option<Pending> {
+        Ending::written(self, ids)
+    }
+}
+
+/// Writes one transition on `conn`, on its own: in the caller's transaction when it has one.
+pub async fn write_on<T: Batched>(conn: &mut PgConnection, transition: T) -> Result<Option<Pending>, Failure> {
+    let ids = T::write_all(conn, &[&transition]).await?.pop().unwrap_or_default();
+    Ok(transition.written(ids))
+}
+
+/// A transition waiting for its batch, and where its answer goes.
+struct Waiting<T> {
+    transition: T,
+    answer: oneshot::Sender<(T, Result<Vec<i64>, Failure>)>,
+}
+
+/// Writes the transitions of one kind of a process's deliveries in batches. Cheap to clone; the
+/// runners stop when every clone is dropped.
+pub struct Commits<T> {
+    queue: mpsc::UnboundedSender<Waiting<T>>,
+}
+
+impl<T> Clone for Commits<T> {
+    fn clone(&self) -> Self {
+        Commits { queue: self.queue.clone() }
+    }
+}
+
+impl<T: Batched> Commits<T> {
+    /// Starts the runners on `store`.
+    pub fn start(store: Store) -> Commits<T> {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(waiting));
+        for _ in 0..RUNNERS {
+            tokio::spawn(run(store.clone(), waiting.clone()));
+        }
+        Commits { queue }
+    }
+
+    /// Writes a transition in a batch with other deliveries'; returns once the batch committed.
+    /// `None` if its request had moved (a duplicate task).
+    pub async fn commit(&self, transition: T) -> Result<Option<Pending>, Failure> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Waiting { transition, answer })
+            .map_err(|_| Failure::Transient("the batch writer has stopped".into()))?;
+        let (transition, result) =
+            answered.await.map_err(|_| Failure::Transient("the batch writer stopped before committing".into()))?;
+        Ok(transition.written(result?))
+    }
+}
+
+/// A runner: takes whatever is waiting (at least one), writes it, answers, again.
+async fn run<T: Batched>(store: Store, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Waiting<T>>>>) {
+    loop {
+        let batch = {
+            let mut waiting = waiting.lock().await;
+            let Some(first) = waiting.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match waiting.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        write(&store, batch).await;
+    }
+}
+
+/// Writes a batch and answers each transition. A request seen twice (a task redelivered while
+/// its first delivery waits here) is written after the others, on its own, where it finds the
+/// request moved.
+async fn write<T: Batched>(store: &Store, batch: Vec<Waiting<T>>) {
+    let mut seen = HashSet::new();
+    let (first, repeated): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| seen.insert(w.transition.request_id()));
+    let results = write_all(store, &first).await;
+    for (w, result) in first.into_iter().zip(results) {
+        let _ = w.answer.send((w.transition, result));
+    }
+    for w in repeated {
+        let result = write_one(store, &w.transition).await;
+        let _ = w.answer.send((w.transition, result));
+    }
+}
+
+/// One statement for them all; split when the database refuses it for its data.
+async fn write_all<T: Batched>(store: &Store, batch: &[Waiting<T>]) -> Vec<Result<Vec<i64>, Failure>> {
+    let transitions: Vec<&T> = batch.iter().map(|w| &w.transition).collect();
+    let written = async {
+        let mut conn = store.pool().acquire().await?;
+        T::write_all(&mut conn, &transitions).await
+    };
+    match written.await.map_err(Failure::from) {
+        Ok(ids) => ids.into_iter().map(Ok).collect(),
+        Err(e) if batch.len() == 1 => vec![Err(e)],
+        Err(e) if e.is_transient() => {
+            let why = e.to_string();
+            batch.iter().map(|_| Err(Failure::Transient(why.clone()))).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, transitions = batch.len(), "a batch was refused; writing its transitions one by one");
+            let mut results = Vec::with_capacity(batch.len());
+            for w in batch {
+                results.push(write_one(store, &w.transition).await);
+            }
+            results
+        }
+    }
+}
+
+/// One transition on its own.
+async fn write_one<T: Batched>(store: &Store, transition: &T) -> Result<Vec<i64>, Failure> {
+    let mut conn = store.pool().acquire().await?;
+    Ok(T::write_all(&mut conn, &[transition]).await?.pop().unwrap_or_default())
+}

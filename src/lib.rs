@@ -41,5 +41,6 @@ pub mod store;
 pub mod systems;
 pub mod telemetry;
 pub mod tracecontext;
+pub mod watchdog;
 #[path = "../workers/mod.rs"]
 pub mod workers;

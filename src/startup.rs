@@ -143,6 +143,19 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
 }
 
+/// How long the runtime may run no task before the process leaves ([`crate::watchdog`]): far
+/// longer than any pause a busy machine causes.
+const RUNTIME_STALL: Duration = Duration::from_secs(60);
+
+/// Starts the process's watchdog, once per process however many pipelines it starts.
+fn watch_the_runtime() -> anyhow::Result<()> {
+    static WATCHED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    WATCHED
+        .get_or_init(|| crate::watchdog::start(RUNTIME_STALL, crate::watchdog::leave))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
 /// Connects to the services (without running migrations) and starts what `opts` asks for.
 pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: Deps) -> anyhow::Result<Running> {
     let store = Store::connect_with(&settings.database_url, &settings.store_options())
@@ -242,6 +255,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         _ => None,
     };
     let metrics = crate::metrics::install().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    watch_the_runtime()?;
     crate::metrics::process_info(&ctx.process.pools, ctx.process.concurrency.max(0) as usize);
     let surface = crate::http::Surface {
         ctx: ctx.clone(),

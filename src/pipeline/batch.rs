@@ -43,6 +43,8 @@ const RUNNERS: usize = 2;
 
 /// A transition that can be written together with others of its kind.
 pub trait Batched: std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// What it is, for the metrics.
+    const KIND: &'static str;
     /// The request it moves: a statement moves each request once.
     fn request_id(&self) -> Uuid;
     /// Writes them all in one statement; per transition, in order, the ids of its outbox rows
@@ -56,6 +58,8 @@ pub trait Batched: std::fmt::Debug + Send + Sync + Sized + 'static {
 }
 
 impl Batched for Advance {
+    const KIND: &'static str = "advance";
+
     fn request_id(&self) -> Uuid {
         self.request_id
     }
@@ -73,6 +77,8 @@ impl Batched for Advance {
 }
 
 impl Batched for Ending {
+    const KIND: &'static str = "ending";
+
     fn request_id(&self) -> Uuid {
         self.finish.request_id
     }
@@ -183,7 +189,10 @@ async fn write_all<T: Batched>(store: &Store, batch: &[Waiting<T>]) -> Vec<Resul
         T::write_all(&mut conn, &transitions).await
     };
     match written.await.map_err(Failure::from) {
-        Ok(ids) => ids.into_iter().map(Ok).collect(),
+        Ok(ids) => {
+            crate::metrics::batch_written(T::KIND, batch.len());
+            ids.into_iter().map(Ok).collect()
+        }
         Err(e) if batch.len() == 1 => vec![Err(e)],
         Err(e) if e.is_transient() => {
             let why = e.to_string();

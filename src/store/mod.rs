@@ -379,6 +379,21 @@ pub struct OwnedExit {
     pub detail: Option<Value>,
 }
 
+impl OwnedExit {
+    /// Binds many requests' exits as a statement's first seven parameters, the arrays of
+    /// `unnest($1::uuid[] (request ids), $2::text[], $3::integer[], $4::integer[], $5::text[],
+    /// $6::timestamptz[], $7::jsonb[])`: state, step index, attempts, step, deadline, detail.
+    fn bind_all<'q>(q: PgQuery<'q>, all: impl Iterator<Item = (Uuid, &'q OwnedExit)> + Clone) -> PgQuery<'q> {
+        q.bind(all.clone().map(|(id, _)| id).collect::<Vec<_>>())
+            .bind(all.clone().map(|(_, e)| e.state.as_str()).collect::<Vec<_>>())
+            .bind(all.clone().map(|(_, e)| e.step_index).collect::<Vec<_>>())
+            .bind(all.clone().map(|(_, e)| e.attempts).collect::<Vec<_>>())
+            .bind(all.clone().map(|(_, e)| e.step.as_str()).collect::<Vec<_>>())
+            .bind(all.clone().map(|(_, e)| e.deadline).collect::<Vec<_>>())
+            .bind(all.map(|(_, e)| e.detail.as_ref()).collect::<Vec<_>>())
+    }
+}
+
 /// A step-history row for the status screen.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HistoryRow {
@@ -735,18 +750,12 @@ impl Store {
                  ON m.request_id = upd.request_id \
              ORDER BY m.k \
              RETURNING id, message_id",
-        )
-        .bind(all.iter().map(|a| a.request_id).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.from.state.as_str()).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.from.step_index).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.from.attempts).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.from.step.as_str()).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.from.deadline).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.from.detail.as_ref()).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.to_index).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.to_step.as_str()).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| a.to_deadline).collect::<Vec<_>>())
-        .bind(all.iter().map(|a| &a.facts).collect::<Vec<_>>());
+        );
+        let q = OwnedExit::bind_all(q, all.iter().map(|a| (a.request_id, &a.from)))
+            .bind(all.iter().map(|a| a.to_index).collect::<Vec<_>>())
+            .bind(all.iter().map(|a| a.to_step.as_str()).collect::<Vec<_>>())
+            .bind(all.iter().map(|a| a.to_deadline).collect::<Vec<_>>())
+            .bind(all.iter().map(|a| &a.facts).collect::<Vec<_>>());
         let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
         ids_by_owner(rows, all.iter().map(|a| a.messages.as_slice()))
     }
@@ -792,21 +801,15 @@ impl Store {
                  ON m.request_id = fin.request_id \
              ORDER BY m.k \
              RETURNING id, message_id",
-        )
-        .bind(all.iter().map(|f| f.request_id).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.from.state.as_str()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.from.step_index).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.from.attempts).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.from.step.as_str()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.from.deadline).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.from.detail.as_ref()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.status).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.step.as_deref()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.code.as_deref()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.kind.as_deref()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.document.as_ref()).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| &f.body).collect::<Vec<_>>())
-        .bind(all.iter().map(|f| f.at).collect::<Vec<_>>());
+        );
+        let q = OwnedExit::bind_all(q, all.iter().map(|f| (f.request_id, &f.from)))
+            .bind(all.iter().map(|f| f.status).collect::<Vec<_>>())
+            .bind(all.iter().map(|f| f.step.as_deref()).collect::<Vec<_>>())
+            .bind(all.iter().map(|f| f.code.as_deref()).collect::<Vec<_>>())
+            .bind(all.iter().map(|f| f.kind.as_deref()).collect::<Vec<_>>())
+            .bind(all.iter().map(|f| f.document.as_ref()).collect::<Vec<_>>())
+            .bind(all.iter().map(|f| &f.body).collect::<Vec<_>>())
+            .bind(all.iter().map(|f| f.at).collect::<Vec<_>>());
         let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
         ids_by_owner(rows, all.iter().map(|f| f.messages.as_slice()))
     }

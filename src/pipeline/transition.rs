@@ -16,7 +16,7 @@ use crate::contract::{
     Wording, routing_word, to_local,
 };
 use crate::regulations::{Regulations, Route, Texts, code_of};
-use crate::store::{Advance, Finish, OwnedExit, Position, RequestRow, StepExit, Store};
+use crate::store::{Advance, Finish, Position, RequestRow, StepExit, Store};
 
 use super::{Failure, Task};
 
@@ -523,8 +523,8 @@ pub async fn complete(
 }
 
 /// Where a request leaving `step` must still stand, owned.
-fn exit_at(at: Position<'_>, step: &str, deadline: Option<DateTime<Utc>>, detail: Option<Value>) -> OwnedExit {
-    OwnedExit {
+fn exit_at(at: Position<'_>, step: &str, deadline: Option<DateTime<Utc>>, detail: Option<Value>) -> StepExit {
+    StepExit {
         state: at.state.to_owned(),
         step_index: at.step_index,
         attempts: at.attempts,
@@ -537,7 +537,7 @@ fn exit_at(at: Position<'_>, step: &str, deadline: Option<DateTime<Utc>>, detail
 /// Parks a request until an external event (payment, staff decision) or its deadline, if it
 /// is still where `row` saw it; whether it was.
 pub async fn wait(conn: &mut PgConnection, row: &RequestRow, step: &str) -> Result<bool, Failure> {
-    let exit = StepExit { at: row.position(), step, deadline: row.step_deadline, detail: None };
+    let exit = exit_at(row.position(), step, row.step_deadline, None);
     Ok(Store::set_waiting(conn, row.request_id, &exit).await?)
 }
 
@@ -551,7 +551,7 @@ pub async fn retry(
     error: &str,
 ) -> Result<bool, Failure> {
     let detail = json!({ "attempt": row.attempts + 1, "error": error, "next_attempt_at": next_attempt_at });
-    let exit = StepExit { at: row.position(), step, deadline: row.step_deadline, detail: Some(&detail) };
+    let exit = exit_at(row.position(), step, row.step_deadline, Some(detail));
     Ok(Store::set_retry(conn, row.request_id, &exit, next_attempt_at).await?)
 }
 

@@ -179,11 +179,16 @@ struct Validity {
 }
 
 impl Validity {
+    /// The validity period of a parsed certificate.
+    fn of_parsed(cert: &x509_parser::certificate::X509Certificate<'_>) -> Validity {
+        let v = cert.validity();
+        Validity { not_before: v.not_before.timestamp(), not_after: v.not_after.timestamp() }
+    }
+
     /// The validity period of one certificate.
     fn of(der: &[u8]) -> Option<Validity> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let v = cert.validity();
-        Some(Validity { not_before: v.not_before.timestamp(), not_after: v.not_after.timestamp() })
+        Some(Validity::of_parsed(&cert))
     }
 
     /// The period in which both are valid.
@@ -224,9 +229,11 @@ impl X509Verifier {
 
     /// Verifies the chain as of `at` (signatures, validity, revocation); on success, when the
     /// path it found is valid as a whole: from its latest `notBefore` to its earliest `notAfter`.
+    /// `leaf` is the end entity's own period (the caller parsed it already).
     fn chain_at(
         &self,
         ee: &EndEntityCert<'_>,
+        leaf: Validity,
         intermediates: &[CertificateDer<'_>],
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Validity, SignatureFailure> {
@@ -245,7 +252,7 @@ impl X509Verifier {
         let path = ee
             .verify_for_usage(CHAIN_ALGS, &self.anchors, intermediates, time, AnyEku, Some(revocation), None)
             .map_err(map_chain_error)?;
-        let mut validity = Validity::of(&path.end_entity().der()).ok_or(SignatureFailure::Malformed)?;
+        let mut validity = leaf;
         for cert in path.intermediate_certificates() {
             validity = validity.within(Validity::of(&cert.der()).ok_or(SignatureFailure::Malformed)?);
         }
@@ -263,14 +270,16 @@ impl X509Verifier {
     fn chain_when_signed_and_now(
         &self,
         ee: &EndEntityCert<'_>,
+        leaf: Validity,
         intermediates: &[CertificateDer<'_>],
         signed_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), SignatureFailure> {
         let now = chrono::Utc::now();
-        match self.chain_at(ee, intermediates, now) {
+        let at = |t| self.chain_at(ee, leaf, intermediates, t);
+        match at(now) {
             Ok(path) if signed_at <= now && path.contains(signed_at.timestamp()) => Ok(()),
-            Ok(_) => self.chain_at(ee, intermediates, signed_at).map(|_| ()),
-            Err(at_receipt) => Err(self.chain_at(ee, intermediates, signed_at).err().unwrap_or(at_receipt)),
+            Ok(_) => at(signed_at).map(|_| ()),
+            Err(at_receipt) => Err(at(signed_at).err().unwrap_or(at_receipt)),
         }
     }
 
@@ -358,7 +367,7 @@ impl Verifier for X509Verifier {
             x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| SignatureFailure::Malformed)?;
 
         // The certificate must be valid when the message was signed and when it is received.
-        self.chain_when_signed_and_now(&ee, intermediates, expected.signed_at)?;
+        self.chain_when_signed_and_now(&ee, Validity::of_parsed(&parsed), intermediates, expected.signed_at)?;
 
         if let Ok(Some(ku)) = parsed.key_usage()
             && !(ku.value.digital_signature() || ku.value.non_repudiation())

@@ -131,6 +131,24 @@ async fn next_ahead(
     stock.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
+/// The outbox rows of a multi-row transition: the messages bound by
+/// [`OutboxColumns::bind_owned`] at `$columns` (request id first), joined to the requests the
+/// statement's CTE `$cte` moved, in order; returns each row's id and message id.
+macro_rules! outbox_rows_of {
+    ($cte:literal, $columns:literal) => {
+        concat!(
+            "INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
+             SELECT m.exchange, m.routing_key, m.message_id, m.body, m.traceparent FROM ",
+            $cte,
+            " JOIN unnest(",
+            $columns,
+            ") WITH ORDINALITY AS m(request_id, exchange, routing_key, message_id, body, traceparent, k) ON m.request_id = ",
+            $cte,
+            ".request_id ORDER BY m.k RETURNING id, message_id"
+        )
+    };
+}
+
 /// The request row's insert ($1–$18), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
 macro_rules! insert_request {
     () => {
@@ -289,7 +307,7 @@ pub struct Finish {
     /// The request.
     pub request_id: Uuid,
     /// Where it must still stand, and what its audit row records of the step it ends at.
-    pub from: OwnedExit,
+    pub from: StepExit,
     /// completed | refused.
     pub status: &'static str,
     /// Deciding step.
@@ -328,20 +346,6 @@ impl RequestRow {
     }
 }
 
-/// A request leaving a step, and what the audit trail records of it.
-#[derive(Debug)]
-pub struct StepExit<'a> {
-    /// Where it must still stand.
-    pub at: Position<'a>,
-    /// Pool of the step.
-    pub step: &'a str,
-    /// Deadline recorded with the audit row.
-    pub deadline: Option<DateTime<Utc>>,
-    /// Detail recorded with the audit row (the payment or decision that moved it on; the
-    /// refusal's code).
-    pub detail: Option<&'a Value>,
-}
-
 /// A request leaving its step for the next one, owned, so that it can wait in a batch for
 /// [`Store::advance_all`].
 #[derive(Debug)]
@@ -349,7 +353,7 @@ pub struct Advance {
     /// The request.
     pub request_id: Uuid,
     /// Where it must still stand, and what its audit row records of the step it leaves.
-    pub from: OwnedExit,
+    pub from: StepExit,
     /// Index of the next step.
     pub to_index: i32,
     /// Its pool.
@@ -362,9 +366,10 @@ pub struct Advance {
     pub messages: Vec<Message>,
 }
 
-/// An owned [`StepExit`].
+/// A request leaving a step: where it must still stand, and what the audit trail records of
+/// it. Owned, so that a transition can wait in a batch.
 #[derive(Debug, Clone)]
-pub struct OwnedExit {
+pub struct StepExit {
     /// State it must still be in.
     pub state: String,
     /// Index of the step it must still be at.
@@ -379,11 +384,11 @@ pub struct OwnedExit {
     pub detail: Option<Value>,
 }
 
-impl OwnedExit {
+impl StepExit {
     /// Binds many requests' exits as a statement's first seven parameters, the arrays of
     /// `unnest($1::uuid[] (request ids), $2::text[], $3::integer[], $4::integer[], $5::text[],
     /// $6::timestamptz[], $7::jsonb[])`: state, step index, attempts, step, deadline, detail.
-    fn bind_all<'q>(q: PgQuery<'q>, all: impl Iterator<Item = (Uuid, &'q OwnedExit)> + Clone) -> PgQuery<'q> {
+    fn bind_all<'q>(q: PgQuery<'q>, all: impl Iterator<Item = (Uuid, &'q StepExit)> + Clone) -> PgQuery<'q> {
         q.bind(all.clone().map(|(id, _)| id).collect::<Vec<_>>())
             .bind(all.clone().map(|(_, e)| e.state.as_str()).collect::<Vec<_>>())
             .bind(all.clone().map(|(_, e)| e.step_index).collect::<Vec<_>>())
@@ -721,7 +726,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let owned = owned_messages(all.iter().map(|a| (a.request_id, a.messages.as_slice())));
-        let q = sqlx::query(
+        let q = sqlx::query(concat!(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], \
                                       $6::timestamptz[], $7::jsonb[], $8::integer[], $9::text[], \
@@ -742,16 +747,10 @@ impl Store {
                      CROSS JOIN LATERAL (VALUES (upd.from_index, upd.from_step, 'passed', upd.from_deadline, upd.detail), \
                                                 (upd.to_index, upd.to_step, 'queued', upd.to_deadline, NULL::jsonb)) \
                          AS x(step_index, step, event, deadline, detail) \
-                 ORDER BY upd.n, x.event = 'queued') \
-             INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-             SELECT m.exchange, m.routing_key, m.message_id, m.body, m.traceparent \
-             FROM upd JOIN unnest($12::uuid[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[]) \
-                 WITH ORDINALITY AS m(request_id, exchange, routing_key, message_id, body, traceparent, k) \
-                 ON m.request_id = upd.request_id \
-             ORDER BY m.k \
-             RETURNING id, message_id",
-        );
-        let q = OwnedExit::bind_all(q, all.iter().map(|a| (a.request_id, &a.from)))
+                 ORDER BY upd.n, x.event = 'queued') ",
+            outbox_rows_of!("upd", "$12::uuid[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[]")
+        ));
+        let q = StepExit::bind_all(q, all.iter().map(|a| (a.request_id, &a.from)))
             .bind(all.iter().map(|a| a.to_index).collect::<Vec<_>>())
             .bind(all.iter().map(|a| a.to_step.as_str()).collect::<Vec<_>>())
             .bind(all.iter().map(|a| a.to_deadline).collect::<Vec<_>>())
@@ -772,7 +771,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let owned = owned_messages(all.iter().map(|f| (f.request_id, f.messages.as_slice())));
-        let q = sqlx::query(
+        let q = sqlx::query(concat!(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], \
                                       $6::timestamptz[], $7::jsonb[], $8::text[], $9::text[], $10::text[], \
@@ -793,16 +792,10 @@ impl Store {
              hist AS ( \
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
                  SELECT upd.request_id, upd.from_index, upd.from_step, upd.status, upd.from_deadline, upd.detail \
-                 FROM upd JOIN fin USING (request_id) ORDER BY upd.n) \
-             INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-             SELECT m.exchange, m.routing_key, m.message_id, m.body, m.traceparent \
-             FROM fin JOIN unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::bytea[], $20::text[]) \
-                 WITH ORDINALITY AS m(request_id, exchange, routing_key, message_id, body, traceparent, k) \
-                 ON m.request_id = fin.request_id \
-             ORDER BY m.k \
-             RETURNING id, message_id",
-        );
-        let q = OwnedExit::bind_all(q, all.iter().map(|f| (f.request_id, &f.from)))
+                 FROM upd JOIN fin USING (request_id) ORDER BY upd.n) ",
+            outbox_rows_of!("fin", "$15::uuid[], $16::text[], $17::text[], $18::text[], $19::bytea[], $20::text[]")
+        ));
+        let q = StepExit::bind_all(q, all.iter().map(|f| (f.request_id, &f.from)))
             .bind(all.iter().map(|f| f.status).collect::<Vec<_>>())
             .bind(all.iter().map(|f| f.step.as_deref()).collect::<Vec<_>>())
             .bind(all.iter().map(|f| f.code.as_deref()).collect::<Vec<_>>())
@@ -817,7 +810,7 @@ impl Store {
     /// Parks a request at its step until an external event (payment, staff decision) or its
     /// deadline, with the audit row — if it still stands where `from` says; `false` if it had
     /// moved. One statement.
-    pub async fn set_waiting(conn: &mut PgConnection, id: Uuid, from: &StepExit<'_>) -> Result<bool, StoreError> {
+    pub async fn set_waiting(conn: &mut PgConnection, id: Uuid, from: &StepExit) -> Result<bool, StoreError> {
         Store::park(conn, id, from, "waiting", None).await
     }
 
@@ -826,7 +819,7 @@ impl Store {
     pub async fn set_retry(
         conn: &mut PgConnection,
         id: Uuid,
-        from: &StepExit<'_>,
+        from: &StepExit,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         Store::park(conn, id, from, "retry", Some(next_attempt_at)).await
@@ -836,7 +829,7 @@ impl Store {
     async fn park(
         conn: &mut PgConnection,
         id: Uuid,
-        from: &StepExit<'_>,
+        from: &StepExit,
         state: &str,
         next_attempt_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
@@ -853,12 +846,12 @@ impl Store {
         .bind(id)
         .bind(state)
         .bind(next_attempt_at)
-        .bind(from.at.state)
-        .bind(from.at.step_index)
-        .bind(from.at.attempts)
-        .bind(from.step)
+        .bind(&from.state)
+        .bind(from.step_index)
+        .bind(from.attempts)
+        .bind(&from.step)
         .bind(from.deadline)
-        .bind(from.detail)
+        .bind(&from.detail)
         .execute(&mut *conn)
         .await?;
         Ok(rows.rows_affected() == 1)

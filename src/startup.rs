@@ -175,12 +175,14 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     if systems.is_none() {
         tracing::warn!("no systems file (QYZMET_SYSTEMS_FILE): who sends what is recorded but not checked");
     }
-    let (advances, endings) =
-        (crate::pipeline::batch::Commits::start(store.clone()), crate::pipeline::batch::Commits::start(store.clone()));
+    use crate::pipeline::batch::Commits;
+    let (registrations, advances, endings) =
+        (Commits::start(store.clone()), Commits::start(store.clone()), Commits::start(store.clone()));
     let ctx = Arc::new(Ctx {
         store,
         regs: Arc::new(regs),
         outbox,
+        registrations,
         advances,
         endings,
         verifier: deps.verifier,

@@ -19,7 +19,7 @@ use crate::pipeline::transition::{self, Head, Said, outcome_message, task_messag
 use crate::pipeline::{Ctx, Failure};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
 use crate::signature::{ExpectedSigner, SignatureFailure, Signer, Verifier};
-use crate::store::{NewRequest, Position, Store};
+use crate::store::{NewRequest, Position, Registration, Store};
 use crate::systems::Systems;
 
 /// What intake decided about a readable Request.
@@ -244,20 +244,20 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
             let new = NewRequest {
                 request_id: env.request_id,
                 request_number: None,
-                service: &service,
-                region: &region,
-                channel: &channel,
-                applicant_masked: &applicant,
-                applicant_id: applicant_id.as_deref(),
-                state: "queued",
+                service: service.clone(),
+                region: region.clone(),
+                channel: channel.clone(),
+                applicant_masked: applicant.clone(),
+                applicant_id,
+                state: "queued".into(),
                 step_index: 0,
-                step: Some("intake"),
+                step: Some("intake".into()),
                 step_deadline: None,
                 service_deadline: None,
                 deadlines: json!([]),
-                body: &body,
-                submitter: msg.sender(ctx),
-                traceparent: Some(&trace),
+                body,
+                submitter: msg.sender(ctx).map(str::to_owned),
+                traceparent: Some(trace.clone()),
                 submitted_at,
                 received_at: received,
             };
@@ -285,8 +285,8 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
             pending
         }
         Examined::Accepted { request, route, plan } => {
-            let registered = Registration { env, msg, request: &request, route: &route, plan: &plan, body: &body };
-            match register(ctx, &registered, &applicant, submitted_at, received).await? {
+            let registered = Accepted { env, msg, request: &request, route: &route, plan: &plan };
+            match register(ctx, &registered, body, applicant, submitted_at, received).await? {
                 Some(p) => Some(p),
                 None => return Ok(()),
             }
@@ -298,25 +298,26 @@ async fn accept(ctx: &Ctx, env: &Envelope, msg: &Incoming) -> Result<(), Failure
     Ok(())
 }
 
-struct Registration<'a> {
+struct Accepted<'a> {
     env: &'a Envelope,
     msg: &'a Incoming,
     request: &'a Request,
     route: &'a Route<'a>,
     plan: &'a DeadlinePlan,
-    body: &'a Value,
 }
 
-/// Registers an accepted request with its number and queues its first step, in one statement;
-/// `None` if its id was already registered (a republished request).
+/// Registers an accepted request with its number and queues its first step, in one statement
+/// with other deliveries' registrations; `None` if its id was already registered (a republished
+/// request).
 async fn register(
     ctx: &Ctx,
-    r: &Registration<'_>,
-    applicant: &str,
+    r: &Accepted<'_>,
+    body: Value,
+    applicant: String,
     submitted_at: Option<DateTime<Utc>>,
     received: DateTime<Utc>,
 ) -> Result<Option<transition::Pending>, Failure> {
-    let Registration { env, msg, request, route, plan, body } = *r;
+    let Accepted { env, msg, request, route, plan } = *r;
     let Some(first) = route.step(1) else {
         return Err(Failure::permanent("service", "its route has no step after intake"));
     };
@@ -336,20 +337,20 @@ async fn register(
     let new = NewRequest {
         request_id: env.request_id,
         request_number: Some(number.clone()),
-        service: request.service.as_str(),
-        region: request.region.as_str(),
-        channel: request.channel.as_str(),
-        applicant_masked: applicant,
-        applicant_id: Some(applicant_id.digits()),
-        state: "queued",
+        service: request.service.as_str().to_owned(),
+        region: request.region.as_str().to_owned(),
+        channel: request.channel.as_str().to_owned(),
+        applicant_masked: applicant.clone(),
+        applicant_id: Some(applicant_id.digits().to_owned()),
+        state: "queued".into(),
         step_index: 1,
-        step: Some(first_name),
+        step: Some(first_name.to_owned()),
         step_deadline: Some(first_deadline),
         service_deadline: Some(plan.service),
         deadlines: json!(deadlines),
         body,
-        submitter: msg.sender(ctx),
-        traceparent: Some(&trace),
+        submitter: msg.sender(ctx).map(str::to_owned),
+        traceparent: Some(trace.clone()),
         submitted_at,
         received_at: received,
     };
@@ -375,16 +376,15 @@ async fn register(
         format!("{}:0:registered", env.request_id),
     );
     let task = task_message(env.request_id, 1, first.pool, Some(&trace));
-    let messages = vec![registered, task];
-    let mut conn = ctx.store.pool().acquire().await?;
-    let ids = Store::register(&mut conn, &new, (Some(plan.steps[0].1), &detail), &messages).await?;
-    if ids.is_empty() {
+    let registration =
+        Registration { request: new, intake_deadline: plan.steps[0].1, detail, messages: vec![registered, task] };
+    let Some(pending) = ctx.registrations.commit(registration).await? else {
         republished(env);
         return Ok(None);
-    }
+    };
     tracing::info!(request_id = %env.request_id, number = %number, service = %request.service, region = %request.region,
         channel = %request.channel, applicant = %applicant, "registered");
-    Ok(Some(transition::Pending { ids, messages, finals: Vec::new() }))
+    Ok(Some(pending))
 }
 
 #[cfg(test)]

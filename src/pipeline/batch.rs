@@ -3,9 +3,10 @@
 //! A pool's deliveries run as tasks of their own, up to its concurrency. When their steps end,
 //! each would otherwise write its transition in a statement and a commit of its own; most of
 //! what PostgreSQL spends on such a statement (the round trip, the executor's start and end, the
-//! locks, the commit) does not depend on how many rows it writes. So a step that passes hands
-//! its [`Advance`] to a [`Commits`], and a request's end its [`Ending`] to another; each writes
-//! whatever is waiting in one statement ([`Store::advance_all`], [`Store::finish_all`]) and
+//! locks, the commit) does not depend on how many rows it writes. So intake hands each accepted
+//! request's [`Registration`] to a [`Commits`], a step that passes its [`Advance`] to another,
+//! and a request's end its [`Ending`] to a third; each writes whatever is waiting in one
+//! statement ([`Store::register_all`], [`Store::advance_all`], [`Store::finish_all`]) and
 //! answers each delivery once that statement committed. A delivery is acknowledged only after
 //! its answer, so a crash at any point loses nothing: uncommitted transitions are redelivered and
 //! run again, committed ones are found applied (the request moved) and their outbox messages
@@ -28,7 +29,7 @@ use sqlx::PgConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::{Advance, Store, StoreError};
+use crate::store::{Advance, Registration, Store, StoreError};
 
 use super::Failure;
 use super::transition::{Ending, Pending};
@@ -95,6 +96,25 @@ impl Batched for Ending {
 
     fn written(self, ids: Vec<i64>) -> Option<Pending> {
         Ending::written(self, ids)
+    }
+}
+
+impl Batched for Registration {
+    const KIND: &'static str = "registration";
+
+    fn request_id(&self) -> Uuid {
+        self.request.request_id
+    }
+
+    fn write_all<'a>(
+        conn: &'a mut PgConnection,
+        all: &'a [&'a Self],
+    ) -> BoxFuture<'a, Result<Vec<Vec<i64>>, StoreError>> {
+        Box::pin(Store::register_all(conn, all))
+    }
+
+    fn written(self, ids: Vec<i64>) -> Option<Pending> {
+        Pending::written(ids, self.messages)
     }
 }
 

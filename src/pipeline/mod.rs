@@ -6,7 +6,8 @@
 //!   function, classify its result, apply it.
 //! - [`transition`]: state changes with their audit-trail rows and outbox messages, each one
 //!   statement guarded by the request's position.
-//! - [`batch`]: group commit — the advances, or the ends, of many deliveries in one statement.
+//! - [`batch`]: group commit — the registrations, advances or ends of many deliveries in one
+//!   statement.
 //! - [`outbox`]: publishing after commit, and the relay for what a crash left behind.
 //! - [`failure`]: the one classification of failures — transient (retry within bounds) or
 //!   permanent (refuse or dead-letter at once).
@@ -50,6 +51,8 @@ pub struct Ctx {
     pub regs: Arc<Regulations>,
     /// Publishing after commit, and the relay.
     pub outbox: Outbox,
+    /// Group commit of intake: one statement for the registrations of many accepted requests.
+    pub registrations: batch::Commits<crate::store::Registration>,
     /// Group commit of the steps that pass: one statement for the advances of many deliveries.
     pub advances: batch::Commits<crate::store::Advance>,
     /// Group commit of requests' ends (completed, refused) decided by the steps.

@@ -149,61 +149,39 @@ macro_rules! outbox_rows_of {
     };
 }
 
-/// The request row's insert ($1–$18), shared by [`INSERT_REQUEST`] and [`REGISTER_REQUEST`].
-macro_rules! insert_request {
-    () => {
-        "INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, state, \
-             step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
-             submitted_at, received_at, applicant_id, registered_at, finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-                 CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
-                 CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
-         ON CONFLICT (request_id) DO NOTHING"
-    };
-}
-
-const INSERT_REQUEST: &str = insert_request!();
-
-/// Registration: the row, two audit rows (registered at step 0 with deadline $19 and detail
-/// $20; step $8 queued), and the outbox messages ($21–$25).
-const REGISTER_REQUEST: &str = concat!(
-    "WITH ins AS (",
-    insert_request!(),
-    " RETURNING request_id), \
-     hist AS ( \
-         INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-         SELECT ins.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM ins, \
-             (VALUES (0, 'intake', 'registered', $19::timestamptz, $20::jsonb), \
-                     ($8, $9, 'queued', $10, NULL::jsonb)) AS x(step_index, step, event, deadline, detail)) \
-     INSERT INTO outbox (exchange, routing_key, message_id, body, traceparent) \
-     SELECT m.* FROM ins, unnest($21::text[], $22::text[], $23::text[], $24::bytea[], $25::text[]) AS m \
-     RETURNING id"
-);
+/// A request row's insert ($1–$18): a request refused at intake.
+const INSERT_REQUEST: &str = "INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, \
+         state, step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
+         submitted_at, received_at, applicant_id, registered_at, finished_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+             CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, \
+             CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
+     ON CONFLICT (request_id) DO NOTHING";
 
 /// A new request to insert at intake.
 #[derive(Debug)]
-pub struct NewRequest<'a> {
+pub struct NewRequest {
     /// Id.
     pub request_id: Uuid,
     /// The request number (`S4-AKT-20261123-0000042`, from [`Store::next_request_serial`]);
     /// `None` for requests refused at intake.
     pub request_number: Option<String>,
     /// Service as sent.
-    pub service: &'a str,
+    pub service: String,
     /// Region as sent.
-    pub region: &'a str,
+    pub region: String,
     /// Channel as sent.
-    pub channel: &'a str,
+    pub channel: String,
     /// Masked applicant.
-    pub applicant_masked: &'a str,
+    pub applicant_masked: String,
     /// The applicant's IIN or BIN as sent, for an operator's search by it (never logged).
-    pub applicant_id: Option<&'a str>,
+    pub applicant_id: Option<String>,
     /// Initial state.
-    pub state: &'a str,
+    pub state: String,
     /// Index of the first queued step.
     pub step_index: i32,
     /// Its pool.
-    pub step: Option<&'a str>,
+    pub step: Option<String>,
     /// Its deadline.
     pub step_deadline: Option<DateTime<Utc>>,
     /// Service deadline.
@@ -211,15 +189,29 @@ pub struct NewRequest<'a> {
     /// All step deadlines.
     pub deadlines: Value,
     /// The Request.
-    pub body: &'a Value,
+    pub body: Value,
     /// Broker-validated `user_id` of the publisher.
-    pub submitter: Option<&'a str>,
+    pub submitter: Option<String>,
     /// W3C trace context.
-    pub traceparent: Option<&'a str>,
+    pub traceparent: Option<String>,
     /// Sender's submission time.
     pub submitted_at: Option<DateTime<Utc>>,
     /// When intake received it.
     pub received_at: DateTime<Utc>,
+}
+
+/// A request accepted at intake, owned, so that it can wait in a batch for
+/// [`Store::register_all`].
+#[derive(Debug)]
+pub struct Registration {
+    /// The row, numbered and queued at its first step.
+    pub request: NewRequest,
+    /// Intake's own deadline, for the "registered" audit row.
+    pub intake_deadline: DateTime<Utc>,
+    /// The "registered" audit row's detail (its number and service deadline).
+    pub detail: Value,
+    /// Its outbox messages: the Registered Outcome and the first step's task.
+    pub messages: Vec<Message>,
 }
 
 /// Messages as the column arrays `unnest` turns into outbox rows.
@@ -634,44 +626,96 @@ impl Store {
     }
 
     /// Inserts a request unless its id exists; `false` when it was a duplicate.
-    pub async fn insert_request(tx: &mut PgConnection, r: &NewRequest<'_>) -> Result<bool, StoreError> {
-        let inserted = Store::insert_request_query(INSERT_REQUEST, r).execute(&mut *tx).await?.rows_affected();
+    pub async fn insert_request(tx: &mut PgConnection, r: &NewRequest) -> Result<bool, StoreError> {
+        let inserted = Store::insert_request_query(r).execute(&mut *tx).await?.rows_affected();
         Ok(inserted == 1)
     }
 
-    /// Registers a request in one statement: the row (unless its id exists), "registered" and
-    /// "first step queued" in the audit trail, and the outbox messages. Returns the outbox ids,
-    /// none when the request id existed (a republished request).
-    pub async fn register(
-        conn: &mut PgConnection,
-        r: &NewRequest<'_>,
-        registered: (Option<DateTime<Utc>>, &Value),
-        messages: &[Message],
-    ) -> Result<Vec<i64>, StoreError> {
-        let q = Store::insert_request_query(REGISTER_REQUEST, r).bind(registered.0).bind(registered.1);
-        outbox_ids(OutboxColumns::bind(q, messages), conn).await
+    /// Registers any number of accepted requests in one statement, each as it would be alone:
+    /// its row (unless its id exists), "registered" and "first step queued" in its audit trail,
+    /// and its outbox messages. Returns, per registration and in order, the ids of its outbox
+    /// rows; none when its request id existed (a republished request). The request ids must
+    /// differ. Many at once is intake's group commit ([`crate::pipeline::batch`]).
+    pub async fn register_all(conn: &mut PgConnection, all: &[&Registration]) -> Result<Vec<Vec<i64>>, StoreError> {
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owned = owned_messages(all.iter().map(|r| (r.request.request_id, r.messages.as_slice())));
+        let q = sqlx::query(concat!(
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                                      $7::integer[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
+                                      $11::jsonb[], $12::jsonb[], $13::text[], $14::text[], $15::timestamptz[], \
+                                      $16::timestamptz[], $17::text[], $18::timestamptz[], $19::jsonb[]) \
+                     WITH ORDINALITY AS i(request_id, request_number, service, region, channel, applicant_masked, \
+                                          step_index, step, step_deadline, service_deadline, deadlines, body, \
+                                          submitter, traceparent, submitted_at, received_at, applicant_id, \
+                                          intake_deadline, detail, n)), \
+             ins AS ( \
+                 INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, \
+                     state, step_index, step, step_deadline, service_deadline, deadlines, body, submitter, \
+                     traceparent, submitted_at, received_at, applicant_id, registered_at) \
+                 SELECT request_id, request_number, service, region, channel, applicant_masked, 'queued', \
+                     step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
+                     submitted_at, received_at, applicant_id, now() \
+                 FROM input ORDER BY n \
+                 ON CONFLICT (request_id) DO NOTHING \
+                 RETURNING request_id), \
+             hist AS ( \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
+                 SELECT i.request_id, x.step_index, x.step, x.event, x.deadline, x.detail \
+                 FROM ins JOIN input i USING (request_id) \
+                     CROSS JOIN LATERAL (VALUES (0, 'intake', 'registered', i.intake_deadline, i.detail), \
+                                                (i.step_index, i.step, 'queued', i.step_deadline, NULL::jsonb)) \
+                         AS x(step_index, step, event, deadline, detail) \
+                 ORDER BY i.n, x.event = 'queued') ",
+            outbox_rows_of!("ins", "$20::uuid[], $21::text[], $22::text[], $23::text[], $24::bytea[], $25::text[]")
+        ));
+        let rows = all.iter().map(|r| &r.request);
+        let q = q
+            .bind(rows.clone().map(|r| r.request_id).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.request_number.as_deref()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.service.as_str()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.region.as_str()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.channel.as_str()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.applicant_masked.as_str()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.step_index).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.step.as_deref()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.step_deadline).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.service_deadline).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| &r.deadlines).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| &r.body).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.submitter.as_deref()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.traceparent.as_deref()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.submitted_at).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.received_at).collect::<Vec<_>>())
+            .bind(rows.map(|r| r.applicant_id.as_deref()).collect::<Vec<_>>())
+            .bind(all.iter().map(|r| r.intake_deadline).collect::<Vec<_>>())
+            .bind(all.iter().map(|r| &r.detail).collect::<Vec<_>>());
+        let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
+        ids_by_owner(rows, all.iter().map(|r| r.messages.as_slice()))
     }
 
-    fn insert_request_query<'q>(sql: &'static str, r: &'q NewRequest<'q>) -> PgQuery<'q> {
-        sqlx::query(sql)
+    fn insert_request_query(r: &NewRequest) -> PgQuery<'_> {
+        sqlx::query(INSERT_REQUEST)
             .bind(r.request_id)
             .bind(r.request_number.as_deref())
-            .bind(r.service)
-            .bind(r.region)
-            .bind(r.channel)
-            .bind(r.applicant_masked)
-            .bind(r.state)
+            .bind(r.service.as_str())
+            .bind(r.region.as_str())
+            .bind(r.channel.as_str())
+            .bind(r.applicant_masked.as_str())
+            .bind(r.state.as_str())
             .bind(r.step_index)
-            .bind(r.step)
+            .bind(r.step.as_deref())
             .bind(r.step_deadline)
             .bind(r.service_deadline)
             .bind(&r.deadlines)
-            .bind(r.body)
-            .bind(r.submitter)
-            .bind(r.traceparent)
+            .bind(&r.body)
+            .bind(r.submitter.as_deref())
+            .bind(r.traceparent.as_deref())
             .bind(r.submitted_at)
             .bind(r.received_at)
-            .bind(r.applicant_id)
+            .bind(r.applicant_id.as_deref())
     }
 
     /// Reads a request without locking it.

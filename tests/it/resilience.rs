@@ -393,6 +393,86 @@ async fn many_advances_commit_in_one_statement_each_only_where_its_request_still
     env.cleanup().await;
 }
 
+/// A registration as intake builds it, for the store's group commit.
+fn registration(id: uuid::Uuid, n: usize) -> qyzmet::store::Registration {
+    use chrono::{Duration as Span, Utc};
+    use qyzmet::broker::Message;
+    use qyzmet::store::{NewRequest, Registration};
+    let now = Utc::now();
+    let message = |key: &str, kind: &str| Message {
+        exchange: "qyzmet.tasks".into(),
+        routing_key: key.into(),
+        message_id: format!("{id}:{kind}"),
+        body: b"{}".to_vec(),
+        traceparent: None,
+        headers: Vec::new(),
+        must_route: false,
+    };
+    Registration {
+        request: NewRequest {
+            request_id: id,
+            request_number: Some(format!("S1-AST-20261202-{n:07}")),
+            service: "doctor-appointment".into(),
+            region: "astana".into(),
+            channel: "portal".into(),
+            applicant_masked: "8504******25".into(),
+            applicant_id: Some("850401300125".into()),
+            state: "queued".into(),
+            step_index: 1,
+            step: Some("registry".into()),
+            step_deadline: Some(now + Span::minutes(5)),
+            service_deadline: Some(now + Span::days(1)),
+            deadlines: json!([]),
+            body: json!({ "request_id": id, "n": n }),
+            submitter: None,
+            traceparent: None,
+            submitted_at: Some(now),
+            received_at: now,
+        },
+        intake_deadline: now + Span::minutes(1),
+        detail: json!({ "n": n }),
+        messages: vec![message("status.doctor-appointment", "0:registered"), message("registry", "1:task")],
+    }
+}
+
+/// Group commit of intake (P-11): one statement registers many requests, each with its row,
+/// its "registered" and "queued" audit rows in order and its outbox rows; a request id already
+/// registered (a republished request) gets nothing new.
+#[tokio::test]
+async fn p11_many_registrations_commit_in_one_statement_and_a_republished_one_adds_nothing() {
+    use qyzmet::store::Store;
+    let env = TestEnv::new().await;
+    let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut conn = env.store.pool().acquire().await.expect("connection");
+    let earlier = registration(ids[2], 2);
+    let first = Store::register_all(&mut conn, &[&earlier]).await.expect("the earlier one");
+    assert_eq!(first.iter().map(Vec::len).collect::<Vec<_>>(), [2]);
+    let all: Vec<_> = ids.iter().enumerate().map(|(n, id)| registration(*id, n + 10)).collect();
+    let refs: Vec<_> = all.iter().collect();
+    let written = Store::register_all(&mut conn, &refs).await.expect("one statement");
+    drop(conn);
+    let counts: Vec<usize> = written.iter().map(Vec::len).collect();
+    assert_eq!(counts, [2, 2, 0, 2], "an Outcome and a task each, except for the id registered before");
+    for (i, id) in ids.iter().enumerate() {
+        let row = env.store.get_request(*id).await.expect("read").expect("row");
+        let kept = if i == 2 { 2 } else { i + 10 };
+        assert_eq!(row.request_number, Some(format!("S1-AST-20261202-{kept:07}")), "the first registration stands");
+        assert_eq!(row.step.as_deref(), Some("registry"));
+        let events: Vec<(String, String)> =
+            env.store.history_of(*id).await.expect("history").into_iter().map(|h| (h.step, h.event)).collect();
+        let events: Vec<(&str, &str)> = events.iter().map(|(s, e)| (s.as_str(), e.as_str())).collect();
+        assert_eq!(events, [("intake", "registered"), ("registry", "queued")], "once each, in order");
+        let owned: Vec<String> = sqlx::query_scalar("SELECT message_id FROM outbox WHERE id = ANY($1)")
+            .bind(&written[i])
+            .fetch_all(env.store.pool())
+            .await
+            .expect("outbox rows");
+        assert!(owned.iter().all(|m| m.starts_with(&id.to_string())), "{owned:?} belong to {id}");
+    }
+    assert!(env.store.audit_breaks(None).await.expect("verify").is_empty(), "every audit chain holds");
+    env.cleanup().await;
+}
+
 /// A worker process killed while its batched commit is inside PostgreSQL — the statement sent,
 /// waiting for row locks the test holds — loses nothing and doubles nothing: whether the
 /// orphaned statement then commits or not, every request ends in exactly one final outcome,

@@ -204,7 +204,8 @@ pub struct NewRequest {
 /// [`Store::register_all`].
 #[derive(Debug)]
 pub struct Registration {
-    /// The row, numbered and queued at its first step.
+    /// The row, numbered and queued at its first step ([`Store::register_all`] writes the state
+    /// `queued`; its `state` is not read).
     pub request: NewRequest,
     /// Intake's own deadline, for the "registered" audit row.
     pub intake_deadline: DateTime<Utc>,
@@ -627,7 +628,28 @@ impl Store {
 
     /// Inserts a request unless its id exists; `false` when it was a duplicate.
     pub async fn insert_request(tx: &mut PgConnection, r: &NewRequest) -> Result<bool, StoreError> {
-        let inserted = Store::insert_request_query(r).execute(&mut *tx).await?.rows_affected();
+        let inserted = sqlx::query(INSERT_REQUEST)
+            .bind(r.request_id)
+            .bind(r.request_number.as_deref())
+            .bind(r.service.as_str())
+            .bind(r.region.as_str())
+            .bind(r.channel.as_str())
+            .bind(r.applicant_masked.as_str())
+            .bind(r.state.as_str())
+            .bind(r.step_index)
+            .bind(r.step.as_deref())
+            .bind(r.step_deadline)
+            .bind(r.service_deadline)
+            .bind(&r.deadlines)
+            .bind(&r.body)
+            .bind(r.submitter.as_deref())
+            .bind(r.traceparent.as_deref())
+            .bind(r.submitted_at)
+            .bind(r.received_at)
+            .bind(r.applicant_id.as_deref())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         Ok(inserted == 1)
     }
 
@@ -694,28 +716,6 @@ impl Store {
             .bind(all.iter().map(|r| &r.detail).collect::<Vec<_>>());
         let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
         ids_by_owner(rows, all.iter().map(|r| r.messages.as_slice()))
-    }
-
-    fn insert_request_query(r: &NewRequest) -> PgQuery<'_> {
-        sqlx::query(INSERT_REQUEST)
-            .bind(r.request_id)
-            .bind(r.request_number.as_deref())
-            .bind(r.service.as_str())
-            .bind(r.region.as_str())
-            .bind(r.channel.as_str())
-            .bind(r.applicant_masked.as_str())
-            .bind(r.state.as_str())
-            .bind(r.step_index)
-            .bind(r.step.as_deref())
-            .bind(r.step_deadline)
-            .bind(r.service_deadline)
-            .bind(&r.deadlines)
-            .bind(&r.body)
-            .bind(r.submitter.as_deref())
-            .bind(r.traceparent.as_deref())
-            .bind(r.submitted_at)
-            .bind(r.received_at)
-            .bind(r.applicant_id.as_deref())
     }
 
     /// Reads a request without locking it.

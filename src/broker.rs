@@ -91,6 +91,9 @@ pub enum BrokerError {
     /// The broker refused a published message.
     #[error("the broker nacked a message to {0}")]
     Nacked(String),
+    /// The broker URL cannot be read (the URL itself is not repeated: it may hold a password).
+    #[error("the broker URL cannot be read: {0}")]
+    InvalidUrl(String),
     /// A mandatory message could not be routed to any queue.
     #[error("unroutable message to {exchange} with key {routing_key}")]
     Unroutable {
@@ -99,6 +102,21 @@ pub enum BrokerError {
         /// Routing key used.
         routing_key: String,
     },
+}
+
+/// The largest AMQP frame qyzmet asks for unless the URL sets `frame_max` itself. lapin keeps
+/// 32 frames of buffer in each direction per connection, allocated and zeroed at connect: with
+/// RabbitMQ's default of 128 KiB that is 8 MiB per connection and 16 MiB of every worker's
+/// resident memory (issue 9). 16 KiB holds every message the contract describes in one frame
+/// (a signed Request with its chain ≈ 4 KB, a final Outcome with its document ≈ 6 KB); a larger
+/// one is sent as several frames.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// Parses a broker URL, asking for [`DEFAULT_FRAME_MAX`] when it does not say `frame_max`.
+pub fn amqp_uri(url: &str) -> Result<lapin::uri::AMQPUri, BrokerError> {
+    let mut uri = url.trim().parse::<lapin::uri::AMQPUri>().map_err(BrokerError::InvalidUrl)?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    Ok(uri)
 }
 
 /// One connection per process; channels are opened from it on demand and the connection is
@@ -274,7 +292,9 @@ impl Broker {
             // the configured CA bundle, and the URL's host name checked.
             let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
             let runtime = lapin::runtime::default_runtime()?;
-            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_with_config(url, props, tls, runtime)).await
+            let uri = amqp_uri(url)?;
+            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri_with_config(uri, props, tls, runtime))
+                .await
             {
                 Ok(Ok(conn)) => {
                     let conn = Arc::new(conn);
@@ -628,5 +648,24 @@ impl Publisher {
 
     async fn forget_channel(&self) {
         *self.channel.lock().await = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_without_frame_max_asks_for_the_small_default_and_one_with_it_keeps_its_own() {
+        let uri = amqp_uri("amqp://qyzmet:secret@127.0.0.1:5672/%2f").expect("url");
+        assert_eq!(uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        let uri = amqp_uri("amqp://qyzmet:secret@127.0.0.1:5672/%2f?frame_max=131072").expect("url");
+        assert_eq!(uri.query.frame_max, Some(131_072));
+    }
+
+    #[test]
+    fn an_unreadable_url_is_refused_without_repeating_it() {
+        let e = amqp_uri("amqp://qyzmet:secret@127.0.0.1:notaport/%2f").expect_err("bad port");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

@@ -208,7 +208,7 @@ async fn write<T: Batched>(store: &Store, batch: Vec<Waiting<T>>) {
 async fn write_all<T: Batched>(store: &Store, batch: &[Waiting<T>]) -> Vec<Result<Vec<i64>, Failure>> {
     let transitions: Vec<&T> = batch.iter().map(|w| &w.transition).collect();
     let written = async {
-        let mut conn = store.pool().acquire().await?;
+        let mut conn = store.batch_pool().acquire().await?;
         T::write_all(&mut conn, &transitions).await
     };
     match written.await.map_err(Failure::from) {
@@ -234,6 +234,6 @@ async fn write_all<T: Batched>(store: &Store, batch: &[Waiting<T>]) -> Vec<Resul
 
 /// One transition on its own.
 async fn write_one<T: Batched>(store: &Store, transition: &T) -> Result<Vec<i64>, Failure> {
-    let mut conn = store.pool().acquire().await?;
+    let mut conn = store.batch_pool().acquire().await?;
     Ok(T::write_all(&mut conn, &[transition]).await?.pop().unwrap_or_default())
 }

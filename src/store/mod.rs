@@ -57,6 +57,9 @@ impl StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Connections for group commit ([`Store::batch_pool`]), whose statements PostgreSQL plans
+    /// once per connection instead of once per execution.
+    batch: PgPool,
     /// Request serials taken from the sequence ahead of use, a block at a time, so that
     /// registering a request costs no round trip of its own for its number. Numbers stay unique;
     /// with several intake processes they are not in order of arrival across processes.
@@ -111,6 +114,10 @@ macro_rules! request_columns {
          step_deadline, service_deadline, deadlines, attempts, facts, body, traceparent, received_at"
     };
 }
+
+/// Connections of [`Store::batch_pool`]: one statement in flight per kind of transition
+/// (registration, advance, end), and one more for a refused batch written row by row.
+const BATCH_CONNECTIONS: u32 = 4;
 
 /// Request serials taken from the sequence at a time ([`Store::next_request_serial`]).
 const SERIAL_BLOCK: i64 = 32;
@@ -581,13 +588,18 @@ impl Store {
         // No test query before every acquire: it would cost a round trip per statement, and a
         // connection that broke meanwhile fails its statement, which is a transient error the
         // caller retries anyway.
-        let pool = PgPoolOptions::new()
-            .max_connections(o.pool_size)
-            .test_before_acquire(false)
-            .acquire_timeout(o.acquire_timeout)
-            .connect_with(options)
-            .await?;
-        Ok(Store { pool, serials: Default::default(), documents: Default::default() })
+        let pool_of = |size: u32| {
+            PgPoolOptions::new().max_connections(size).test_before_acquire(false).acquire_timeout(o.acquire_timeout)
+        };
+        let pool = pool_of(o.pool_size).connect_with(options.clone()).await?;
+        // The group-commit statements take their rows as arrays. PostgreSQL would plan them
+        // afresh on every execution, because a plan made for the array at hand (one row) always
+        // looks cheaper than the generic one (ten rows, the same plan); that planning was a
+        // sixth of the database's CPU at moderate load (issue 9). Only these statements get the
+        // generic plan: a console search, whose filters may be null, needs a plan for its values.
+        let batch =
+            pool_of(BATCH_CONNECTIONS).connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+        Ok(Store { pool, batch, serials: Default::default(), documents: Default::default() })
     }
 
     /// Applies the embedded migrations.
@@ -600,6 +612,13 @@ impl Store {
         &self.pool
     }
 
+    /// Connections for the group-commit statements ([`Store::register_all`],
+    /// [`Store::advance_all`], [`Store::finish_all`]), which are planned once per connection.
+    /// Other statements use [`Store::pool`].
+    pub fn batch_pool(&self) -> &PgPool {
+        &self.batch
+    }
+
     /// Starts a transaction.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await
@@ -608,6 +627,7 @@ impl Store {
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.batch.close().await;
     }
 
     // ---- requests -------------------------------------------------------------------------

@@ -504,11 +504,12 @@ pub async fn queue_counts(broker: &Broker, queue: &str) -> (u32, u32) {
 
 /// A private, exclusive queue bound to every Outcome on `qyzmet.outcomes`, and its consumer
 /// (for the demo, the benchmark and anyone watching outcomes). Keep the channel alive while
-/// consuming.
-pub async fn subscribe_outcomes(broker: &Broker, prefetch: u16) -> Result<(Channel, lapin::Consumer), BrokerError> {
-    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+/// consuming. Deliveries come without acknowledgements: the queue is the watcher's alone and
+/// goes with its connection, so an acknowledgement could not save a message, and it would cost
+/// the broker a frame and a queue operation per Outcome.
+pub async fn subscribe_outcomes(broker: &Broker) -> Result<(Channel, lapin::Consumer), BrokerError> {
+    use lapin::options::BasicConsumeOptions;
     let ch = broker.channel().await?;
-    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let q = ch
         .queue_declare(
             "".into(),
@@ -524,8 +525,8 @@ pub async fn subscribe_outcomes(broker: &Broker, prefetch: u16) -> Result<(Chann
         FieldTable::default(),
     )
     .await?;
-    let consumer =
-        ch.basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+    let consumer = ch.basic_consume(q.name().clone(), "".into(), no_ack, FieldTable::default()).await?;
     Ok((ch, consumer))
 }
 

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::BasicAckOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -730,7 +729,7 @@ pub async fn run(
         }
         None => println!("   no systems file: every message is published as {}", senders.users[0].1),
     }
-    let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker, 200).await?;
+    let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker).await?;
     let dead_before = count_dead(&broker, &store).await;
 
     let mut keys = Keys::new(pki.clone());
@@ -762,7 +761,6 @@ pub async fn run(
         let Ok(Some(Ok(delivery))) = next else {
             anyhow::bail!("only {} of {expected} requests reached a final outcome within 3 minutes", finals.len());
         };
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         let Ok(o) = serde_json::from_slice::<Outcome>(&delivery.data) else { continue };
         let Some((act, service, provider)) = acts.get(&o.request_id).cloned() else { continue };
         if o.status.is_final() {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, QueuePurgeOptions};
+use lapin::options::QueuePurgeOptions;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -462,12 +462,11 @@ async fn outcome_listener(
     keys: Arc<Mutex<Keys>>,
     publisher: Arc<Publisher>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker, 2000).await?;
+    let (ch, mut consumer) = qyzmet::broker::subscribe_outcomes(&broker).await?;
     Ok(tokio::spawn(async move {
         let _keep = ch;
         while let Some(Ok(d)) = consumer.next().await {
             let now = Instant::now();
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
             let Ok(o) = serde_json::from_slice::<Outcome>(&d.data) else { continue };
             let step = o.step.clone().unwrap_or_default();
             let (act, service) = {

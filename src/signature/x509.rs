@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
+    AlgorithmIdentifier, CertificateDer, CertificateRevocationListDer, InvalidSignature,
+    SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
 };
 use serde_json::{Map, Value};
 use webpki::{
@@ -60,7 +61,95 @@ pub struct CrlStore {
     path: Option<PathBuf>,
     recheck: Duration,
     state: Mutex<(Instant, Vec<FileStamp>)>,
-    crls: RwLock<Arc<Vec<CertRevocationList<'static>>>>,
+    crls: RwLock<Arc<Crls>>,
+}
+
+/// The CRLs in force, and what is known of their signatures.
+#[derive(Default)]
+pub struct Crls {
+    /// For webpki's revocation check.
+    list: Vec<CertRevocationList<'static>>,
+    /// The same CRLs' signed parts and signatures, in the same order.
+    signed: Vec<SignedCrl>,
+}
+
+/// A CRL's signed part and signature, and the issuer keys that have verified them.
+///
+/// webpki verifies the signature of a CRL each time it consults it, i.e. once per certificate
+/// of every path on every request (rustls/webpki#81): two of the five signature checks of a
+/// request here, and with the national CA's CRL of several megabytes, a hash of megabytes per
+/// request. The bytes do not change while the CRL is in force, so a signature that verified
+/// under an issuer's key once is known to verify under it; a new CRL starts afresh.
+struct SignedCrl {
+    tbs: Vec<u8>,
+    signature: Vec<u8>,
+    /// (signature algorithm, issuer `subjectPublicKey`) under which it verified.
+    verified_by: Mutex<Vec<(AlgorithmIdentifier, Vec<u8>)>>,
+}
+
+impl SignedCrl {
+    fn of(der: &[u8]) -> Result<SignedCrl, String> {
+        let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("{e}"))?;
+        Ok(SignedCrl {
+            tbs: crl.tbs_cert_list.as_ref().to_vec(),
+            signature: crl.signature_value.data.to_vec(),
+            verified_by: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn verified(&self, alg: AlgorithmIdentifier, key: &[u8]) -> bool {
+        self.verified_by.lock().is_ok_and(|v| v.iter().any(|(a, k)| *a == alg && k == key))
+    }
+
+    fn remember(&self, alg: AlgorithmIdentifier, key: &[u8]) {
+        if let Ok(mut v) = self.verified_by.lock() {
+            v.push((alg, key.to_vec()));
+        }
+    }
+}
+
+/// A signature algorithm that checks each CRL's signature once per issuer key ([`SignedCrl`]):
+/// a message and signature byte for byte those of a CRL in force, already verified under this
+/// key with this algorithm, verify again without the arithmetic; anything else (certificates,
+/// a CRL under another key) is verified as it comes.
+#[derive(Debug)]
+struct CrlSignaturesOnce<'a> {
+    alg: &'static dyn SignatureVerificationAlgorithm,
+    crls: &'a [SignedCrl],
+}
+
+impl std::fmt::Debug for SignedCrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedCrl").field("tbs_bytes", &self.tbs.len()).finish_non_exhaustive()
+    }
+}
+
+impl SignatureVerificationAlgorithm for CrlSignaturesOnce<'_> {
+    fn verify_signature(&self, public_key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), InvalidSignature> {
+        let alg = self.alg.signature_alg_id();
+        let crl = self.crls.iter().find(|c| c.signature == signature && c.tbs == message);
+        match crl {
+            Some(crl) if crl.verified(alg, public_key) => Ok(()),
+            Some(crl) => {
+                self.alg.verify_signature(public_key, message, signature)?;
+                crl.remember(alg, public_key);
+                Ok(())
+            }
+            None => self.alg.verify_signature(public_key, message, signature),
+        }
+    }
+
+    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+        self.alg.public_key_alg_id()
+    }
+
+    fn signature_alg_id(&self) -> AlgorithmIdentifier {
+        self.alg.signature_alg_id()
+    }
+
+    fn fips(&self) -> bool {
+        self.alg.fips()
+    }
 }
 
 impl CrlStore {
@@ -70,7 +159,7 @@ impl CrlStore {
             path,
             recheck,
             state: Mutex::new((Instant::now(), Vec::new())),
-            crls: RwLock::new(Arc::new(Vec::new())),
+            crls: RwLock::new(Arc::new(Crls::default())),
         };
         let files = store.files();
         let crls = load_crls(&files).map_err(ConfigError)?;
@@ -109,7 +198,7 @@ impl CrlStore {
     }
 
     /// The current CRLs, reloaded first if the files changed.
-    pub fn current(&self) -> Arc<Vec<CertRevocationList<'static>>> {
+    pub fn current(&self) -> Arc<Crls> {
         let reload = match self.state.lock() {
             Ok(mut s) if s.0.elapsed() >= self.recheck => {
                 s.0 = Instant::now();
@@ -126,7 +215,7 @@ impl CrlStore {
         if let Some(files) = reload {
             match load_crls(&files) {
                 Ok(crls) => {
-                    tracing::info!(count = crls.len(), "CRLs reloaded");
+                    tracing::info!(count = crls.list.len(), "CRLs reloaded");
                     if let Ok(mut c) = self.crls.write() {
                         *c = Arc::new(crls);
                     }
@@ -139,8 +228,8 @@ impl CrlStore {
     }
 }
 
-fn load_crls(files: &[FileStamp]) -> Result<Vec<CertRevocationList<'static>>, String> {
-    let mut out = Vec::new();
+fn load_crls(files: &[FileStamp]) -> Result<Crls, String> {
+    let mut out = Crls::default();
     for (path, _, _) in files {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
@@ -154,7 +243,9 @@ fn load_crls(files: &[FileStamp]) -> Result<Vec<CertRevocationList<'static>>, St
         for der in ders {
             let crl =
                 OwnedCertRevocationList::from_der(&der).map_err(|e| format!("{}: not a CRL: {e:?}", path.display()))?;
-            out.push(crl.into());
+            let signed = SignedCrl::of(&der).map_err(|e| format!("{}: not a CRL: {e}", path.display()))?;
+            out.list.push(crl.into());
+            out.signed.push(signed);
         }
     }
     Ok(out)
@@ -238,7 +329,7 @@ impl X509Verifier {
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Validity, SignatureFailure> {
         let crls = self.crls.current();
-        let refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+        let refs: Vec<&CertRevocationList<'_>> = crls.list.iter().collect();
         let Ok(builder) = RevocationOptionsBuilder::new(&refs) else {
             return Err(SignatureFailure::CrlMissing);
         };
@@ -249,8 +340,12 @@ impl X509Verifier {
             .build();
         let secs = u64::try_from(at.timestamp()).unwrap_or(0);
         let time = UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        let once: Vec<CrlSignaturesOnce<'_>> =
+            CHAIN_ALGS.iter().map(|alg| CrlSignaturesOnce { alg: *alg, crls: &crls.signed }).collect();
+        let algs: Vec<&dyn SignatureVerificationAlgorithm> =
+            once.iter().map(|a| a as &dyn SignatureVerificationAlgorithm).collect();
         let path = ee
-            .verify_for_usage(CHAIN_ALGS, &self.anchors, intermediates, time, AnyEku, Some(revocation), None)
+            .verify_for_usage(&algs, &self.anchors, intermediates, time, AnyEku, Some(revocation), None)
             .map_err(map_chain_error)?;
         let mut validity = leaf;
         for cert in path.intermediate_certificates() {
@@ -484,6 +579,75 @@ mod tests {
         assert_eq!(check(&signed_by("revoked-850401300125")), Err(SignatureFailure::Revoked));
         assert_eq!(check(&signed_by("rogue-850401300125")), Err(SignatureFailure::UnknownIssuer));
         assert_eq!(check(&signed_by("nosig-850401300125")), Err(SignatureFailure::KeyUsage));
+    }
+
+    #[test]
+    fn p12_revocation_still_holds_once_the_crl_signatures_are_known() {
+        let verifier = verifier();
+        let check = |holder: &str| {
+            let v = signed_by(holder);
+            let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("signature block");
+            let expected = ExpectedSigner {
+                role: "applicant",
+                identifiers: &[IdKind::Iin, IdKind::Bin],
+                subjects: vec![Identifier::Iin(CITIZEN.into())],
+                signed_at: Utc::now(),
+            };
+            verifier.verify(v.as_object().expect("object"), &sig, &expected)
+        };
+        assert_eq!(check("iin-850401300125"), Ok(()));
+        let crls = verifier.crls.current();
+        let known = crls.signed.iter().filter(|c| c.verified_by.lock().is_ok_and(|v| !v.is_empty())).count();
+        assert_eq!(known, crls.signed.len(), "both CRLs of the path were consulted and are now known");
+        assert_eq!(check("iin-850401300125"), Ok(()));
+        assert_eq!(check("revoked-850401300125"), Err(SignatureFailure::Revoked));
+        assert_eq!(check("rogue-850401300125"), Err(SignatureFailure::UnknownIssuer));
+    }
+
+    /// Accepts a signature only under the keys `key` and `key2`, and counts what it is asked.
+    #[derive(Debug)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl SignatureVerificationAlgorithm for Counting {
+        fn verify_signature(
+            &self,
+            public_key: &[u8],
+            message: &[u8],
+            signature: &[u8],
+        ) -> Result<(), InvalidSignature> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match (public_key, message, signature) {
+                (b"key" | b"key2", b"tbs", b"sig") => Ok(()),
+                _ => Err(InvalidSignature),
+            }
+        }
+
+        fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+            webpki::ring::ECDSA_P256_SHA256.public_key_alg_id()
+        }
+
+        fn signature_alg_id(&self) -> AlgorithmIdentifier {
+            webpki::ring::ECDSA_P256_SHA256.signature_alg_id()
+        }
+    }
+
+    #[test]
+    fn a_crl_signature_is_verified_once_per_issuer_key_and_anything_else_every_time() {
+        static ALG: Counting = Counting(std::sync::atomic::AtomicUsize::new(0));
+        let calls = || ALG.0.load(std::sync::atomic::Ordering::SeqCst);
+        let crl = SignedCrl { tbs: b"tbs".to_vec(), signature: b"sig".to_vec(), verified_by: Mutex::new(Vec::new()) };
+        let crls = [crl];
+        let once = CrlSignaturesOnce { alg: &ALG, crls: &crls };
+        assert!(once.verify_signature(b"key", b"tbs", b"sig").is_ok());
+        assert!(once.verify_signature(b"key", b"tbs", b"sig").is_ok());
+        assert_eq!(calls(), 1, "the CRL's signature under this key is known after the first check");
+        assert!(once.verify_signature(b"key2", b"tbs", b"sig").is_ok());
+        assert_eq!(calls(), 2, "under another key it is checked afresh");
+        for _ in 0..2 {
+            assert!(once.verify_signature(b"rogue", b"tbs", b"sig").is_err());
+            assert!(once.verify_signature(b"key", b"forged", b"sig").is_err(), "the same signature on other bytes");
+        }
+        assert_eq!(calls(), 6, "a failure is never remembered, and other bytes are always checked");
     }
 
     /// The citizen's certificate is valid from 30 days ago; the expired one was valid from 400

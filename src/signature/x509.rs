@@ -108,14 +108,34 @@ impl SignedCrl {
     }
 }
 
-/// A signature algorithm that checks each CRL's signature once per issuer key ([`SignedCrl`]):
-/// a message and signature byte for byte those of a CRL in force, already verified under this
-/// key with this algorithm, verify again without the arithmetic; anything else (certificates,
-/// a CRL under another key) is verified as it comes.
+/// A certificate authority's signature on an intermediate certificate, verified once: the
+/// national CA's few intermediates sign every citizen's and employee's certificate, so every
+/// request carries one of them and webpki would check its signature by the root each time.
 #[derive(Debug)]
-struct CrlSignaturesOnce<'a> {
+struct KnownSignature {
+    alg: AlgorithmIdentifier,
+    key: Vec<u8>,
+    message: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// How many intermediate certificates' signatures are remembered (the oldest goes first).
+const KNOWN_INTERMEDIATES: usize = 32;
+
+/// A signature algorithm that verifies what is the same on every request once ([`SignedCrl`],
+/// [`KnownSignature`]): a CRL in force, and an intermediate certificate of the request's chain,
+/// whose signed bytes, signature, key and algorithm are byte for byte those of one already
+/// verified, verify again without the arithmetic. Anything else — the end entity's certificate,
+/// which belongs to one person, and the message itself — is verified every time.
+#[derive(Debug)]
+struct SignaturesOnce<'a> {
     alg: &'static dyn SignatureVerificationAlgorithm,
     crls: &'a [SignedCrl],
+    /// The request's intermediate certificates: a message webpki takes from inside one of them is
+    /// that certificate's signed part.
+    intermediates: &'a [CertificateDer<'a>],
+    /// Intermediate certificates' signatures verified before.
+    known: &'a Mutex<std::collections::VecDeque<KnownSignature>>,
 }
 
 impl std::fmt::Debug for SignedCrl {
@@ -124,19 +144,49 @@ impl std::fmt::Debug for SignedCrl {
     }
 }
 
-impl SignatureVerificationAlgorithm for CrlSignaturesOnce<'_> {
+impl SignaturesOnce<'_> {
+    fn is_intermediate(&self, message: &[u8]) -> bool {
+        self.intermediates.iter().any(|der| der.as_ref().as_ptr_range().contains(&message.as_ptr()))
+    }
+
+    fn intermediate(&self, key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), InvalidSignature> {
+        let alg = self.alg.signature_alg_id();
+        let same =
+            |k: &KnownSignature| k.alg == alg && k.signature == signature && k.key == key && k.message == message;
+        if self.known.lock().is_ok_and(|known| known.iter().any(same)) {
+            return Ok(());
+        }
+        self.alg.verify_signature(key, message, signature)?;
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= KNOWN_INTERMEDIATES {
+                known.pop_front();
+            }
+            known.push_back(KnownSignature {
+                alg,
+                key: key.to_vec(),
+                message: message.to_vec(),
+                signature: signature.to_vec(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SignatureVerificationAlgorithm for SignaturesOnce<'_> {
     fn verify_signature(&self, public_key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), InvalidSignature> {
         let alg = self.alg.signature_alg_id();
-        let crl = self.crls.iter().find(|c| c.signature == signature && c.tbs == message);
-        match crl {
-            Some(crl) if crl.verified(alg, public_key) => Ok(()),
-            Some(crl) => {
-                self.alg.verify_signature(public_key, message, signature)?;
-                crl.remember(alg, public_key);
-                Ok(())
+        if let Some(crl) = self.crls.iter().find(|c| c.signature == signature && c.tbs == message) {
+            if crl.verified(alg, public_key) {
+                return Ok(());
             }
-            None => self.alg.verify_signature(public_key, message, signature),
+            self.alg.verify_signature(public_key, message, signature)?;
+            crl.remember(alg, public_key);
+            return Ok(());
         }
+        if self.is_intermediate(message) {
+            return self.intermediate(public_key, message, signature);
+        }
+        self.alg.verify_signature(public_key, message, signature)
     }
 
     fn public_key_alg_id(&self) -> AlgorithmIdentifier {
@@ -297,6 +347,8 @@ impl Validity {
 pub struct X509Verifier {
     anchors: Vec<TrustAnchor<'static>>,
     crls: CrlStore,
+    /// Intermediate certificates' signatures verified before ([`SignaturesOnce`]).
+    known: Mutex<std::collections::VecDeque<KnownSignature>>,
     /// Accepted staff role OIDs; a trailing `.*` accepts the subtree.
     staff_roles: Vec<String>,
 }
@@ -315,7 +367,7 @@ impl X509Verifier {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError(format!("{}: unusable root certificate: {e:?}", trust_bundle.display())))?;
         let crls = CrlStore::open(crls, Duration::from_secs(2))?;
-        Ok(X509Verifier { anchors, crls, staff_roles })
+        Ok(X509Verifier { anchors, crls, known: Mutex::default(), staff_roles })
     }
 
     /// Verifies the chain as of `at` (signatures, validity, revocation); on success, when the
@@ -340,8 +392,10 @@ impl X509Verifier {
             .build();
         let secs = u64::try_from(at.timestamp()).unwrap_or(0);
         let time = UnixTime::since_unix_epoch(Duration::from_secs(secs));
-        let once: Vec<CrlSignaturesOnce<'_>> =
-            CHAIN_ALGS.iter().map(|alg| CrlSignaturesOnce { alg: *alg, crls: &crls.signed }).collect();
+        let once: Vec<SignaturesOnce<'_>> = CHAIN_ALGS
+            .iter()
+            .map(|alg| SignaturesOnce { alg: *alg, crls: &crls.signed, intermediates, known: &self.known })
+            .collect();
         let algs: Vec<&dyn SignatureVerificationAlgorithm> =
             once.iter().map(|a| a as &dyn SignatureVerificationAlgorithm).collect();
         let path = ee
@@ -581,20 +635,23 @@ mod tests {
         assert_eq!(check(&signed_by("nosig-850401300125")), Err(SignatureFailure::KeyUsage));
     }
 
+    /// Checks a message signed by `holder` on this verifier, as the citizen's.
+    fn check_with(verifier: &X509Verifier, holder: &str) -> Result<(), SignatureFailure> {
+        let v = signed_by(holder);
+        let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("signature block");
+        let expected = ExpectedSigner {
+            role: "applicant",
+            identifiers: &[IdKind::Iin, IdKind::Bin],
+            subjects: vec![Identifier::Iin(CITIZEN.into())],
+            signed_at: Utc::now(),
+        };
+        verifier.verify(v.as_object().expect("object"), &sig, &expected)
+    }
+
     #[test]
     fn p12_revocation_still_holds_once_the_crl_signatures_are_known() {
         let verifier = verifier();
-        let check = |holder: &str| {
-            let v = signed_by(holder);
-            let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("signature block");
-            let expected = ExpectedSigner {
-                role: "applicant",
-                identifiers: &[IdKind::Iin, IdKind::Bin],
-                subjects: vec![Identifier::Iin(CITIZEN.into())],
-                signed_at: Utc::now(),
-            };
-            verifier.verify(v.as_object().expect("object"), &sig, &expected)
-        };
+        let check = |holder: &str| check_with(&verifier, holder);
         assert_eq!(check("iin-850401300125"), Ok(()));
         let crls = verifier.crls.current();
         let known = crls.signed.iter().filter(|c| c.verified_by.lock().is_ok_and(|v| !v.is_empty())).count();
@@ -637,7 +694,8 @@ mod tests {
         let calls = || ALG.0.load(std::sync::atomic::Ordering::SeqCst);
         let crl = SignedCrl { tbs: b"tbs".to_vec(), signature: b"sig".to_vec(), verified_by: Mutex::new(Vec::new()) };
         let crls = [crl];
-        let once = CrlSignaturesOnce { alg: &ALG, crls: &crls };
+        let known = Mutex::default();
+        let once = SignaturesOnce { alg: &ALG, crls: &crls, intermediates: &[], known: &known };
         assert!(once.verify_signature(b"key", b"tbs", b"sig").is_ok());
         assert!(once.verify_signature(b"key", b"tbs", b"sig").is_ok());
         assert_eq!(calls(), 1, "the CRL's signature under this key is known after the first check");
@@ -648,6 +706,38 @@ mod tests {
             assert!(once.verify_signature(b"key", b"forged", b"sig").is_err(), "the same signature on other bytes");
         }
         assert_eq!(calls(), 6, "a failure is never remembered, and other bytes are always checked");
+    }
+
+    #[test]
+    fn an_intermediate_certificate_is_verified_once_and_the_signers_own_certificate_every_time() {
+        static ALG: Counting = Counting(std::sync::atomic::AtomicUsize::new(0));
+        let calls = || ALG.0.load(std::sync::atomic::Ordering::SeqCst);
+        let intermediates = [CertificateDer::from(b"[-tbs-]".to_vec())];
+        let inside = &intermediates[0].as_ref()[2..5];
+        let known = Mutex::default();
+        let once = SignaturesOnce { alg: &ALG, crls: &[], intermediates: &intermediates, known: &known };
+        assert!(once.verify_signature(b"key", inside, b"sig").is_ok());
+        assert!(once.verify_signature(b"key", inside, b"sig").is_ok());
+        assert_eq!(calls(), 1, "the intermediate's signature is known after the first check");
+        let leaf = b"tbs".to_vec();
+        assert!(once.verify_signature(b"key", &leaf, b"sig").is_ok());
+        assert!(once.verify_signature(b"key", &leaf, b"sig").is_ok());
+        assert_eq!(calls(), 3, "the same bytes outside the intermediates (the signer's certificate) every time");
+        for _ in 0..2 {
+            assert!(once.verify_signature(b"rogue", inside, b"sig").is_err());
+            assert!(once.verify_signature(b"key", inside, b"forged").is_err());
+        }
+        assert_eq!(calls(), 7, "a failure is never remembered");
+    }
+
+    #[test]
+    fn a_verifier_remembers_the_demo_intermediate_and_still_refuses_an_unknown_issuer() {
+        let verifier = verifier();
+        assert_eq!(check_with(&verifier, "iin-850401300125"), Ok(()));
+        assert_eq!(verifier.known.lock().map(|k| k.len()).unwrap_or(0), 1, "the intermediate's signature by the root");
+        assert_eq!(check_with(&verifier, "iin-850401300125"), Ok(()));
+        assert_eq!(check_with(&verifier, "rogue-850401300125"), Err(SignatureFailure::UnknownIssuer));
+        assert_eq!(check_with(&verifier, "revoked-850401300125"), Err(SignatureFailure::Revoked));
     }
 
     /// The citizen's certificate is valid from 30 days ago; the expired one was valid from 400

@@ -68,7 +68,7 @@ services-status:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	# The production build (no demo feature) too.
 	cargo clippy --lib --bin qyzmet -- -D warnings
 

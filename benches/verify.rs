@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use qyzmet::contract::SignatureBlock;
 use qyzmet::ident::Identifier;
 use qyzmet::regulations::IdKind;
+use qyzmet::signature::keys::load_key;
 use qyzmet::signature::x509::X509Verifier;
 use qyzmet::signature::{ExpectedSigner, Verifier, signed_bytes};
 
@@ -27,21 +28,21 @@ fn request() -> Map<String, Value> {
 
 fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("qyzmet-bench-pki-{}", std::process::id()));
-    let pki = qyzmet::pki::generate(
+    let pki = qyzmet_demo_pki::generate(
         &dir,
-        &qyzmet::pki::demo_holders(),
-        &qyzmet::pki::demo_provider_keys(),
+        &qyzmet_demo_pki::demo_holders(),
+        &qyzmet_demo_pki::demo_provider_keys(),
         Utc::now() + Duration::days(1),
     )
     .expect("demo PKI");
     let verifier =
-        X509Verifier::new(&pki.trust_bundle, Some(pki.crl_dir.clone()), vec![qyzmet::pki::DEMO_STAFF_ROLES.into()])
+        X509Verifier::new(&pki.trust_bundle, Some(pki.crl_dir.clone()), vec![qyzmet_demo_pki::DEMO_STAFF_ROLES.into()])
             .expect("verifier");
     for (label, holder, subject) in [
         ("verify ES256 request", "bin-120540000785", "120540000785"),
         ("verify RS256 request", "staff-030940000443", "030940000443"),
     ] {
-        let key = pki.holder(holder).expect("holder");
+        let key = load_key(&pki.holders_dir, holder).expect("holder");
         let mut msg = request();
         key.sign_in_place(&mut msg).expect("sign");
         let sig: SignatureBlock = serde_json::from_value(msg["signature"].clone()).expect("block");
@@ -56,9 +57,9 @@ fn bench(c: &mut Criterion) {
     }
     let msg = request();
     c.bench_function("canonicalise (JCS) a request", |b| b.iter(|| signed_bytes(black_box(&msg))));
-    let es = pki.holder("bin-120540000785").expect("holder");
+    let es = load_key(&pki.holders_dir, "bin-120540000785").expect("holder");
     c.bench_function("sign ES256 document", |b| b.iter(|| es.signature_for(black_box(&msg))));
-    let rs = pki.holder("staff-030940000443").expect("holder");
+    let rs = load_key(&pki.holders_dir, "staff-030940000443").expect("holder");
     c.bench_function("sign RS256 document", |b| b.iter(|| rs.signature_for(black_box(&msg))));
 }
 

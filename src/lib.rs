@@ -10,8 +10,8 @@
 //! - [`regulations`]: service data, routes, deadlines, the working-day calendar.
 //! - [`store`]: all SQL; [`broker`]: RabbitMQ topology and confirmed publishing.
 //! - [`pipeline`]: the runtime written once for every pool; [`workers`]: one file per pool.
-//! - [`signature`]: `jcs-x509` verification and signing; `pki`: the demo PKI (tests and the
-//!   `demo` feature only).
+//! - [`signature`]: `jcs-x509` verification and signing (the demo PKI is the crate
+//!   `qyzmet-demo-pki`, used by the binary's demo commands and the tests).
 //! - [`registry`]: the state registries behind one interface.
 //! - [`systems`]: which upstream system may do what; the broker definitions derived from it.
 //! - [`config`], [`telemetry`], [`metrics`], [`http`], [`startup`]: how a process is configured,
@@ -27,10 +27,6 @@ pub mod http;
 pub mod ident;
 pub mod metrics;
 pub mod pipeline;
-/// The demo PKI: built only for tests and with the `demo` feature (`qyzmet demo`, `qyzmet bench`,
-/// `qyzmet pki demo`), never into a production binary — it embeds a private key.
-#[cfg(any(test, feature = "demo"))]
-pub mod pki;
 pub mod registry;
 pub mod regulations;
 pub mod report;

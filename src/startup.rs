@@ -314,14 +314,20 @@ mod tests {
 
     fn demo_settings() -> Settings {
         let dir = std::env::temp_dir().join(format!("qyzmet-startup-{}", uuid::Uuid::new_v4().simple()));
-        let pki = crate::pki::generate(
+        let pki = qyzmet_demo_pki::generate(
             &dir,
             &[],
-            &crate::pki::demo_provider_keys(),
+            &qyzmet_demo_pki::demo_provider_keys(),
             chrono::Utc::now() + chrono::Duration::days(1),
         )
         .expect("pki");
-        Settings::for_urls("amqp://127.0.0.1", "postgres://127.0.0.1/x", "regulations".into()).with_pki(&pki)
+        let mut settings = Settings::for_urls("amqp://127.0.0.1", "postgres://127.0.0.1/x", "regulations".into());
+        settings.trust_bundle = Some(pki.trust_bundle);
+        settings.crl_path = Some(pki.crl_dir);
+        settings.signing_keys = Some(pki.keys_dir);
+        settings.centre_bins = vec![qyzmet_demo_pki::DEMO_CENTRE_BIN.into()];
+        settings.shared_signer_bins = vec![qyzmet_demo_pki::DEMO_SHARED_SIGNER_BIN.into()];
+        settings
     }
 
     fn refusal(settings: &Settings) -> String {

@@ -394,7 +394,6 @@ mod tests {
 
     use super::{Checks, Examined, examine};
     use crate::contract::{Channel, Reason, ServiceCode};
-    use crate::pki::DEMO_CENTRE_BIN;
     use crate::regulations::PoolName;
     use crate::signature::keys::Keyring;
     use crate::signature::{SignatureFailure, Signer};
@@ -402,6 +401,7 @@ mod tests {
     use crate::workers::test_support::{
         archive_form, archive_portal_body, bin, body, envelope, iin, licence_form, pki, regs, signed, signed_by, who,
     };
+    use qyzmet_demo_pki::DEMO_CENTRE_BIN;
 
     /// Examines `body` as intake would, with the demo PKI and the demo centre.
     fn examine_with(

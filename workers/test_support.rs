@@ -12,12 +12,12 @@ use uuid::Uuid;
 
 use crate::contract::{Envelope, Request};
 use crate::pipeline::StepInput;
-use crate::pki::{self, PkiPaths};
 use crate::registry::MemoryRegistry;
 use crate::regulations::{PoolName, Regulations, Route};
 use crate::signature::keys::Keyring;
 use crate::signature::x509::X509Verifier;
 use crate::store::{AttachmentRecord, EntityRecord, PersonRecord, PowerOfAttorneyRecord, RequestRow};
+use qyzmet_demo_pki::{self as pki, PkiPaths};
 
 /// Identities of the demo (`demo/registries`, `tests/it/common`); every IIN and BIN has a valid
 /// check digit.
@@ -156,7 +156,7 @@ pub fn pki() -> &'static DemoPki {
 
 /// `body` signed by a demo PKI holder (`iin-…`, `bin-…`, `staff-<BIN>`, `expired-…`).
 pub fn signed_by(holder: &str, mut body: Value) -> Value {
-    let key = pki().paths.holder(holder).expect("a demo holder");
+    let key = crate::signature::keys::load_key(&pki().paths.holders_dir, holder).expect("a demo holder");
     key.sign_in_place(body.as_object_mut().expect("an object")).expect("signed");
     body
 }

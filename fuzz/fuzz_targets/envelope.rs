@@ -20,14 +20,14 @@ fn verifier() -> &'static X509Verifier {
     static V: OnceLock<X509Verifier> = OnceLock::new();
     V.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("qyzmet-fuzz-pki-{}", std::process::id()));
-        let pki = qyzmet::pki::generate(
+        let pki = qyzmet_demo_pki::generate(
             &dir,
-            &qyzmet::pki::demo_holders()[..1],
+            &qyzmet_demo_pki::demo_holders()[..1],
             &[],
             chrono::Utc::now() + chrono::Duration::days(1),
         )
         .expect("demo PKI");
-        X509Verifier::new(&pki.trust_bundle, Some(pki.crl_dir), vec![qyzmet::pki::DEMO_STAFF_ROLES.into()]).expect("verifier")
+        X509Verifier::new(&pki.trust_bundle, Some(pki.crl_dir), vec![qyzmet_demo_pki::DEMO_STAFF_ROLES.into()]).expect("verifier")
     })
 }
 

@@ -196,10 +196,10 @@ mod tests {
     #[test]
     fn world_readable_keys_are_refused_at_start_up() {
         let dir = std::env::temp_dir().join(format!("qyzmet-keys-{}", uuid::Uuid::new_v4().simple()));
-        let paths = crate::pki::generate(
+        let paths = qyzmet_demo_pki::generate(
             &dir,
             &[],
-            &crate::pki::demo_provider_keys()[..1],
+            &qyzmet_demo_pki::demo_provider_keys()[..1],
             chrono::Utc::now() + chrono::Duration::days(1),
         )
         .expect("pki");
@@ -217,10 +217,10 @@ mod tests {
     #[test]
     fn documents_signed_here_verify_offline() {
         let dir = std::env::temp_dir().join(format!("qyzmet-sign-{}", uuid::Uuid::new_v4().simple()));
-        let paths = crate::pki::generate(
+        let paths = qyzmet_demo_pki::generate(
             &dir,
             &[],
-            &crate::pki::demo_provider_keys(),
+            &qyzmet_demo_pki::demo_provider_keys(),
             chrono::Utc::now() + chrono::Duration::days(1),
         )
         .expect("pki");

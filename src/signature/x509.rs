@@ -559,7 +559,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::pki::{self, PkiPaths};
+    use qyzmet_demo_pki::{self as pki, PkiPaths};
+
+    use crate::signature::keys::load_key;
 
     fn pki() -> &'static PkiPaths {
         static PKI: OnceLock<PkiPaths> = OnceLock::new();
@@ -584,7 +586,10 @@ mod tests {
 
     fn signed_by(holder: &str) -> Value {
         let mut v = message();
-        pki().holder(holder).expect("holder").sign_in_place(v.as_object_mut().expect("object")).expect("sign");
+        load_key(&pki().holders_dir, holder)
+            .expect("holder")
+            .sign_in_place(v.as_object_mut().expect("object"))
+            .expect("sign");
         v
     }
 
@@ -617,8 +622,7 @@ mod tests {
     #[test]
     fn p12_rs256_signatures_verify() {
         let mut v = message();
-        pki()
-            .holder("staff-030940000443")
+        load_key(&pki().holders_dir, "staff-030940000443")
             .expect("rsa holder")
             .sign_in_place(v.as_object_mut().expect("obj"))
             .expect("sign");
@@ -854,7 +858,10 @@ mod tests {
         let stale_verifier =
             X509Verifier::new(&stale.trust_bundle, Some(stale.crl_dir.clone()), vec![]).expect("verifier");
         let mut v = message();
-        stale.holder("iin-850401300125").expect("holder").sign_in_place(v.as_object_mut().expect("o")).expect("sign");
+        load_key(&stale.holders_dir, "iin-850401300125")
+            .expect("holder")
+            .sign_in_place(v.as_object_mut().expect("o"))
+            .expect("sign");
         let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
         assert_eq!(
             stale_verifier.verify(v.as_object().expect("o"), &sig, &expected),
@@ -867,7 +874,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qyzmet-reload-{}", uuid::Uuid::new_v4().simple()));
         let p = pki::generate(&dir, &pki::demo_holders()[..1], &[], Utc::now() + Span::days(1)).expect("pki");
         let mut v = message();
-        p.holder("iin-850401300125").expect("holder").sign_in_place(v.as_object_mut().expect("o")).expect("sign");
+        load_key(&p.holders_dir, "iin-850401300125")
+            .expect("holder")
+            .sign_in_place(v.as_object_mut().expect("o"))
+            .expect("sign");
         let sig: SignatureBlock = serde_json::from_value(v["signature"].clone()).expect("sig");
         let expected = citizen_signed_now();
         let mut verifier = X509Verifier::new(&p.trust_bundle, Some(p.crl_dir.clone()), vec![]).expect("verifier");

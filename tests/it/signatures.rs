@@ -163,7 +163,7 @@ async fn documents_signed_by_the_shared_default_key_verify_offline_when_the_veri
             .output()
             .expect("qyzmet verify runs")
     };
-    let trusted = verify(qyzmet::pki::DEMO_SHARED_SIGNER_BIN);
+    let trusted = verify(qyzmet_demo_pki::DEMO_SHARED_SIGNER_BIN);
     assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
     let untrusted = verify("");
     assert!(!untrusted.status.success(), "without the shared signer configured it must not verify");

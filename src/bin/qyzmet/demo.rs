@@ -15,13 +15,13 @@ use uuid::Uuid;
 use qyzmet::broker::{Broker, Message, Publisher};
 use qyzmet::config::Settings;
 use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status, now_local};
-use qyzmet::pki::PkiPaths;
 use qyzmet::registry::import_file;
 use qyzmet::regulations::{PoolName, Regulations};
 use qyzmet::signature::keys::SigningKey;
 use qyzmet::startup::{self, Deps, Options};
 use qyzmet::store::Store;
 use qyzmet::systems::{Kind, System, Systems};
+use qyzmet_demo_pki::PkiPaths;
 
 /// What the demo does once a request reaches the payment or a staff-review step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,18 @@ pub(crate) const ASTANA_PHC: &str = "061240000228";
 pub(crate) const AKTOBE_HEALTH: &str = "011040000330";
 pub(crate) const ASTANA_ARCHIVES: &str = "030940000443";
 pub(crate) const UNREGISTERED: &str = "090840000556";
+
+/// The settings pointed at a demo PKI: its trust bundle, CRLs and result-signing keys, and the
+/// staff roles, centre and shared signer its certificates name.
+pub(crate) fn with_pki(mut settings: Settings, pki: &PkiPaths) -> Settings {
+    settings.trust_bundle = Some(pki.trust_bundle.clone());
+    settings.crl_path = Some(pki.crl_dir.clone());
+    settings.signing_keys = Some(pki.keys_dir.clone());
+    settings.staff_role_oids = vec![qyzmet_demo_pki::DEMO_STAFF_ROLES.into()];
+    settings.centre_bins = vec![qyzmet_demo_pki::DEMO_CENTRE_BIN.into()];
+    settings.shared_signer_bins = vec![qyzmet_demo_pki::DEMO_SHARED_SIGNER_BIN.into()];
+    settings
+}
 
 pub(crate) fn req(
     service: &str,
@@ -440,7 +452,7 @@ fn specs() -> Vec<Spec> {
     ]
 }
 
-pub use qyzmet::pki::proper_signer;
+pub use qyzmet_demo_pki::proper_signer;
 
 /// Demo signing keys, loaded on first use.
 pub(crate) struct Keys {
@@ -459,7 +471,8 @@ impl Keys {
         let holder =
             if self.pki.holders_dir.join(format!("{holder}.key.pem")).exists() { holder } else { "iin-771102450346" };
         if !self.cache.contains_key(holder) {
-            let key = self.pki.holder(holder).map_err(|e| anyhow::anyhow!("demo key {holder}: {e}"))?;
+            let key = qyzmet::signature::keys::load_key(&self.pki.holders_dir, holder)
+                .map_err(|e| anyhow::anyhow!("demo key {holder}: {e}"))?;
             self.cache.insert(holder.to_owned(), key);
         }
         let key = &self.cache[holder];
@@ -673,13 +686,13 @@ pub async fn run(
     if let Some(file) = &settings.systems_file {
         println!("   (qyzmet and every sender log in as the broker users of {})", file.display());
     }
-    let pki = qyzmet::pki::generate_demo(pki_dir).map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
+    let pki = qyzmet_demo_pki::generate_demo(pki_dir).map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
     println!(
         "\n1. demo PKI in {} (root and signing CA, CRLs, citizen, entity, staff and operator certificates,",
         pki_dir.display()
     );
     println!("   provider result-signing keys, and expired, not-yet-valid, revoked and untrusted certificates)");
-    let mut settings = settings.clone().with_pki(&pki);
+    let mut settings = with_pki(settings.clone(), &pki);
     let systems = settings.systems()?;
     if let Some(systems) = &systems {
         // qyzmet itself logs in as its own user, reading the password from its file.
@@ -876,7 +889,7 @@ pub async fn run(
             path.display(),
             pki.trust_bundle.display(),
             pki.crl_dir.display(),
-            qyzmet::pki::DEMO_SHARED_SIGNER_BIN
+            qyzmet_demo_pki::DEMO_SHARED_SIGNER_BIN
         );
     }
     println!(

@@ -611,14 +611,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         #[cfg(feature = "demo")]
         Command::Pki { command: PkiCommand::Demo { dir } } => {
-            let paths = qyzmet::pki::generate_demo(&dir).map_err(|e| anyhow::anyhow!(e))?;
+            let paths = qyzmet_demo_pki::generate_demo(&dir).map_err(|e| anyhow::anyhow!(e))?;
             println!("demo PKI written to {} (demo keys: never use them for anything real)", dir.display());
             println!("  QYZMET_TRUST_BUNDLE={}", paths.trust_bundle.display());
             println!("  QYZMET_CRL_PATH={}", paths.crl_dir.display());
             println!("  QYZMET_SIGNING_KEYS={}", paths.keys_dir.display());
-            println!("  QYZMET_STAFF_ROLE_OIDS={}", qyzmet::pki::DEMO_STAFF_ROLES);
-            println!("  QYZMET_CENTRE_BINS={}", qyzmet::pki::DEMO_CENTRE_BIN);
-            println!("  QYZMET_SHARED_SIGNER_BINS={}", qyzmet::pki::DEMO_SHARED_SIGNER_BIN);
+            println!("  QYZMET_STAFF_ROLE_OIDS={}", qyzmet_demo_pki::DEMO_STAFF_ROLES);
+            println!("  QYZMET_CENTRE_BINS={}", qyzmet_demo_pki::DEMO_CENTRE_BIN);
+            println!("  QYZMET_SHARED_SIGNER_BINS={}", qyzmet_demo_pki::DEMO_SHARED_SIGNER_BIN);
             println!("  request and decision signing keys: {}", paths.holders_dir.display());
             Ok(())
         }

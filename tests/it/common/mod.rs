@@ -22,12 +22,12 @@ use uuid::Uuid;
 use qyzmet::broker::{Broker, Message, Publisher};
 use qyzmet::config::Settings;
 use qyzmet::contract::{EXCHANGE_DECISIONS, EXCHANGE_OUTCOMES, EXCHANGE_PAYMENTS, EXCHANGE_REQUESTS, Outcome, Status};
-use qyzmet::pki::PkiPaths;
 use qyzmet::registry::import_file;
 use qyzmet::regulations::Regulations;
 use qyzmet::signature::keys::SigningKey;
 use qyzmet::startup::{self, Deps, Options, Running};
 use qyzmet::store::Store;
+use qyzmet_demo_pki::PkiPaths;
 
 /// Runs `rabbitmqctl` against the test broker (`scripts/services.sh rabbitmqctl`, as
 /// `make test` sets `TEST_RABBITMQCTL`).
@@ -124,13 +124,13 @@ static PKI: std::sync::OnceLock<PkiPaths> = std::sync::OnceLock::new();
 pub fn pki() -> &'static PkiPaths {
     PKI.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("qyzmet-test-pki-{}", Uuid::new_v4().simple()));
-        qyzmet::pki::generate_demo(&dir).expect("demo PKI")
+        qyzmet_demo_pki::generate_demo(&dir).expect("demo PKI")
     })
 }
 
 /// A holder's key from the test PKI.
 pub fn holder(name: &str) -> SigningKey {
-    pki().holder(name).unwrap_or_else(|e| panic!("holder {name}: {e}"))
+    qyzmet::signature::keys::load_key(&pki().holders_dir, name).unwrap_or_else(|e| panic!("holder {name}: {e}"))
 }
 
 /// Signs a JSON object with a holder's key (replacing any signature).
@@ -138,9 +138,21 @@ pub fn sign_as(name: &str, v: &mut Value) {
     holder(name).sign_in_place(v.as_object_mut().expect("object")).expect("sign");
 }
 
-/// Who signs a request under its channel's regulation (see `qyzmet::pki::proper_signer`).
+/// Settings pointed at the demo PKI (its trust bundle, CRLs, result-signing keys, and the staff
+/// roles, centre and shared signer its certificates name).
+pub fn with_pki(mut settings: Settings, pki: &PkiPaths) -> Settings {
+    settings.trust_bundle = Some(pki.trust_bundle.clone());
+    settings.crl_path = Some(pki.crl_dir.clone());
+    settings.signing_keys = Some(pki.keys_dir.clone());
+    settings.staff_role_oids = vec![qyzmet_demo_pki::DEMO_STAFF_ROLES.into()];
+    settings.centre_bins = vec![qyzmet_demo_pki::DEMO_CENTRE_BIN.into()];
+    settings.shared_signer_bins = vec![qyzmet_demo_pki::DEMO_SHARED_SIGNER_BIN.into()];
+    settings
+}
+
+/// Who signs a request under its channel's regulation (see `qyzmet_demo_pki::proper_signer`).
 pub fn proper_signer(request: &Value) -> String {
-    let name = qyzmet::pki::proper_signer(request);
+    let name = qyzmet_demo_pki::proper_signer(request);
     // Identifiers without a certificate (invalid ones) are refused before the signature check.
     if pki().holders_dir.join(format!("{name}.key.pem")).exists() { name } else { "iin-850401300125".into() }
 }
@@ -380,7 +392,7 @@ impl TestEnv {
             .await
             .expect("worker role");
         let worker_url = with_user(&db_url, &worker);
-        let mut settings = Settings::for_urls(&amqp_url, &worker_url, regs_dir).with_pki(pki());
+        let mut settings = with_pki(Settings::for_urls(&amqp_url, &worker_url, regs_dir), pki());
         settings.migration_database_url = Some(db_url.clone());
         settings.sweep_interval_ms = 100;
         settings.outbox_relay_secs = 3;

@@ -728,9 +728,9 @@ pub(crate) async fn demo_world(
     settings: &Settings,
     pki_dir: &std::path::Path,
     demo_dir: &std::path::Path,
-) -> anyhow::Result<(Settings, Store, qyzmet::pki::PkiPaths)> {
-    let pki = qyzmet::pki::generate_demo(pki_dir).map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
-    let settings = settings.clone().with_pki(&pki);
+) -> anyhow::Result<(Settings, Store, qyzmet_demo_pki::PkiPaths)> {
+    let pki = qyzmet_demo_pki::generate_demo(pki_dir).map_err(|e| anyhow::anyhow!("demo PKI: {e}"))?;
+    let settings = demo::with_pki(settings.clone(), &pki);
     let store = Store::connect(settings.migration_url(), 8).await.context("cannot connect to PostgreSQL")?;
     store.migrate().await?;
     for f in ["persons.jsonl", "legal-entities.csv", "powers-of-attorney.jsonl", "attachments.csv"] {

@@ -1,4 +1,4 @@
-//! A demonstration PKI (`qyzmet pki demo DIR`), used by `make demo` and the tests: a root and an
+//! A demonstration PKI (`qyzmet pki demo DIR`), used by `make demo`, `qyzmet bench` and the tests: a root and an
 //! intermediate CA, their CRLs, certificates in the national CA's conventions (IIN in the subject
 //! `serialNumber` as `IIN…`, BIN in `OU` as `BIN…`, staff roles as extended-key-usage OIDs under
 //! 1.2.398.3.3.4.1.2) for citizens, legal entities, representatives, provider staff and centre
@@ -13,7 +13,10 @@
 //! - `holders/<name>.key.pem` + `.chain.pem` — keys for signing demo requests and decisions;
 //! - `ca/` — the CA keys, to issue more CRLs.
 //!
-//! Demo keys only: never use them for anything real.
+//! Demo keys only: never use them for anything real. This crate is not part of the qyzmet library
+//! (the library is the pipeline): the binary's demo commands use it with the `demo` feature, the
+//! tests as a dev-dependency. It writes files; qyzmet reads them as it reads a real PKI's
+//! (`qyzmet::signature::keys::load_key` for a holder's key).
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +25,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
-
-use crate::signature::keys::{SigningKey, load_key};
 
 /// A 2048-bit RSA key for the RS256 holders (ring cannot generate RSA keys). Demo only.
 const DEMO_RSA_KEY: &str = include_str!("demo-rsa.key.pem");
@@ -197,11 +198,6 @@ impl PkiPaths {
             keys_dir: dir.join("keys"),
             holders_dir: dir.join("holders"),
         }
-    }
-
-    /// A holder's signing key.
-    pub fn holder(&self, name: &str) -> Result<SigningKey, String> {
-        load_key(&self.holders_dir, name).map_err(|e| e.to_string())
     }
 }
 

@@ -175,11 +175,13 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
     if systems.is_none() {
         tracing::warn!("no systems file (QYZMET_SYSTEMS_FILE): who sends what is recorded but not checked");
     }
-    use crate::pipeline::batch::Commits;
+    use crate::pipeline::batch::{Commits, Reads};
     let (registrations, advances, endings) =
         (Commits::start(store.clone()), Commits::start(store.clone()), Commits::start(store.clone()));
+    let reads = Reads::start(store.clone());
     let ctx = Arc::new(Ctx {
         store,
+        reads,
         regs: Arc::new(regs),
         outbox,
         registrations,

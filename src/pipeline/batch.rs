@@ -29,7 +29,7 @@ use sqlx::PgConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::{Advance, Registration, Store, StoreError};
+use crate::store::{Advance, Registration, RequestRow, Store, StoreError};
 
 use super::Failure;
 use super::transition::{Ending, Pending};
@@ -169,21 +169,23 @@ impl<T: Batched> Commits<T> {
     }
 }
 
+/// Whatever is waiting, at least one and at most [`MAX_BATCH`]; `None` once every sender is gone.
+async fn gather<T>(waiting: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = waiting.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match waiting.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// A runner: takes whatever is waiting (at least one), writes it, answers, again.
 async fn run<T: Batched>(store: Store, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Waiting<T>>>>) {
     loop {
-        let batch = {
-            let mut waiting = waiting.lock().await;
-            let Some(first) = waiting.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match waiting.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+        let Some(batch) = gather(&mut *waiting.lock().await).await else { return };
         write(&store, batch).await;
     }
 }
@@ -236,4 +238,66 @@ async fn write_all<T: Batched>(store: &Store, batch: &[Waiting<T>]) -> Vec<Resul
 async fn write_one<T: Batched>(store: &Store, transition: &T) -> Result<Vec<i64>, Failure> {
     let mut conn = store.batch_pool().acquire().await?;
     Ok(T::write_all(&mut conn, &[transition]).await?.pop().unwrap_or_default())
+}
+
+/// A read waiting for its batch, and where its answer goes.
+type Read = (Uuid, oneshot::Sender<Result<Option<RequestRow>, Failure>>);
+
+/// Reads of the requests a process's deliveries are about to work on, many in one statement
+/// ([`Store::get_requests`]): every task begins by reading its request, and under load a pool
+/// has dozens of them in flight, each of which would otherwise be a round trip and a statement
+/// of its own. As with [`Commits`], nothing waits for a batch to fill: one statement is in
+/// flight, and whatever arrived meanwhile goes in the next. Cheap to clone; the reader stops
+/// when every clone is dropped.
+#[derive(Clone)]
+pub struct Reads {
+    queue: mpsc::UnboundedSender<Read>,
+}
+
+impl Reads {
+    /// Starts the reader on `store`.
+    pub fn start(store: Store) -> Reads {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(read(store, waiting));
+        Reads { queue }
+    }
+
+    /// A request as it stands now, read in a batch with other deliveries' (no lock taken);
+    /// `None` if there is no such request.
+    pub async fn get(&self, id: Uuid) -> Result<Option<RequestRow>, Failure> {
+        let (answer, answered) = oneshot::channel();
+        self.queue.send((id, answer)).map_err(|_| Failure::Transient("the batch reader has stopped".into()))?;
+        answered.await.map_err(|_| Failure::Transient("the batch reader stopped before answering".into()))?
+    }
+}
+
+/// The reader: takes whatever is waiting, reads it in one statement, answers each, again. A
+/// failed statement fails every read of the batch, classified as the failure of one would be.
+async fn read(store: Store, mut waiting: mpsc::UnboundedReceiver<Read>) {
+    while let Some(batch) = gather(&mut waiting).await {
+        let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        match store.get_requests(&ids).await.map_err(Failure::from) {
+            Ok(rows) => {
+                let mut rows: std::collections::HashMap<Uuid, RequestRow> =
+                    rows.into_iter().map(|r| (r.request_id, r)).collect();
+                crate::metrics::batch_written("read", batch.len());
+                for (i, (id, answer)) in batch.into_iter().enumerate() {
+                    // A request asked for again later in the batch (a redelivered task) keeps its
+                    // row for that read.
+                    let row = if ids[i + 1..].contains(&id) { rows.get(&id).cloned() } else { rows.remove(&id) };
+                    let _ = answer.send(Ok(row));
+                }
+            }
+            Err(e) => {
+                let (transient, why) = (e.is_transient(), e.to_string());
+                for (_, answer) in batch {
+                    let failure = match transient {
+                        true => Failure::Transient(why.clone()),
+                        false => Failure::permanent("request", why.clone()),
+                    };
+                    let _ = answer.send(Err(failure));
+                }
+            }
+        }
+    }
 }

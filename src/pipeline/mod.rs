@@ -51,6 +51,8 @@ pub struct Ctx {
     pub regs: Arc<Regulations>,
     /// Publishing after commit, and the relay.
     pub outbox: Outbox,
+    /// The tasks' reads of their requests, many in one statement.
+    pub reads: batch::Reads,
     /// Group commit of intake: one statement for the registrations of many accepted requests.
     pub registrations: batch::Commits<crate::store::Registration>,
     /// Group commit of the steps that pass: one statement for the advances of many deliveries.

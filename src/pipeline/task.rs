@@ -91,7 +91,7 @@ pub fn load<'r>(ctx: &'r Ctx, row: &RequestRow) -> Result<(Request, Route<'r>), 
 }
 
 async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure> {
-    let Some(row) = ctx.store.get_request(task.request_id).await? else {
+    let Some(row) = ctx.reads.get(task.request_id).await? else {
         tracing::warn!(request_id = %task.request_id, "task for an unknown request; ignored");
         return Ok(());
     };

@@ -116,8 +116,9 @@ macro_rules! request_columns {
 }
 
 /// Connections of [`Store::batch_pool`]: one statement in flight per kind of transition
-/// (registration, advance, end), and one more for a refused batch written row by row.
-const BATCH_CONNECTIONS: u32 = 4;
+/// (registration, advance, end) and for the tasks' reads, and one more for a refused batch
+/// written row by row.
+const BATCH_CONNECTIONS: u32 = 5;
 
 /// Request serials taken from the sequence at a time ([`Store::next_request_serial`]).
 const SERIAL_BLOCK: i64 = 32;
@@ -612,9 +613,9 @@ impl Store {
         &self.pool
     }
 
-    /// Connections for the group-commit statements ([`Store::register_all`],
-    /// [`Store::advance_all`], [`Store::finish_all`]), which are planned once per connection.
-    /// Other statements use [`Store::pool`].
+    /// Connections for the statements that carry many deliveries' rows ([`Store::register_all`],
+    /// [`Store::advance_all`], [`Store::finish_all`], [`Store::get_requests`]), which are planned
+    /// once per connection. Other statements use [`Store::pool`].
     pub fn batch_pool(&self) -> &PgPool {
         &self.batch
     }
@@ -743,6 +744,15 @@ impl Store {
         sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Reads many requests without locking them, in one statement (on [`Store::batch_pool`]):
+    /// those that exist, in no particular order.
+    pub async fn get_requests(&self, ids: &[Uuid]) -> Result<Vec<RequestRow>, StoreError> {
+        sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE request_id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(&self.batch)
             .await
     }
 

@@ -473,6 +473,40 @@ async fn p11_many_registrations_commit_in_one_statement_and_a_republished_one_ad
     env.cleanup().await;
 }
 
+/// Tasks read their requests through one batch reader: reads asked for together each get their
+/// own row, an id with no request gets none, and an id asked for twice (a redelivered task) gets
+/// its row both times.
+#[tokio::test]
+async fn tasks_reading_together_each_get_their_own_row_none_for_an_unknown_id_and_twice_for_a_repeated_one() {
+    use qyzmet::pipeline::batch::Reads;
+    use qyzmet::store::Store;
+    let env = TestEnv::new().await;
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let all: Vec<_> = ids.iter().enumerate().map(|(n, id)| registration(*id, n + 10)).collect();
+    let refs: Vec<_> = all.iter().collect();
+    let mut conn = env.store.pool().acquire().await.expect("connection");
+    Store::register_all(&mut conn, &refs).await.expect("registered");
+    drop(conn);
+    let reads = Reads::start(env.store.clone());
+    let unknown = uuid::Uuid::new_v4();
+    let asked = [ids[0], ids[1], unknown, ids[2], ids[0]];
+    let rows = futures_util::future::join_all(asked.iter().map(|id| reads.get(*id))).await;
+    let got: Vec<Option<(uuid::Uuid, Option<String>)>> =
+        rows.into_iter().map(|r| r.expect("read").map(|row| (row.request_id, row.request_number))).collect();
+    let number = |n: usize| Some(format!("S1-AST-20261202-{n:07}"));
+    assert_eq!(
+        got,
+        [
+            Some((ids[0], number(10))),
+            Some((ids[1], number(11))),
+            None,
+            Some((ids[2], number(12))),
+            Some((ids[0], number(10))),
+        ]
+    );
+    env.cleanup().await;
+}
+
 /// A worker process killed while its batched commit is inside PostgreSQL — the statement sent,
 /// waiting for row locks the test holds — loses nothing and doubles nothing: whether the
 /// orphaned statement then commits or not, every request ends in exactly one final outcome,

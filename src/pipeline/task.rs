@@ -135,7 +135,7 @@ async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure
     tracing::debug!(request_id = %row.request_id, pool = step_name, elapsed_ms = started.elapsed().as_millis() as u64, "step ran");
     crate::metrics::step_duration(step_name, started.elapsed());
     match outcome {
-        Ok(Ok(Ok(result))) => match apply(ctx, &row, &route, step_name, result).await {
+        Ok(Ok(Ok(result))) => match apply(ctx, &row, &route, &request.provider, step_name, result).await {
             Err(e) if !e.is_transient() => refuse_invalid(ctx, &row, step_name, &e).await,
             other => other,
         },
@@ -174,6 +174,7 @@ async fn apply(
     ctx: &Ctx,
     row: &RequestRow,
     route: &Route<'_>,
+    provider: &str,
     step_name: &str,
     outcome: StepOutcome,
 ) -> Result<(), Failure> {
@@ -193,7 +194,7 @@ async fn apply(
             None
         }
         StepOutcome::Complete { document } => {
-            let doc = finished_document(ctx, row, document).await?;
+            let doc = finished_document(ctx, provider, document).await?;
             ctx.endings.commit(transition::completion(row, route, doc)).await?
         }
     };
@@ -204,14 +205,11 @@ async fn apply(
     Ok(())
 }
 
-/// Numbers and signs a result document. The number comes from the process's block (no
+/// Numbers and signs a result document with the key of `provider` (the validated request's;
+/// the default key where the provider has none). The number comes from the process's block (no
 /// completion holds the counter's row while it signs); a completion that then finds the request
 /// moved leaves a gap.
-async fn finished_document(
-    ctx: &Ctx,
-    row: &RequestRow,
-    document: DocumentDraft,
-) -> Result<Map<String, Value>, Failure> {
+async fn finished_document(ctx: &Ctx, provider: &str, document: DocumentDraft) -> Result<Map<String, Value>, Failure> {
     let year = now_local().format("%Y");
     let scope = format!("{}-{year}", document.number_prefix);
     let n = ctx.store.next_document_number(&scope).await?;
@@ -220,7 +218,6 @@ async fn finished_document(
     doc.insert("number".into(), json!(format!("{scope}-{n:06}")));
     doc.insert("issued_at".into(), json!(now_local()));
     doc.insert("content".into(), document.content);
-    let provider = row.body.get("provider").and_then(Value::as_str).unwrap_or_default();
     let signature = ctx.signer.sign(provider, &doc).map_err(|e| Failure::permanent("provider", e))?;
     doc.insert("signature".into(), signature);
     Ok(doc)

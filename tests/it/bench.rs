@@ -6,23 +6,39 @@ use serde_json::Value;
 
 use crate::common::*;
 
-#[tokio::test]
-async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_and_charts() {
-    let env = TestEnv::new().await;
-    let pki_dir = std::env::temp_dir().join(format!("qyzmet-bench-smoke-{}", uuid::Uuid::new_v4().simple()));
+/// Runs `qyzmet bench` with `args` (and its own PKI directory) against the test's services;
+/// its JSON report.
+async fn bench(env: &TestEnv, pki_dir: &std::path::Path, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
-        .args(["bench", "--requests", "40", "--processes", "1", "--concurrency", "4", "--window", "16", "--json"])
-        .args(["--timeout-secs", "120", "--demo-dir", concat!(env!("CARGO_MANIFEST_DIR"), "/demo")])
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--timeout-secs", "120", "--demo-dir", concat!(env!("CARGO_MANIFEST_DIR"), "/demo")])
         .arg("--pki-dir")
-        .arg(&pki_dir)
-        .arg("--plot")
-        .arg(pki_dir.join("charts"))
+        .arg(pki_dir)
         .envs(env.child_env())
         .output()
         .await
         .expect("run qyzmet bench");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+fn scratch_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("qyzmet-bench-smoke-{}", uuid::Uuid::new_v4().simple()))
+}
+
+#[tokio::test]
+async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_and_charts() {
+    let env = TestEnv::new().await;
+    let pki_dir = scratch_dir();
+    let charts = pki_dir.join("charts");
+    let charts_arg = charts.to_string_lossy().into_owned();
+    let report = bench(
+        &env,
+        &pki_dir,
+        &["--requests", "40", "--processes", "1", "--concurrency", "4", "--window", "16", "--plot", &charts_arg],
+    )
+    .await;
     let run = &report["runs"][0];
     assert_eq!(run["requests"], 40);
     assert_eq!(run["finished"], 40, "{run:#}");
@@ -36,8 +52,30 @@ async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_a
     assert!(matches!(ceiling["in_flight"].as_u64(), Some(16 | 64 | 256)), "{ceiling:#}");
     assert!(run["cpu"]["machine_s"].as_f64().is_some_and(|s| s > 0.0), "machine CPU was sampled: {run:#}");
     assert!(run["cpu"]["workers_by_pool"]["intake"].as_f64().is_some_and(|s| s >= 0.0), "{run:#}");
-    let chart = std::fs::read_to_string(pki_dir.join("charts").join("throughput.svg")).expect("throughput chart");
+    let chart = std::fs::read_to_string(charts.join("throughput.svg")).expect("throughput chart");
     assert!(chart.starts_with("<svg") && chart.contains("ceiling") && chart.contains("1 proc/pool"), "{chart}");
-    assert!(pki_dir.join("charts").join("steps.svg").exists(), "per-step latency chart");
+    assert!(charts.join("steps.svg").exists(), "per-step latency chart");
+    env.cleanup().await;
+}
+
+/// The open loop offers requests on a schedule (request `k` due `(k + 1) / rate` after the
+/// start), not as fast as the pipeline takes them: 40 requests at 20 per second cannot all have
+/// been published, let alone answered, in under two seconds.
+#[tokio::test]
+async fn open_loop_smoke_run_keeps_to_the_offered_rate_and_answers_every_request() {
+    let env = TestEnv::new().await;
+    let pki_dir = scratch_dir();
+    let report = bench(
+        &env,
+        &pki_dir,
+        &["--requests", "40", "--rate", "20", "--processes", "1", "--concurrency", "4", "--no-ceiling"],
+    )
+    .await;
+    let run = &report["runs"][0];
+    assert_eq!(run["finished"], 40, "{run:#}");
+    assert_eq!(run["lost"], 0);
+    assert_eq!(run["answered_twice"], 0);
+    assert!(run["seconds"].as_f64().is_some_and(|s| s >= 1.95), "paced at 20 per second: {run:#}");
+    assert!(run["end_to_end_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0), "{run:#}");
     env.cleanup().await;
 }

@@ -139,7 +139,7 @@ pub struct Run {
     /// Extra deliveries of the same final Outcome (same `message_id`; at-least-once publication
     /// after a process could not record that it had published).
     pub duplicate_deliveries: usize,
-    /// Wall time from first publish to last final outcome, seconds.
+    /// Wall time from the start of publishing to the last final outcome, seconds.
     pub seconds: f64,
     /// Final outcomes per second.
     pub throughput: f64,
@@ -554,27 +554,38 @@ fn progress(label: &str, published: usize, total: usize, finished: usize, refuse
 }
 
 /// Publishes `n` requests (closed-loop or at a rate) and waits for their outcomes.
+///
+/// At a rate, request `k` is due `(k + 1) / rate` seconds after the start, and its latency counts
+/// from then (not from when it was actually sent, so a generator that falls behind cannot hide
+/// it); each batch's confirms are awaited in a task of its own, so that a slow confirm does not
+/// hold back the requests due meanwhile, as it would not hold back other upstream systems.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     label: &str,
     args: &BenchArgs,
     n: usize,
     keys: &Arc<Mutex<Keys>>,
-    publisher: &Publisher,
+    publisher: &Arc<Publisher>,
     board: &Arc<Mutex<Board>>,
     closed_loop: bool,
 ) -> anyhow::Result<(Instant, Vec<Uuid>)> {
     let mix = mix(args.service.as_deref());
     anyhow::ensure!(!mix.is_empty(), "no service in the mix matches {:?}", args.service);
     let started = Instant::now();
+    let rate = args.rate.filter(|_| !closed_loop);
+    // Request `k` is due when `k + 1` requests are: `(k + 1) / rate` after the start.
+    let due_at = |k: usize| rate.map(|r| started + Duration::from_secs_f64((k + 1) as f64 / r));
+    let mut confirming = tokio::task::JoinSet::new();
     let mut ids = Vec::with_capacity(n);
     let mut last_progress = Instant::now();
     let mut i = 0;
     while i < n {
-        let batch = if let (false, Some(rate)) = (closed_loop, args.rate) {
+        let batch = if let Some(rate) = rate {
             let due = (started.elapsed().as_secs_f64() * rate) as usize;
             if due <= i {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                if let Some(next) = due_at(i) {
+                    tokio::time::sleep_until(next.into()).await;
+                }
                 0
             } else {
                 (due - i).min(50)
@@ -598,10 +609,9 @@ async fn drive(
                 let mut b = board.lock().await;
                 for j in 0..batch {
                     let (id, service, body) = make_request(&mut k, &mix, i + j)?;
-                    b.tracks.insert(
-                        id,
-                        Track { published: Some(Instant::now()), service: service.clone(), ..Track::default() },
-                    );
+                    let published = due_at(i + j).unwrap_or_else(Instant::now);
+                    b.tracks
+                        .insert(id, Track { published: Some(published), service: service.clone(), ..Track::default() });
                     ids.push(id);
                     messages.push(Message {
                         exchange: EXCHANGE_REQUESTS.into(),
@@ -614,7 +624,15 @@ async fn drive(
                     });
                 }
             }
-            publisher.publish_all(&messages).await?;
+            if rate.is_some() {
+                let publisher = publisher.clone();
+                confirming.spawn(async move { publisher.publish_all(&messages).await });
+                while let Some(done) = confirming.try_join_next() {
+                    done??;
+                }
+            } else {
+                publisher.publish_all(&messages).await?;
+            }
             i += batch;
         }
         if last_progress.elapsed() > Duration::from_millis(500) {
@@ -622,6 +640,9 @@ async fn drive(
             progress(label, i, n, b.finished, b.refused, started);
             last_progress = Instant::now();
         }
+    }
+    while let Some(done) = confirming.join_next().await {
+        done??;
     }
     Ok((started, ids))
 }

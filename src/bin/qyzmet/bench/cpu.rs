@@ -48,9 +48,11 @@ impl Parties {
             let children: u64 = children_of(pm).into_iter().filter_map(proc_times).map(|t| t.own).sum();
             proc_times(pm).map_or(0, |t| t.own + t.reaped) + children
         });
+        let (busy, steal) = machine_ticks();
         Snapshot {
             at: Instant::now(),
-            busy: machine_busy(),
+            busy,
+            steal,
             broker: self.broker.and_then(proc_times).map_or(0, |t| t.own + t.reaped),
             database: postmaster,
             workers: self.workers.iter().map(|(pool, pid)| (pool.clone(), proc_times(*pid).map_or(0, |t| t.own))).fold(
@@ -72,6 +74,7 @@ impl Parties {
 pub struct Snapshot {
     at: Instant,
     busy: u64,
+    steal: u64,
     broker: u64,
     database: u64,
     workers: BTreeMap<String, u64>,
@@ -85,8 +88,11 @@ pub struct Snapshot {
 pub struct CpuSplit {
     /// Wall time between the snapshots.
     pub wall_s: f64,
-    /// Every core's busy time on the machine.
+    /// Every core's busy time on the machine (steal not included).
     pub machine_s: f64,
+    /// Time the hypervisor gave to other guests while this one had work (a virtual machine's
+    /// `steal`): not ours, so not in `machine_s`, but it delays everything while it lasts.
+    pub steal_s: f64,
     /// The broker.
     pub broker_s: f64,
     /// The database (postmaster and backends).
@@ -122,6 +128,7 @@ impl CpuSplit {
         CpuSplit {
             wall_s: (b.at - a.at).as_secs_f64(),
             machine_s,
+            steal_s: s(a.steal, b.steal),
             broker_s,
             database_s,
             workers_s,
@@ -205,13 +212,13 @@ fn children_of(parent: u32) -> Vec<u32> {
     pids().into_iter().filter(|&p| proc_times(p).is_some_and(|t| t.parent == parent)).collect()
 }
 
-/// Busy ticks of all cores (everything but idle and I/O wait).
-fn machine_busy() -> u64 {
+/// Busy ticks of all cores (user, nice, system, interrupts) and steal ticks, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> =
         stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    at(0) + at(1) + at(2) + at(5) + at(6) + at(7)
+    (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
 }
 
 #[cfg(test)]

@@ -145,6 +145,10 @@ pub struct Run {
     pub throughput: f64,
     /// Publish to final outcome.
     pub end_to_end_ms: Latency,
+    /// The same for the requests published in each second of the run (index: seconds since
+    /// the start): when the slow ones were sent, so that a stall can be lined up with what else
+    /// happened then (a checkpoint, the hypervisor's steal, a sweeper pass).
+    pub end_to_end_by_second: Vec<Latency>,
     /// Per step (time from the status that queued it to the next status).
     pub step_ms: BTreeMap<String, Latency>,
     /// Final outcomes by status/kind.
@@ -667,6 +671,7 @@ async fn wait_all(label: &str, n: usize, started: Instant, board: &Arc<Mutex<Boa
 
 async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, peak: BTreeMap<String, f64>) -> Run {
     let mut e2e = Vec::new();
+    let mut by_second: Vec<Vec<f64>> = Vec::new();
     let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut lost = 0;
@@ -677,7 +682,13 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
         let Some(published) = t.published else { continue };
         match t.final_at {
             Some(f) => {
-                e2e.push((f - published).as_secs_f64() * 1000.0);
+                let ms = (f - published).as_secs_f64() * 1000.0;
+                e2e.push(ms);
+                let second = usize::try_from(published.saturating_duration_since(started).as_secs()).unwrap_or(0);
+                if by_second.len() <= second {
+                    by_second.resize_with(second + 1, Vec::new);
+                }
+                by_second[second].push(ms);
                 last = last.max(f);
                 *outcomes.entry(t.outcome.clone()).or_default() += 1;
             }
@@ -707,6 +718,7 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
         seconds,
         throughput: board.finished as f64 / seconds,
         end_to_end_ms: latency(e2e),
+        end_to_end_by_second: by_second.into_iter().map(latency).collect(),
         step_ms: steps.into_iter().map(|(k, v)| (k, latency(v))).collect(),
         outcomes,
         peak_rss_mib: peak,
@@ -1018,6 +1030,9 @@ fn print_report(r: &Report) {
         }
         for run in &r.runs {
             println!("\nper-step latency with {} process(es)/pool (ms, p50 / p95 / p99):", run.processes);
+            let mut slowest: Vec<(usize, &Latency)> =
+                run.end_to_end_by_second.iter().enumerate().filter(|(_, l)| l.n > 0).collect();
+            slowest.sort_by(|a, b| b.1.max.total_cmp(&a.1.max));
             for (step, l) in &run.step_ms {
                 println!("  {step:<9} {:>8.1} {:>8.1} {:>8.1}   ({} samples)", l.p50, l.p95, l.p99, l.n);
             }
@@ -1028,6 +1043,15 @@ fn print_report(r: &Report) {
             println!(
                 "  peak RSS by pool (MiB): {}",
                 run.peak_rss_mib.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", ")
+            );
+            println!(
+                "  slowest seconds (published then; max / p99 ms, requests): {}",
+                slowest
+                    .iter()
+                    .take(3)
+                    .map(|(t, l)| format!("t={t}s {:.0} / {:.0}, {}", l.max, l.p99, l.n))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
         }
     }
@@ -1095,12 +1119,13 @@ fn print_cpu(r: &Report) {
         let busy = c.machine_s / c.wall_s.max(0.001);
         println!(
             "{:>22} over the last run the machine was busy {busy:.2} cores of {}; workers {:.0} %, broker {:.0} %, \
-             database {:.0} % of the busy time",
+             database {:.0} % of the busy time; the hypervisor took {:.2} cores (steal)",
             "",
             std::thread::available_parallelism().map_or(0, usize::from),
             100.0 * c.workers_s / c.machine_s.max(0.001),
             100.0 * c.broker_s / c.machine_s.max(0.001),
             100.0 * c.database_s / c.machine_s.max(0.001),
+            c.steal_s / c.wall_s.max(0.001),
         );
     }
 }

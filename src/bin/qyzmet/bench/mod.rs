@@ -55,6 +55,12 @@ pub struct BenchArgs {
     /// Requests in flight in closed-loop mode.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Requests published in the first this-many seconds of a run are answered and checked like
+    /// the rest but left out of its latency figures, which are then the steady state's (the
+    /// warm-up's are reported apart): freshly started workers meet their first requests with
+    /// cold connections, statements and caches.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_secs: f64,
     /// Also measure every process count with each worker's `/metrics` scraped this often (ms),
     /// as Prometheus would, and report the throughput against the run without: the metrics'
     /// overhead, from a baseline taken in the same bench.
@@ -143,8 +149,11 @@ pub struct Run {
     pub seconds: f64,
     /// Final outcomes per second.
     pub throughput: f64,
-    /// Publish to final outcome.
+    /// Publish to final outcome (after the warm-up, if one was set).
     pub end_to_end_ms: Latency,
+    /// Publish to final outcome for the requests published during the warm-up (`--warmup-secs`),
+    /// which `end_to_end_ms` and `step_ms` leave out.
+    pub warmup_ms: Option<Latency>,
     /// The same for the requests published in each second of the run (index: seconds since
     /// the start): when the slow ones were sent, so that a stall can be lined up with what else
     /// happened then (a checkpoint, the hypervisor's steal, a sweeper pass).
@@ -669,8 +678,16 @@ async fn wait_all(label: &str, n: usize, started: Instant, board: &Arc<Mutex<Boa
     }
 }
 
-async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, peak: BTreeMap<String, f64>) -> Run {
+async fn summarise(
+    processes: usize,
+    n: usize,
+    started: Instant,
+    warmup: Duration,
+    board: &Board,
+    peak: BTreeMap<String, f64>,
+) -> Run {
     let mut e2e = Vec::new();
+    let mut warm = Vec::new();
     let mut by_second: Vec<Vec<f64>> = Vec::new();
     let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
@@ -683,7 +700,11 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
         match t.final_at {
             Some(f) => {
                 let ms = (f - published).as_secs_f64() * 1000.0;
-                e2e.push(ms);
+                if published < started + warmup {
+                    warm.push(ms)
+                } else {
+                    e2e.push(ms)
+                }
                 let second = usize::try_from(published.saturating_duration_since(started).as_secs()).unwrap_or(0);
                 if by_second.len() <= second {
                     by_second.resize_with(second + 1, Vec::new);
@@ -698,6 +719,9 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
             twice += 1;
         }
         duplicates += t.finals.saturating_sub(1);
+        if published < started + warmup {
+            continue;
+        }
         // The step named by each status was queued at that status; it ended at the next one.
         let mut current = ("intake".to_owned(), published);
         for (step, at) in &t.events {
@@ -718,6 +742,7 @@ async fn summarise(processes: usize, n: usize, started: Instant, board: &Board, 
         seconds,
         throughput: board.finished as f64 / seconds,
         end_to_end_ms: latency(e2e),
+        warmup_ms: (!warmup.is_zero()).then(|| latency(warm)),
         end_to_end_by_second: by_second.into_iter().map(latency).collect(),
         step_ms: steps.into_iter().map(|(k, v)| (k, latency(v))).collect(),
         outcomes,
@@ -822,6 +847,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 None => vec![(k, None, false)],
             })
             .collect();
+        let warmup = Duration::try_from_secs_f64(args.warmup_secs)
+            .map_err(|_| anyhow::anyhow!("--warmup-secs must be a number of seconds, 0 or more"))?;
         for (k, scrape_ms, warm_up) in variants {
             let board = Arc::new(Mutex::new(Board::default()));
             let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
@@ -839,7 +866,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
             let peak = workers.stop().await;
             listener.abort();
-            let mut run = summarise(k, args.requests, started, &*board.lock().await, peak).await;
+            let mut run = summarise(k, args.requests, started, warmup, &*board.lock().await, peak).await;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
             run.cpu = Some(cpu);
             run.scraped_every_ms = scrape_ms;
@@ -989,6 +1016,14 @@ fn print_report(r: &Report) {
                 run.duplicate_deliveries,
                 rss
             );
+        }
+        for run in &r.runs {
+            if let Some(w) = &run.warmup_ms {
+                println!(
+                    "{:>9} warm-up, not in the figures above: {} requests, p50 {:.1}, p99 {:.1}, max {:.1} ms",
+                    run.processes, w.n, w.p50, w.p99, w.max
+                );
+            }
         }
         print_cpu(r);
         let plain: Vec<&Run> = r.runs.iter().filter(|run| run.scraped_every_ms.is_none()).collect();

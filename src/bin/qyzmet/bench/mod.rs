@@ -697,10 +697,11 @@ async fn summarise(
     let mut last = started;
     for t in board.tracks.values() {
         let Some(published) = t.published else { continue };
+        let in_warmup = published < started + warmup;
         match t.final_at {
             Some(f) => {
                 let ms = (f - published).as_secs_f64() * 1000.0;
-                if published < started + warmup {
+                if in_warmup {
                     warm.push(ms)
                 } else {
                     e2e.push(ms)
@@ -719,7 +720,7 @@ async fn summarise(
             twice += 1;
         }
         duplicates += t.finals.saturating_sub(1);
-        if published < started + warmup {
+        if in_warmup {
             continue;
         }
         // The step named by each status was queued at that status; it ended at the next one.

@@ -993,11 +993,15 @@ impl Store {
     }
 
     /// Requests whose retry is due, locked (skipping rows a worker holds).
+    ///
+    /// It asks for `next_attempt_at` alone, which is set exactly while a request is in `retry`
+    /// (a constraint of migration 0015), so that only `requests_retry_due` can answer it: asked
+    /// for `state = 'retry'` too, PostgreSQL could read every open request instead.
     pub async fn lock_due_retries(tx: &mut PgConnection, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
         sqlx::query_as(concat!(
             "SELECT ",
             request_columns!(),
-            " FROM requests WHERE state = 'retry' AND next_attempt_at <= now() \
+            " FROM requests WHERE next_attempt_at <= now() \
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
         ))
         .bind(limit)

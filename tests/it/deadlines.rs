@@ -244,7 +244,39 @@ async fn transient_failures_that_clear_before_the_deadline_end_in_the_result() {
     let req = appointment_at_provider();
     env.publish_request(&req).await;
     assert_eq!(env.final_outcome(id_of(&req)).await.status, Status::Completed);
+    // It waited in `retry` and the sweeper's scan for due retries put it back on its queue.
+    let history = env.store.history_of(id_of(&req)).await.expect("history");
+    assert!(history.iter().any(|h| h.event == "retry"), "it was retried: {history:#?}");
     app.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+/// The sweeper finds due retries by `next_attempt_at` alone (migration 0015), so the database
+/// must refuse a request that has one outside `retry`, or is in `retry` without one.
+#[tokio::test]
+async fn a_request_has_a_next_attempt_time_exactly_while_it_waits_to_retry() {
+    let env = TestEnv::new().await;
+    let insert = |state: &'static str, next: Option<chrono::DateTime<chrono::Utc>>| {
+        sqlx::query(
+            "INSERT INTO requests (request_id, service, region, channel, applicant_masked, state, body, \
+             received_at, next_attempt_at) \
+             VALUES ($1, 'doctor-appointment', 'akmola', 'portal', '******', $2, '{}', now(), $3)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(state)
+        .bind(next)
+        .execute(env.store.pool())
+    };
+    let code = |r: Result<_, sqlx::Error>| match r {
+        Ok(_) => None,
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        Err(e) => panic!("{e}"),
+    };
+    let soon = Some(chrono::Utc::now());
+    assert_eq!(code(insert("retry", soon).await), None, "in retry with its next attempt");
+    assert_eq!(code(insert("queued", None).await), None, "queued without one");
+    assert_eq!(code(insert("waiting", soon).await).as_deref(), Some("23514"), "waiting with a next attempt");
+    assert_eq!(code(insert("retry", None).await).as_deref(), Some("23514"), "in retry without one");
     env.cleanup().await;
 }
 

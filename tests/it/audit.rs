@@ -25,11 +25,7 @@ fn audit_verify(env: &TestEnv) -> (bool, String) {
 }
 
 async fn sqlstate(store: &Store, sql: &str) -> Option<String> {
-    match sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(store.pool()).await {
-        Ok(_) => None,
-        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
-        Err(e) => panic!("{e}"),
-    }
+    sqlstate_of(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(store.pool()).await)
 }
 
 #[tokio::test]

@@ -267,16 +267,11 @@ async fn a_request_has_a_next_attempt_time_exactly_while_it_waits_to_retry() {
         .bind(next)
         .execute(env.store.pool())
     };
-    let code = |r: Result<_, sqlx::Error>| match r {
-        Ok(_) => None,
-        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
-        Err(e) => panic!("{e}"),
-    };
     let soon = Some(chrono::Utc::now());
-    assert_eq!(code(insert("retry", soon).await), None, "in retry with its next attempt");
-    assert_eq!(code(insert("queued", None).await), None, "queued without one");
-    assert_eq!(code(insert("waiting", soon).await).as_deref(), Some("23514"), "waiting with a next attempt");
-    assert_eq!(code(insert("retry", None).await).as_deref(), Some("23514"), "in retry without one");
+    assert_eq!(sqlstate_of(insert("retry", soon).await), None, "in retry with its next attempt");
+    assert_eq!(sqlstate_of(insert("queued", None).await), None, "queued without one");
+    assert_eq!(sqlstate_of(insert("waiting", soon).await).as_deref(), Some("23514"), "waiting with a next attempt");
+    assert_eq!(sqlstate_of(insert("retry", None).await).as_deref(), Some("23514"), "in retry without one");
     env.cleanup().await;
 }
 

@@ -229,6 +229,15 @@ async fn containers() -> Services {
 /// An Outcome's status and its `traceparent` header.
 pub type Traced = (Status, Option<String>);
 
+/// The SQLSTATE a statement failed with (`None` when it succeeded); any other error fails the test.
+pub fn sqlstate_of<T>(result: Result<T, sqlx::Error>) -> Option<String> {
+    match result {
+        Ok(_) => None,
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// A minimal HTTP/1.1 client for the RabbitMQ management API (creating and deleting virtual
 /// hosts, reading queue depths) — enough for tests, without an HTTP dependency.
 pub async fn management(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {

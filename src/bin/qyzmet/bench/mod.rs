@@ -59,8 +59,8 @@ pub struct BenchArgs {
     /// the rest but left out of its latency figures, which are then the steady state's (the
     /// warm-up's are reported apart): freshly started workers meet their first requests with
     /// cold connections, statements and caches.
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup_secs: f64,
+    #[arg(long = "warmup-secs", value_name = "SECONDS", default_value = "0", value_parser = seconds)]
+    pub warmup: Duration,
     /// Also measure every process count with each worker's `/metrics` scraped this often (ms),
     /// as Prometheus would, and report the throughput against the run without: the metrics'
     /// overhead, from a baseline taken in the same bench.
@@ -99,6 +99,14 @@ pub struct BenchArgs {
     /// Where the bench's demo PKI is generated.
     #[arg(long, default_value = ".qyzmet/bench-pki")]
     pub pki_dir: PathBuf,
+}
+
+/// A number of seconds, 0 or more (fractions allowed), as a command-line value.
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds, 0 or more"))
 }
 
 /// Latency summary in milliseconds.
@@ -848,8 +856,6 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 None => vec![(k, None, false)],
             })
             .collect();
-        let warmup = Duration::try_from_secs_f64(args.warmup_secs)
-            .map_err(|_| anyhow::anyhow!("--warmup-secs must be a number of seconds, 0 or more"))?;
         for (k, scrape_ms, warm_up) in variants {
             let board = Arc::new(Mutex::new(Board::default()));
             let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
@@ -867,7 +873,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
             let peak = workers.stop().await;
             listener.abort();
-            let mut run = summarise(k, args.requests, started, warmup, &*board.lock().await, peak).await;
+            let mut run = summarise(k, args.requests, started, args.warmup, &*board.lock().await, peak).await;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
             run.cpu = Some(cpu);
             run.scraped_every_ms = scrape_ms;
@@ -1066,9 +1072,6 @@ fn print_report(r: &Report) {
         }
         for run in &r.runs {
             println!("\nper-step latency with {} process(es)/pool (ms, p50 / p95 / p99):", run.processes);
-            let mut slowest: Vec<(usize, &Latency)> =
-                run.end_to_end_by_second.iter().enumerate().filter(|(_, l)| l.n > 0).collect();
-            slowest.sort_by(|a, b| b.1.max.total_cmp(&a.1.max));
             for (step, l) in &run.step_ms {
                 println!("  {step:<9} {:>8.1} {:>8.1} {:>8.1}   ({} samples)", l.p50, l.p95, l.p99, l.n);
             }
@@ -1080,6 +1083,9 @@ fn print_report(r: &Report) {
                 "  peak RSS by pool (MiB): {}",
                 run.peak_rss_mib.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", ")
             );
+            let mut slowest: Vec<(usize, &Latency)> =
+                run.end_to_end_by_second.iter().enumerate().filter(|(_, l)| l.n > 0).collect();
+            slowest.sort_by(|a, b| b.1.max.total_cmp(&a.1.max));
             println!(
                 "  slowest seconds (published then; max / p99 ms, requests): {}",
                 slowest

@@ -176,8 +176,12 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         tracing::warn!("no systems file (QYZMET_SYSTEMS_FILE): who sends what is recorded but not checked");
     }
     use crate::pipeline::batch::{Commits, Reads};
-    let (registrations, advances, endings) =
-        (Commits::start(store.clone()), Commits::start(store.clone()), Commits::start(store.clone()));
+    let (registrations, advances, endings, parks) = (
+        Commits::start(store.clone()),
+        Commits::start(store.clone()),
+        Commits::start(store.clone()),
+        Commits::start(store.clone()),
+    );
     let reads = Reads::start(store.clone());
     let ctx = Arc::new(Ctx {
         store,
@@ -187,6 +191,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         registrations,
         advances,
         endings,
+        parks,
         verifier: deps.verifier,
         signer: deps.signer,
         registry,

@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::contract::PaymentNotice;
 use crate::ident;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
-use crate::pipeline::task::load;
 use crate::pipeline::transition;
 use crate::pipeline::{Ctx, Failure, Step, StepError, StepInput, StepOutcome};
 use crate::store::Store;
@@ -82,7 +81,9 @@ async fn record(ctx: &Ctx, n: &PaymentNotice, submitter: Option<&str>) -> Result
     let mut pending = None;
     if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
         let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
-        if at_payment && let Ok((_, route)) = load(ctx, &row) {
+        // The route follows from the row's columns: the stored request need not be parsed
+        // while its lock is held.
+        if at_payment && let Some(route) = transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) {
             let facts = json!({ "paid": true, "payment_id": n.payment_id });
             pending =
                 transition::advance(&mut tx, &row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id })))

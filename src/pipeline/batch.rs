@@ -5,7 +5,7 @@
 //! what PostgreSQL spends on such a statement (the round trip, the executor's start and end, the
 //! locks, the commit) does not depend on how many rows it writes. So intake hands each accepted
 //! request's [`Registration`] to a [`Commits`], a step that passes its [`Advance`] to another,
-//! and a request's end its [`Ending`] to a third; each writes whatever is waiting in one
+//! a request's end its [`Ending`] to a third, and a step that waits its [`Park`] to a fourth; each writes whatever is waiting in one
 //! statement ([`Store::register_all`], [`Store::advance_all`], [`Store::finish_all`]) and
 //! answers each delivery once that statement committed. A delivery is acknowledged only after
 //! its answer, so a crash at any point loses nothing: uncommitted transitions are redelivered and
@@ -29,7 +29,7 @@ use sqlx::PgConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::{Advance, Registration, RequestRow, Store, StoreError};
+use crate::store::{Advance, Park, Registration, RequestRow, Store, StoreError};
 
 use super::Failure;
 use super::transition::{Ending, Pending};
@@ -118,6 +118,27 @@ impl Batched for Registration {
 
     fn written(self, ids: Vec<i64>) -> Option<Pending> {
         Pending::written(ids, self.messages)
+    }
+}
+
+impl Batched for Park {
+    const KIND: &'static str = "park";
+
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+
+    /// A park writes no outbox rows: an empty list for each, applied or not.
+    fn write_all<'a>(
+        conn: &'a mut PgConnection,
+        all: &'a [&'a Self],
+    ) -> BoxFuture<'a, Result<Vec<Vec<i64>>, StoreError>> {
+        Box::pin(async move { Ok(Store::park_all(conn, all).await?.into_iter().map(|_| Vec::new()).collect()) })
+    }
+
+    /// A parked request waits silently (no Outcome): nothing to publish.
+    fn written(self, _ids: Vec<i64>) -> Option<Pending> {
+        None
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Ctx {
     pub advances: batch::Commits<crate::store::Advance>,
     /// Group commit of requests' ends (completed, refused) decided by the steps.
     pub endings: batch::Commits<transition::Ending>,
+    /// Group commit of the steps that wait for an event (payment notice, staff decision).
+    pub parks: batch::Commits<crate::store::Park>,
     /// Signature checks (Requests, Decisions).
     pub verifier: Arc<dyn Verifier>,
     /// Result-document signing.

@@ -163,7 +163,7 @@ async fn run(ctx: &Ctx, handler: &TaskHandler, task: Task) -> Result<(), Failure
 /// Every answer is one statement guarded by the request's position (state, step, attempts),
 /// so nothing is locked while the step runs or beforehand, and a duplicate delivery changes
 /// nothing the second time. A step that passes, and a request's end, are committed with other
-/// deliveries' in one statement ([`super::batch`]); a wait commits on its own.
+/// deliveries' in one statement ([`super::batch`]), and so is a wait.
 ///
 /// Waiting is the same for every step that waits: the row becomes `waiting`, and the event it
 /// waits for (a PaymentNotice, a staff Decision) moves it on. The event's handler locks the row
@@ -178,9 +178,8 @@ async fn apply(
     step_name: &str,
     outcome: StepOutcome,
 ) -> Result<(), Failure> {
-    // A pass and an end are committed in batches with other deliveries'; a wait takes a
-    // connection for its statement only. A document is numbered and signed before, so that
-    // nothing waits on it while it signs.
+    // Every answer is committed in a batch with other deliveries'. A document is numbered and
+    // signed before, so that nothing waits on it while it signs.
     let pending = match outcome {
         StepOutcome::Pass { facts } => ctx.advances.commit(transition::next_step(row, route, facts, None)?).await?,
         StepOutcome::Refuse { refusal, note, detail } => {
@@ -189,10 +188,7 @@ async fn apply(
             let head = Head::from(row).on(route);
             ctx.endings.commit(transition::refusal(&head, row.position(), step_name, reason, detail)).await?
         }
-        StepOutcome::Wait => {
-            transition::wait(&mut *ctx.store.pool().acquire().await?, row, step_name).await?;
-            None
-        }
+        StepOutcome::Wait => ctx.parks.commit(transition::waiting(row, step_name)).await?,
         StepOutcome::Complete { document } => {
             let doc = finished_document(ctx, provider, document).await?;
             ctx.endings.commit(transition::completion(row, route, doc)).await?

@@ -16,7 +16,7 @@ use crate::contract::{
     Wording, routing_word, to_local,
 };
 use crate::regulations::{Regulations, Route, Texts, code_of};
-use crate::store::{Advance, Finish, Position, RequestRow, StepExit, Store};
+use crate::store::{Advance, Finish, Park, Parked, Position, RequestRow, StepExit, Store};
 
 use super::{Failure, Task};
 
@@ -534,11 +534,14 @@ fn exit_at(at: Position<'_>, step: &str, deadline: Option<DateTime<Utc>>, detail
     }
 }
 
-/// Parks a request until an external event (payment, staff decision) or its deadline, if it
-/// is still where `row` saw it; whether it was.
-pub async fn wait(conn: &mut PgConnection, row: &RequestRow, step: &str) -> Result<bool, Failure> {
-    let exit = exit_at(row.position(), step, row.step_deadline, None);
-    Ok(Store::set_waiting(conn, row.request_id, &exit).await?)
+/// A request parked until an external event (payment, staff decision) or its deadline, if it
+/// is still where `row` saw it: to commit in a batch ([`super::batch`]).
+pub fn waiting(row: &RequestRow, step: &str) -> Park {
+    Park {
+        request_id: row.request_id,
+        from: exit_at(row.position(), step, row.step_deadline, None),
+        to: Parked::Waiting,
+    }
 }
 
 /// Schedules another attempt of the current step after a transient failure, if the request is
@@ -551,8 +554,12 @@ pub async fn retry(
     error: &str,
 ) -> Result<bool, Failure> {
     let detail = json!({ "attempt": row.attempts + 1, "error": error, "next_attempt_at": next_attempt_at });
-    let exit = exit_at(row.position(), step, row.step_deadline, Some(detail));
-    Ok(Store::set_retry(conn, row.request_id, &exit, next_attempt_at).await?)
+    let park = Park {
+        request_id: row.request_id,
+        from: exit_at(row.position(), step, row.step_deadline, Some(detail)),
+        to: Parked::Retry(next_attempt_at),
+    };
+    Ok(Store::park_all(conn, &[&park]).await?.pop().unwrap_or(false))
 }
 
 /// Puts a request whose retry is due back on its pool's queue.

@@ -393,6 +393,52 @@ async fn many_advances_commit_in_one_statement_each_only_where_its_request_still
     env.cleanup().await;
 }
 
+/// Group commit of the steps that wait: one statement parks many requests, to wait for an event
+/// or to retry, each only where its request still stands, with its audit row chained.
+#[tokio::test]
+async fn many_parks_commit_in_one_statement_each_only_where_its_request_still_stands() {
+    use qyzmet::pipeline::transition;
+    use qyzmet::store::{Park, Parked, Store};
+    let env = TestEnv::new().await;
+    let (others, reqs) = queued_for_registry(&env, 4).await;
+    let retry_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut parks: Vec<Park> = Vec::new();
+    for r in &reqs {
+        let row = env.store.get_request(id_of(r)).await.expect("read").expect("row");
+        parks.push(transition::waiting(&row, "registry"));
+    }
+    parks[1].to = Parked::Retry(retry_at);
+    // The third one saw its request at another attempt: it must change nothing.
+    parks[2].from.attempts = 7;
+    let refs: Vec<_> = parks.iter().collect();
+    let mut conn = env.store.pool().acquire().await.expect("connection");
+    let parked = Store::park_all(&mut conn, &refs).await.expect("one statement");
+    drop(conn);
+    assert_eq!(parked, [true, true, false, true], "each applied except where the request moved");
+    for (i, r) in reqs.iter().enumerate() {
+        let id = id_of(r);
+        let row = env.store.get_request(id).await.expect("read").expect("row");
+        let last = env.store.history_of(id).await.expect("history").pop().expect("an audit row");
+        let (state, attempts, event) = match i {
+            1 => ("retry", 1, "retry"),
+            2 => ("queued", 0, "queued"),
+            _ => ("waiting", 0, "waiting"),
+        };
+        assert_eq!((row.state.as_str(), row.attempts), (state, attempts), "request {i}");
+        assert_eq!((last.step.as_str(), last.event.as_str()), ("registry", event), "request {i}");
+        let next: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT next_attempt_at FROM requests WHERE request_id = $1")
+                .bind(id)
+                .fetch_one(env.store.pool())
+                .await
+                .expect("next attempt");
+        assert_eq!(next.is_some(), i == 1, "only the retry has its next attempt set (request {i})");
+    }
+    assert!(env.store.audit_breaks(None).await.expect("verify").is_empty(), "every audit chain holds");
+    others.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
 /// A registration as intake builds it, for the store's group commit.
 fn registration(id: uuid::Uuid, n: usize) -> qyzmet::store::Registration {
     use chrono::{Duration as Span, Utc};

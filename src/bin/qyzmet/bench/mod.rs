@@ -344,8 +344,9 @@ impl Workers {
                     .args(["worker", pool_name(pool), "--concurrency", &concurrency.to_string()])
                     .envs(settings.to_env())
                     .env("QYZMET_HTTP_ADDR", addr.to_string())
-                    // Keep every process's connections within PostgreSQL's max_connections.
-                    .env("QYZMET_DB_POOL_SIZE", (150 / (5 * per_pool)).clamp(4, 16).to_string())
+                    // Keep every process's connections (this many, and up to six for batched
+                    // statements) within the local PostgreSQL's max_connections of 200.
+                    .env("QYZMET_DB_POOL_SIZE", (130 / (5 * per_pool)).clamp(4, 16).to_string())
                     .env("QYZMET_LOG", "warn")
                     .kill_on_drop(true)
                     .spawn()

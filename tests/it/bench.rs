@@ -55,6 +55,7 @@ async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_a
     let chart = std::fs::read_to_string(charts.join("throughput.svg")).expect("throughput chart");
     assert!(chart.starts_with("<svg") && chart.contains("ceiling") && chart.contains("1 proc/pool"), "{chart}");
     assert!(charts.join("steps.svg").exists(), "per-step latency chart");
+    assert_eq!(report["readers"], serde_json::json!([]), "no other reader on the test's own virtual host");
     env.cleanup().await;
 }
 
@@ -101,5 +102,38 @@ async fn open_loop_smoke_run_keeps_to_the_offered_rate_answers_every_request_and
     let steady = run["end_to_end_ms"]["n"].as_u64().expect("steady state");
     assert!((18..=20).contains(&warm), "{run:#}");
     assert_eq!(warm + steady, 40, "{run:#}");
+    env.cleanup().await;
+}
+
+/// A reader queue of the demo's systems file that exists on the bench's virtual host gets every
+/// Outcome of the run too, so the broker's figures include that work: the report names it.
+#[tokio::test]
+async fn bench_names_a_reader_queue_that_gets_the_runs_outcomes_too() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let env = TestEnv::new().await;
+    let ch = env.broker().channel().await.expect("channel");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("demo.outcomes".into(), durable, FieldTable::default()).await.expect("declare the reader");
+    ch.queue_bind(
+        "demo.outcomes".into(),
+        qyzmet::contract::EXCHANGE_OUTCOMES.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind the reader");
+    let pki_dir = scratch_dir();
+    let report = bench(
+        &env,
+        &pki_dir,
+        &["--requests", "10", "--no-ceiling", "--processes", "1", "--concurrency", "4", "--window", "8"],
+    )
+    .await;
+    assert_eq!(report["readers"], serde_json::json!([["demo.outcomes", 0]]), "{:#}", report["readers"]);
+    assert_eq!(report["runs"][0]["finished"], 10);
+    let copies = env.queue_ready("demo.outcomes").await;
+    assert!(copies >= 10, "the reader got at least every final Outcome of the run: {copies}");
     env.cleanup().await;
 }

@@ -218,6 +218,10 @@ pub struct Report {
     pub runs: Vec<Run>,
     /// The backlog drain.
     pub backlog: Option<Backlog>,
+    /// Other systems' reader queues that exist on the bench's virtual host, with the Outcomes
+    /// waiting in each: every Outcome of the run is also written to them (a quorum-queue write
+    /// each), so the broker's figures include that work.
+    pub readers: Vec<(String, u32)>,
 }
 
 // ---- load ----------------------------------------------------------------------------------
@@ -807,6 +811,32 @@ pub(crate) async fn demo_world(
     Ok((settings, store, pki))
 }
 
+/// The reader queues of the systems file in force and of the demo's (`demo.outcomes`, which
+/// `qyzmet demo` declares and nobody reads) that exist on the bench's virtual host, with the
+/// Outcomes waiting in each. Each is looked for with a passive declaration on a channel of its
+/// own, since the broker closes the channel when the queue is missing.
+async fn other_readers(broker: &Broker, settings: &Settings, demo_dir: &std::path::Path) -> Vec<(String, u32)> {
+    let demo = qyzmet::systems::Systems::load(&demo_dir.join("systems.toml")).ok();
+    let in_force = settings.systems().ok().flatten();
+    let mut names: Vec<String> = [demo, in_force]
+        .iter()
+        .flatten()
+        .flat_map(|s| s.systems().iter().flat_map(|sys| sys.queues.iter().map(|q| q.name.clone())))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut found = Vec::new();
+    for name in names {
+        let Ok(ch) = broker.channel().await else { continue };
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        if let Ok(q) = ch.queue_declare(name.as_str().into(), passive, lapin::types::FieldTable::default()).await {
+            found.push((name, q.message_count()));
+            let _ = ch.close(200, "".into()).await;
+        }
+    }
+    found
+}
+
 /// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let (settings, store, pki) = demo_world(settings, &args.pki_dir, &args.demo_dir).await?;
@@ -823,7 +853,15 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         Some(n) => format!("backlog of {n} requests, {mix_name}"),
         None => format!("{} requests per run, {mix_name}, {load}", args.requests),
     };
-    let mut report = Report { machine: machine(), load, ceiling: None, runs: Vec::new(), backlog: None };
+    let readers = other_readers(&broker, &settings, &args.demo_dir).await;
+    for (queue, waiting) in &readers {
+        eprintln!(
+            "note: the reader queue {queue} exists on this virtual host ({waiting} Outcomes waiting): it gets this \
+             run's Outcomes too, and the broker's figures include that work. Run on a virtual host of its own to \
+             leave it out (README, «Performance»)."
+        );
+    }
+    let mut report = Report { machine: machine(), load, ceiling: None, runs: Vec::new(), backlog: None, readers };
     let parties = Parties::find(&settings.amqp_url, &settings.database_url);
 
     if let Some(n) = args.backlog {
@@ -981,6 +1019,9 @@ async fn backlog(
 
 fn print_report(r: &Report) {
     println!("\nqyzmet bench — {}\nmachine: {}\n", r.load, r.machine);
+    for (queue, waiting) in &r.readers {
+        println!("reader queue {queue} also got this run's Outcomes ({waiting} waiting at the start)");
+    }
     if let Some(c) = &r.ceiling {
         println!(
             "ceiling ({} quorum-queue hops, publish-confirm-consume-ack + 1 PostgreSQL write per hop): {:.0} msg/s \

@@ -14,8 +14,9 @@ use crate::contract::PaymentNotice;
 use crate::ident;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::transition;
+use crate::pipeline::transition::Pending;
 use crate::pipeline::{Ctx, Failure, Step, StepError, StepInput, StepOutcome};
-use crate::store::Store;
+use crate::store::{RequestRow, Store};
 
 /// The payment pool's step: reads the payments recorded for the request, then [`step`].
 pub struct PaymentStep;
@@ -78,24 +79,49 @@ async fn record(ctx: &Ctx, n: &PaymentNotice, submitter: Option<&str>) -> Result
         tracing::info!(payment_id = %n.payment_id, "duplicate payment notice; counted once");
         return Ok(tx.commit().await?);
     }
-    let mut pending = None;
-    if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
-        let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
-        // The route follows from the row's columns: the stored request need not be parsed
-        // while its lock is held.
-        if at_payment && let Some(route) = transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) {
-            let facts = json!({ "paid": true, "payment_id": n.payment_id });
-            pending =
-                transition::advance(&mut tx, &row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id })))
-                    .await?;
-        }
-    }
+    let found = Store::lock_request(&mut tx, n.request_id).await?;
+    let mut pending = match &found {
+        Some(row) => move_on(ctx, &mut tx, row, n).await?,
+        None => None,
+    };
     tracing::info!(request_id = %n.request_id, payment_id = %n.payment_id, payer = %payer, applied = pending.is_some(), "payment recorded");
     tx.commit().await?;
+    if found.is_none() {
+        // A notice before its request found no row to lock. Meanwhile its request may have
+        // been registered and its payment step, not seeing this uncommitted payment, may have
+        // parked it: look again now that the payment is committed, or the request would wait
+        // for a payment it has. (With a row, its lock kept the request from reaching the
+        // payment step until this commit.)
+        let mut tx = ctx.store.begin().await?;
+        if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
+            pending = move_on(ctx, &mut tx, &row, n).await?;
+        }
+        tx.commit().await?;
+    }
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
     Ok(())
+}
+
+/// Moves a request at its payment step (queued or waiting) on to the next, with the payment in
+/// its facts; anything else is left alone.
+async fn move_on(
+    ctx: &Ctx,
+    tx: &mut sqlx::PgConnection,
+    row: &RequestRow,
+    n: &PaymentNotice,
+) -> Result<Option<Pending>, Failure> {
+    let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
+    // The route follows from the row's columns: the stored request need not be parsed while
+    // its lock is held.
+    match transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) {
+        Some(route) if at_payment => {
+            let facts = json!({ "paid": true, "payment_id": n.payment_id });
+            transition::advance(tx, row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).await
+        }
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

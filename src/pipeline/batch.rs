@@ -5,9 +5,10 @@
 //! what PostgreSQL spends on such a statement (the round trip, the executor's start and end, the
 //! locks, the commit) does not depend on how many rows it writes. So intake hands each accepted
 //! request's [`Registration`] to a [`Commits`], a step that passes its [`Advance`] to another,
-//! a request's end its [`Ending`] to a third, and a step that waits its [`Park`] to a fourth; each writes whatever is waiting in one
-//! statement ([`Store::register_all`], [`Store::advance_all`], [`Store::finish_all`]) and
-//! answers each delivery once that statement committed. A delivery is acknowledged only after
+//! a request's end its [`Ending`] to a third, and a step that waits its [`Park`] to a fourth;
+//! each writes whatever is waiting in one statement ([`Store::register_all`],
+//! [`Store::advance_all`], [`Store::finish_all`], [`Store::park_all`]) and answers each delivery
+//! once that statement committed. A delivery is acknowledged only after
 //! its answer, so a crash at any point loses nothing: uncommitted transitions are redelivered and
 //! run again, committed ones are found applied (the request moved) and their outbox messages
 //! published by the relay.

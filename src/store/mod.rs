@@ -139,6 +139,20 @@ async fn next_ahead(
     stock.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
+/// The guard of every multi-row transition: the `UPDATE requests r` it ends applies to each
+/// request of the CTE `input` only while the request still stands where the input's
+/// `from_state`, `from_index` and `from_attempts` say, and returns the input rows it moved.
+/// Compared with the input's columns, the guard is found by the request's id (a `state`
+/// literal could send PostgreSQL to the index of every open request instead).
+macro_rules! where_still_at {
+    () => {
+        "FROM input i \
+         WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
+             AND r.attempts = i.from_attempts \
+         RETURNING i.*"
+    };
+}
+
 /// The outbox rows of a multi-row transition: the messages bound by
 /// [`OutboxColumns::bind_owned`] at `$columns` (request id first), joined to the requests the
 /// statement's CTE `$cte` moved, in order; returns each row's id and message id.
@@ -849,10 +863,9 @@ impl Store {
                  UPDATE requests r SET state = 'queued', step_index = i.to_index, step = i.to_step, \
                      step_deadline = i.to_deadline, facts = i.facts, attempts = 0, next_attempt_at = NULL, \
                      updated_at = now() \
-                 FROM input i \
-                 WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
-                     AND r.attempts = i.from_attempts \
-                 RETURNING i.*), \
+                 ",
+            where_still_at!(),
+            "), \
              hist AS ( \
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
                  SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd \
@@ -893,10 +906,9 @@ impl Store {
              upd AS ( \
                  UPDATE requests r SET state = i.status, finished_at = i.at, next_attempt_at = NULL, \
                      updated_at = now() \
-                 FROM input i \
-                 WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
-                     AND r.attempts = i.from_attempts \
-                 RETURNING i.*), \
+                 ",
+            where_still_at!(),
+            "), \
              fin AS ( \
                  INSERT INTO outcomes (request_id, status, step, code, kind, document, body, at) \
                  SELECT request_id, status, step, code, kind, document, body - 'document', at FROM upd \
@@ -932,7 +944,7 @@ impl Store {
         if all.is_empty() {
             return Ok(Vec::new());
         }
-        let q = sqlx::query(
+        let q = sqlx::query(concat!(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], \
                                       $6::timestamptz[], $7::jsonb[], $8::text[], $9::timestamptz[]) \
@@ -942,15 +954,14 @@ impl Store {
                  UPDATE requests r SET state = i.to_state, \
                      attempts = CASE WHEN i.to_state = 'retry' THEN r.attempts + 1 ELSE r.attempts END, \
                      next_attempt_at = i.next_attempt_at, updated_at = now() \
-                 FROM input i \
-                 WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
-                     AND r.attempts = i.from_attempts \
-                 RETURNING i.*), \
+                 ",
+            where_still_at!(),
+            "), \
              hist AS ( \
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
                  SELECT request_id, from_index, from_step, to_state, from_deadline, detail FROM upd ORDER BY n) \
-             SELECT request_id FROM upd",
-        );
+             SELECT request_id FROM upd"
+        ));
         let q = StepExit::bind_all(q, all.iter().map(|p| (p.request_id, &p.from)))
             .bind(all.iter().map(|p| p.to.as_str()).collect::<Vec<_>>())
             .bind(all.iter().map(|p| p.to.next_attempt_at()).collect::<Vec<_>>());

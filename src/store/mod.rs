@@ -672,9 +672,14 @@ impl Store {
         &self.batch
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction whose statements PostgreSQL plans generically, as on
+    /// [`Store::batch_pool`]. Its transitions are the group-commit statements with one row
+    /// (a payment notice's or a staff decision's advance), which PostgreSQL would otherwise
+    /// plan afresh on every execution: 0.45 ms a plan, a fifth of the database's CPU for an S4
+    /// request in the bench. The setting ends with the transaction; it costs no round trip
+    /// (one simple query with the `BEGIN`).
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await
+        self.pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan").await
     }
 
     /// Closes the pool.

@@ -439,6 +439,23 @@ async fn many_parks_commit_in_one_statement_each_only_where_its_request_still_st
     env.cleanup().await;
 }
 
+/// The store's transactions (payment notices, staff decisions, the sweeper) plan their
+/// statements generically, as group commit does, and leave their connection as they found it.
+#[tokio::test]
+async fn a_transaction_plans_its_statements_generically_and_leaves_its_connection_as_it_was() {
+    let env = TestEnv::new().await;
+    // One connection, so that the statement after the commit runs where the transaction ran.
+    let store = qyzmet::store::Store::connect(&env.settings.database_url, 1).await.expect("connect");
+    let mut tx = store.begin().await.expect("begin");
+    let inside: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *tx).await.expect("show");
+    assert_eq!(inside, "force_generic_plan");
+    tx.commit().await.expect("commit");
+    let after: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(store.pool()).await.expect("show");
+    assert_eq!(after, "auto", "the setting ended with the transaction");
+    store.close().await;
+    env.cleanup().await;
+}
+
 /// A registration as intake builds it, for the store's group commit.
 fn registration(id: uuid::Uuid, n: usize) -> qyzmet::store::Registration {
     use chrono::{Duration as Span, Utc};

@@ -342,7 +342,7 @@ async fn register(
         channel: request.channel.as_str().to_owned(),
         applicant_masked: applicant.clone(),
         applicant_id: Some(applicant_id.digits().to_owned()),
-        state: "queued".into(),
+        state: if first.only_waits() { "waiting" } else { "queued" }.into(),
         step_index: 1,
         step: Some(first_name.to_owned()),
         step_deadline: Some(first_deadline),
@@ -375,9 +375,13 @@ async fn register(
         Utc::now(),
         format!("{}:0:registered", env.request_id),
     );
-    let task = task_message(env.request_id, 1, first.pool, Some(&trace));
-    let registration =
-        Registration { request: new, intake_deadline: plan.steps[0].1, detail, messages: vec![registered, task] };
+    // A first step that only waits for a staff Decision has no task: the request is parked
+    // there as it is registered.
+    let messages = match first.only_waits() {
+        true => vec![registered],
+        false => vec![registered, task_message(env.request_id, 1, first.pool, Some(&trace))],
+    };
+    let registration = Registration { request: new, intake_deadline: plan.steps[0].1, detail, messages };
     let Some(pending) = ctx.registrations.commit(registration).await? else {
         republished(env);
         return Ok(None);

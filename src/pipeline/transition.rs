@@ -349,15 +349,22 @@ pub fn next_step(
         now,
         format!("{}:{next_index}:in_progress", row.request_id),
     );
-    let task = task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref());
+    // A step that only waits for a staff Decision has nothing to run: the request is parked
+    // there at once, and the Decision's handler moves it on.
+    let (to_state, messages) = if next.only_waits() {
+        ("waiting", vec![status])
+    } else {
+        ("queued", vec![status, task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref())])
+    };
     Ok(Advance {
         request_id: row.request_id,
         from: exit_at(row.position(), current, row.step_deadline, detail),
         to_index: next_index,
         to_step: next_name.to_owned(),
         to_deadline: step_deadline(row, next_index).unwrap_or(now),
+        to_state,
         facts: merge_facts(&row.facts, add_facts),
-        messages: vec![status, task],
+        messages,
     })
 }
 

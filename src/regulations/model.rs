@@ -381,6 +381,15 @@ pub struct StepDef {
     pub extension: Option<ExtensionDef>,
 }
 
+impl StepDef {
+    /// Whether the step does nothing but wait for a staff Decision (review, `decision` mode;
+    /// P-32, P-35): a request is parked at it as it arrives, with no task to run, and the
+    /// Decision moves it on.
+    pub fn only_waits(&self) -> bool {
+        self.mode == Some(ReviewMode::Decision)
+    }
+}
+
 /// An extension of a decision step's term that staff may grant (S5, P-34): measured, like the
 /// term, from the moment the step starts.
 #[derive(Debug, Clone, Deserialize)]

@@ -198,7 +198,7 @@ pub struct NewRequest {
     pub applicant_masked: String,
     /// The applicant's IIN or BIN as sent, for an operator's search by it (never logged).
     pub applicant_id: Option<String>,
-    /// Initial state.
+    /// Initial state: `queued`, or `waiting` at a first step that only waits for an event.
     pub state: String,
     /// Index of the first queued step.
     pub step_index: i32,
@@ -375,9 +375,12 @@ pub struct Advance {
     pub to_step: String,
     /// Its deadline.
     pub to_deadline: DateTime<Utc>,
+    /// `queued` for a task to run the next step; `waiting` at a step that only waits for an
+    /// event ([`crate::regulations::StepDef::only_waits`]), which has no task to run.
+    pub to_state: &'static str,
     /// The request's facts after the step (what it learnt merged in).
     pub facts: Value,
-    /// The Outcome and the task message it causes.
+    /// The Outcome, and the task message unless the request waits.
     pub messages: Vec<Message>,
 }
 
@@ -732,8 +735,8 @@ impl Store {
     }
 
     /// Registers any number of accepted requests in one statement, each as it would be alone:
-    /// its row (unless its id exists), "registered" and "first step queued" in its audit trail,
-    /// and its outbox messages. Returns, per registration and in order, the ids of its outbox
+    /// its row (unless its id exists) in its [`NewRequest::state`], "registered" and "first
+    /// step queued" (or "waiting") in its audit trail, and its outbox messages. Returns, per registration and in order, the ids of its outbox
     /// rows; none when its request id existed (a republished request). The request ids must
     /// differ. Many at once is intake's group commit ([`crate::pipeline::batch`]).
     pub async fn register_all(conn: &mut PgConnection, all: &[&Registration]) -> Result<Vec<Vec<i64>>, StoreError> {
@@ -746,16 +749,17 @@ impl Store {
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                                       $7::integer[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
                                       $11::jsonb[], $12::jsonb[], $13::text[], $14::text[], $15::timestamptz[], \
-                                      $16::timestamptz[], $17::text[], $18::timestamptz[], $19::jsonb[]) \
+                                      $16::timestamptz[], $17::text[], $18::timestamptz[], $19::jsonb[], \
+                                      $20::text[]) \
                      WITH ORDINALITY AS i(request_id, request_number, service, region, channel, applicant_masked, \
                                           step_index, step, step_deadline, service_deadline, deadlines, body, \
                                           submitter, traceparent, submitted_at, received_at, applicant_id, \
-                                          intake_deadline, detail, n)), \
+                                          intake_deadline, detail, state, n)), \
              ins AS ( \
                  INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, \
                      state, step_index, step, step_deadline, service_deadline, deadlines, body, submitter, \
                      traceparent, submitted_at, received_at, applicant_id, registered_at) \
-                 SELECT request_id, request_number, service, region, channel, applicant_masked, 'queued', \
+                 SELECT request_id, request_number, service, region, channel, applicant_masked, state, \
                      step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
                      submitted_at, received_at, applicant_id, now() \
                  FROM input ORDER BY n \
@@ -766,10 +770,10 @@ impl Store {
                  SELECT i.request_id, x.step_index, x.step, x.event, x.deadline, x.detail \
                  FROM ins JOIN input i USING (request_id) \
                      CROSS JOIN LATERAL (VALUES (0, 'intake', 'registered', i.intake_deadline, i.detail), \
-                                                (i.step_index, i.step, 'queued', i.step_deadline, NULL::jsonb)) \
+                                                (i.step_index, i.step, i.state, i.step_deadline, NULL::jsonb)) \
                          AS x(step_index, step, event, deadline, detail) \
-                 ORDER BY i.n, x.event = 'queued') ",
-            outbox_rows_of!("ins", "$20::uuid[], $21::text[], $22::text[], $23::text[], $24::bytea[], $25::text[]")
+                 ORDER BY i.n, x.event <> 'registered') ",
+            outbox_rows_of!("ins", "$21::uuid[], $22::text[], $23::text[], $24::text[], $25::bytea[], $26::text[]")
         ));
         let rows = all.iter().map(|r| &r.request);
         let q = q
@@ -791,7 +795,8 @@ impl Store {
             .bind(rows.clone().map(|r| r.received_at).collect::<Vec<_>>())
             .bind(rows.map(|r| r.applicant_id.as_deref()).collect::<Vec<_>>())
             .bind(all.iter().map(|r| r.intake_deadline).collect::<Vec<_>>())
-            .bind(all.iter().map(|r| &r.detail).collect::<Vec<_>>());
+            .bind(all.iter().map(|r| &r.detail).collect::<Vec<_>>())
+            .bind(all.iter().map(|r| r.request.state.as_str()).collect::<Vec<_>>());
         let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
         ids_by_owner(rows, all.iter().map(|r| r.messages.as_slice()))
     }
@@ -843,8 +848,8 @@ impl Store {
     }
 
     /// The commonest transition, for any number of requests in one statement: queue each
-    /// request at its next step, append "step passed" and "next step queued" to its audit
-    /// trail, and write its outbox messages. Each applies only while its request is still where
+    /// request at its next step (or park it there, [`Advance::to_state`]), append "step passed"
+    /// and "next step queued" (or "waiting") to its audit trail, and write its outbox messages. Each applies only while its request is still where
     /// the caller saw it ([`Advance::from`]), so it needs no lock taken beforehand: run on its
     /// own the statement is its own transaction, and of two deliveries of the same task the
     /// second finds the request moved and changes nothing. Returns, per advance and in order,
@@ -861,11 +866,12 @@ impl Store {
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], \
                                       $6::timestamptz[], $7::jsonb[], $8::integer[], $9::text[], \
-                                      $10::timestamptz[], $11::jsonb[]) \
+                                      $10::timestamptz[], $11::jsonb[], $12::text[]) \
                      WITH ORDINALITY AS i(request_id, from_state, from_index, from_attempts, from_step, \
-                                          from_deadline, detail, to_index, to_step, to_deadline, facts, n)), \
+                                          from_deadline, detail, to_index, to_step, to_deadline, facts, \
+                                          to_state, n)), \
              upd AS ( \
-                 UPDATE requests r SET state = 'queued', step_index = i.to_index, step = i.to_step, \
+                 UPDATE requests r SET state = i.to_state, step_index = i.to_index, step = i.to_step, \
                      step_deadline = i.to_deadline, facts = i.facts, attempts = 0, next_attempt_at = NULL, \
                      updated_at = now() \
                  ",
@@ -875,16 +881,17 @@ impl Store {
                  INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
                  SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd \
                      CROSS JOIN LATERAL (VALUES (upd.from_index, upd.from_step, 'passed', upd.from_deadline, upd.detail), \
-                                                (upd.to_index, upd.to_step, 'queued', upd.to_deadline, NULL::jsonb)) \
+                                                (upd.to_index, upd.to_step, upd.to_state, upd.to_deadline, NULL::jsonb)) \
                          AS x(step_index, step, event, deadline, detail) \
-                 ORDER BY upd.n, x.event = 'queued') ",
-            outbox_rows_of!("upd", "$12::uuid[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[]")
+                 ORDER BY upd.n, x.event <> 'passed') ",
+            outbox_rows_of!("upd", "$13::uuid[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::text[]")
         ));
         let q = StepExit::bind_all(q, all.iter().map(|a| (a.request_id, &a.from)))
             .bind(all.iter().map(|a| a.to_index).collect::<Vec<_>>())
             .bind(all.iter().map(|a| a.to_step.as_str()).collect::<Vec<_>>())
             .bind(all.iter().map(|a| a.to_deadline).collect::<Vec<_>>())
-            .bind(all.iter().map(|a| &a.facts).collect::<Vec<_>>());
+            .bind(all.iter().map(|a| &a.facts).collect::<Vec<_>>())
+            .bind(all.iter().map(|a| a.to_state).collect::<Vec<_>>());
         let rows = OutboxColumns::bind_owned(q, &owned).fetch_all(&mut *conn).await?;
         ids_by_owner(rows, all.iter().map(|a| a.messages.as_slice()))
     }

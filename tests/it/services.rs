@@ -651,3 +651,43 @@ async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applica
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+/// A step that does nothing but wait for a staff Decision (S5's review, P-35) has nothing to
+/// run: the request is parked there as it arrives, with no task on the review pool's queue, and
+/// the Decision moves it on.
+#[tokio::test]
+async fn p35_a_request_reaching_a_decision_step_waits_there_at_once_without_a_task() {
+    use qyzmet::regulations::PoolName;
+    use qyzmet::startup::Options;
+    let env = TestEnv::new().await;
+    // No review pool: a task for it would stay in its queue.
+    let pools = vec![(PoolName::Intake, 2), (PoolName::Result, 2)];
+    let app =
+        env.start(regulations(), Options { pools, sweeper: true, console: false, name: "no review".into() }).await;
+    let req = request(
+        "archive-certificate",
+        "astana",
+        "portal",
+        json!({ "iin": who::CITIZEN_ASTANA }),
+        who::ASTANA_ARCHIVES,
+        json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
+    );
+    let id = id_of(&req);
+    env.publish_request(&req).await;
+    env.wait_state(id, "waiting").await;
+    let events: Vec<(String, String)> =
+        env.store.history_of(id).await.expect("history").into_iter().map(|h| (h.step, h.event)).collect();
+    let events: Vec<(&str, &str)> = events.iter().map(|(s, e)| (s.as_str(), e.as_str())).collect();
+    assert_eq!(events, [("intake", "registered"), ("review", "waiting")]);
+    assert_eq!(env.queue_ready("qyzmet.review").await, 0, "no task for a step that only waits");
+    // The review pool takes the staff's Decisions.
+    let pools = vec![(PoolName::Review, 2)];
+    let review =
+        env.start(regulations(), Options { pools, sweeper: false, console: false, name: "review".into() }).await;
+    env.publish_decision("archive-certificate", &decision(id, "approve")).await;
+    let done = env.final_outcome(id).await;
+    assert_eq!(done.status, Status::Completed, "{done:?}");
+    review.shutdown(std::time::Duration::from_secs(5)).await;
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}

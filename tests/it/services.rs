@@ -566,6 +566,18 @@ async fn p51_the_questionnaire_is_offered_with_the_result_and_one_answer_set_per
     env.cleanup().await;
 }
 
+/// An S5 archive certificate request from the Astana portal.
+fn archive_at_the_portal() -> serde_json::Value {
+    request(
+        "archive-certificate",
+        "astana",
+        "portal",
+        json!({ "iin": who::CITIZEN_ASTANA }),
+        who::ASTANA_ARCHIVES,
+        json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
+    )
+}
+
 /// A staff Decision extending the review of a request to `to`.
 fn extension(request_id: uuid::Uuid, to: chrono::DateTime<chrono::Utc>, exceptional: bool) -> serde_json::Value {
     let mut d = decision(request_id, "extend");
@@ -582,14 +594,7 @@ fn extension(request_id: uuid::Uuid, to: chrono::DateTime<chrono::Utc>, exceptio
 async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applicant_is_told() {
     let env = TestEnv::new().await;
     let app = env.start_all().await;
-    let req = request(
-        "archive-certificate",
-        "astana",
-        "portal",
-        json!({ "iin": who::CITIZEN_ASTANA }),
-        who::ASTANA_ARCHIVES,
-        json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
-    );
+    let req = archive_at_the_portal();
     let id = id_of(&req);
     env.publish_request(&req).await;
     env.wait_step(id, "review").await;
@@ -664,14 +669,7 @@ async fn p35_a_request_reaching_a_decision_step_waits_there_at_once_without_a_ta
     let pools = vec![(PoolName::Intake, 2), (PoolName::Result, 2)];
     let app =
         env.start(regulations(), Options { pools, sweeper: true, console: false, name: "no review".into() }).await;
-    let req = request(
-        "archive-certificate",
-        "astana",
-        "portal",
-        json!({ "iin": who::CITIZEN_ASTANA }),
-        who::ASTANA_ARCHIVES,
-        json!({ "certificate_type": "трудовой стаж", "period": "1995-2001" }),
-    );
+    let req = archive_at_the_portal();
     let id = id_of(&req);
     env.publish_request(&req).await;
     env.wait_state(id, "waiting").await;

@@ -492,12 +492,19 @@ pub async fn queue_stats(broker: &Broker) -> Vec<QueueStat> {
 /// Ready and consumer counts of a queue, exactly (a passive declare); `(0, 0)` if it is missing
 /// or the broker cannot be reached.
 pub async fn queue_counts(broker: &Broker, queue: &str) -> (u32, u32) {
-    let Ok(ch) = broker.channel().await else { return (0, 0) };
+    queue_counts_if_any(broker, queue).await.unwrap_or((0, 0))
+}
+
+/// Ready and consumer counts of a queue, exactly, on a channel of its own (the broker closes a
+/// channel whose passive declare names a missing queue); `None` if it is missing or the broker
+/// cannot be reached.
+pub async fn queue_counts_if_any(broker: &Broker, queue: &str) -> Option<(u32, u32)> {
+    let ch = broker.channel().await.ok()?;
     let counts = ch
         .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
         .await
         .map(|q| (q.message_count(), q.consumer_count()))
-        .unwrap_or((0, 0));
+        .ok();
     let _ = ch.close(200, "ok".into()).await;
     counts
 }

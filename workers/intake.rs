@@ -15,7 +15,7 @@ use crate::broker::pool_name;
 use crate::contract::{Envelope, Reason, Request, Status, storable_copy, storable_text};
 use crate::ident::{self, Identifier};
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
-use crate::pipeline::transition::{self, Head, Said, outcome_message, task_message};
+use crate::pipeline::transition::{self, Head, Said, outcome_message};
 use crate::pipeline::{Ctx, Failure};
 use crate::regulations::{DeadlinePlan, Regulations, Route};
 use crate::signature::{ExpectedSigner, SignatureFailure, Signer, Verifier};
@@ -334,6 +334,7 @@ async fn register(
     let applicant_id = request.applicant_id();
     // Kept with the request: every Outcome carries a traceparent of this trace.
     let trace = crate::tracecontext::for_request(msg.traceparent.as_deref());
+    let (state, task) = transition::entry(first, env.request_id, 1, Some(&trace));
     let new = NewRequest {
         request_id: env.request_id,
         request_number: Some(number.clone()),
@@ -342,7 +343,7 @@ async fn register(
         channel: request.channel.as_str().to_owned(),
         applicant_masked: applicant.clone(),
         applicant_id: Some(applicant_id.digits().to_owned()),
-        state: if first.only_waits() { "waiting" } else { "queued" }.into(),
+        state: state.into(),
         step_index: 1,
         step: Some(first_name.to_owned()),
         step_deadline: Some(first_deadline),
@@ -375,12 +376,7 @@ async fn register(
         Utc::now(),
         format!("{}:0:registered", env.request_id),
     );
-    // A first step that only waits for a staff Decision has no task: the request is parked
-    // there as it is registered.
-    let messages = match first.only_waits() {
-        true => vec![registered],
-        false => vec![registered, task_message(env.request_id, 1, first.pool, Some(&trace))],
-    };
+    let messages = std::iter::once(registered).chain(task).collect();
     let registration = Registration { request: new, intake_deadline: plan.steps[0].1, detail, messages };
     let Some(pending) = ctx.registrations.commit(registration).await? else {
         republished(env);

@@ -113,15 +113,16 @@ async fn move_on(
     n: &PaymentNotice,
 ) -> Result<Option<Pending>, Failure> {
     let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
+    if !at_payment {
+        return Ok(None);
+    }
     // The route follows from the row's columns: the stored request need not be parsed while
     // its lock is held.
-    match transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) {
-        Some(route) if at_payment => {
-            let facts = json!({ "paid": true, "payment_id": n.payment_id });
-            transition::advance(tx, row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).await
-        }
-        _ => Ok(None),
-    }
+    let Some(route) = transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) else {
+        return Ok(None);
+    };
+    let facts = json!({ "paid": true, "payment_id": n.payment_id });
+    transition::advance(tx, row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).await
 }
 
 #[cfg(test)]

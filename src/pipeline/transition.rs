@@ -256,6 +256,22 @@ pub fn task_message(
     }
 }
 
+/// How a request enters step `step_index` of its route: `queued`, with the task message that
+/// runs the step, or `waiting` with none at a step that only waits for a staff Decision
+/// ([`StepDef::only_waits`](crate::regulations::StepDef::only_waits)): the request is parked
+/// there at once, and the Decision's handler moves it on.
+pub fn entry(
+    step: &crate::regulations::StepDef,
+    request_id: Uuid,
+    step_index: i32,
+    traceparent: Option<&str>,
+) -> (&'static str, Option<Message>) {
+    match step.only_waits() {
+        true => ("waiting", None),
+        false => ("queued", Some(task_message(request_id, step_index, step.pool, traceparent))),
+    }
+}
+
 async fn stage(tx: &mut PgConnection, messages: Vec<Message>) -> Result<Pending, Failure> {
     let ids = Store::outbox_insert(tx, &messages).await?;
     Ok(Pending { ids, messages, finals: Vec::new() })
@@ -349,13 +365,7 @@ pub fn next_step(
         now,
         format!("{}:{next_index}:in_progress", row.request_id),
     );
-    // A step that only waits for a staff Decision has nothing to run: the request is parked
-    // there at once, and the Decision's handler moves it on.
-    let (to_state, messages) = if next.only_waits() {
-        ("waiting", vec![status])
-    } else {
-        ("queued", vec![status, task_message(row.request_id, next_index, next.pool, row.traceparent.as_deref())])
-    };
+    let (to_state, task) = entry(next, row.request_id, next_index, row.traceparent.as_deref());
     Ok(Advance {
         request_id: row.request_id,
         from: exit_at(row.position(), current, row.step_deadline, detail),
@@ -364,7 +374,7 @@ pub fn next_step(
         to_deadline: step_deadline(row, next_index).unwrap_or(now),
         to_state,
         facts: merge_facts(&row.facts, add_facts),
-        messages,
+        messages: std::iter::once(status).chain(task).collect(),
     })
 }
 

@@ -406,7 +406,7 @@ pub enum Parked {
 
 impl Parked {
     /// The state it puts the request in.
-    pub fn as_str(&self) -> &'static str {
+    fn as_str(&self) -> &'static str {
         match self {
             Parked::Waiting => "waiting",
             Parked::Retry(_) => "retry",
@@ -736,9 +736,10 @@ impl Store {
 
     /// Registers any number of accepted requests in one statement, each as it would be alone:
     /// its row (unless its id exists) in its [`NewRequest::state`], "registered" and "first
-    /// step queued" (or "waiting") in its audit trail, and its outbox messages. Returns, per registration and in order, the ids of its outbox
-    /// rows; none when its request id existed (a republished request). The request ids must
-    /// differ. Many at once is intake's group commit ([`crate::pipeline::batch`]).
+    /// step queued" (or "waiting") in its audit trail, and its outbox messages. Returns, per
+    /// registration and in order, the ids of its outbox rows; none when its request id existed
+    /// (a republished request). The request ids must differ. Many at once is intake's group
+    /// commit ([`crate::pipeline::batch`]).
     pub async fn register_all(conn: &mut PgConnection, all: &[&Registration]) -> Result<Vec<Vec<i64>>, StoreError> {
         if all.is_empty() {
             return Ok(Vec::new());

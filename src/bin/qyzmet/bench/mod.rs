@@ -813,8 +813,7 @@ pub(crate) async fn demo_world(
 
 /// The reader queues of the systems file in force and of the demo's (`demo.outcomes`, which
 /// `qyzmet demo` declares and nobody reads) that exist on the bench's virtual host, with the
-/// Outcomes waiting in each. Each is looked for with a passive declaration on a channel of its
-/// own, since the broker closes the channel when the queue is missing.
+/// Outcomes waiting in each.
 async fn other_readers(broker: &Broker, settings: &Settings, demo_dir: &std::path::Path) -> Vec<(String, u32)> {
     let demo = qyzmet::systems::Systems::load(&demo_dir.join("systems.toml")).ok();
     let in_force = settings.systems().ok().flatten();
@@ -827,11 +826,8 @@ async fn other_readers(broker: &Broker, settings: &Settings, demo_dir: &std::pat
     names.dedup();
     let mut found = Vec::new();
     for name in names {
-        let Ok(ch) = broker.channel().await else { continue };
-        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        if let Ok(q) = ch.queue_declare(name.as_str().into(), passive, lapin::types::FieldTable::default()).await {
-            found.push((name, q.message_count()));
-            let _ = ch.close(200, "".into()).await;
+        if let Some((waiting, _)) = qyzmet::broker::queue_counts_if_any(broker, &name).await {
+            found.push((name, waiting));
         }
     }
     found

@@ -180,6 +180,27 @@ const INSERT_REQUEST: &str = "INSERT INTO requests (request_id, request_number, 
              CASE WHEN $7 IN ('completed', 'refused') THEN now() ELSE NULL END) \
      ON CONFLICT (request_id) DO NOTHING";
 
+/// How PostgreSQL plans the pipeline's statements (on [`Store::batch_pool`] and in
+/// [`Store::begin`]'s transactions), every one of which finds its rows by key.
+///
+/// - Generically. The group-commit statements take their rows as arrays; PostgreSQL would
+///   plan them afresh on every execution, because a plan made for the array at hand (one row)
+///   always looks cheaper than the generic one (ten rows, the same plan). That planning was a
+///   sixth of the database's CPU at moderate load (issue 9).
+/// - By index, whatever the statistics say. A generic plan is made once per connection, from
+///   the statistics of that moment. Made while `requests` is new (a fresh install, every
+///   test's database, a restore before its `ANALYZE`), it scanned the whole table and hashed
+///   it for every batch, until autovacuum's first analyze replaced it: at 100 requests per
+///   second on a fresh database, 80–90 pages read per advance instead of a few. A keyed
+///   statement never gains from a scan or a hash join, so they are priced out (still possible
+///   where nothing else can answer).
+const KEYED_PLANS: [(&str, &str); 4] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
 /// A new request to insert at intake.
 #[derive(Debug)]
 pub struct NewRequest {
@@ -648,13 +669,9 @@ impl Store {
             PgPoolOptions::new().max_connections(size).test_before_acquire(false).acquire_timeout(o.acquire_timeout)
         };
         let pool = pool_of(o.pool_size).connect_with(options.clone()).await?;
-        // The group-commit statements take their rows as arrays. PostgreSQL would plan them
-        // afresh on every execution, because a plan made for the array at hand (one row) always
-        // looks cheaper than the generic one (ten rows, the same plan); that planning was a
-        // sixth of the database's CPU at moderate load (issue 9). Only these statements get the
-        // generic plan: a console search, whose filters may be null, needs a plan for its values.
-        let batch =
-            pool_of(BATCH_CONNECTIONS).connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+        // Only the pipeline's keyed statements get these plans ([`KEYED_PLANS`]): a console
+        // search, whose filters may be null, needs a plan for its values.
+        let batch = pool_of(BATCH_CONNECTIONS).connect_lazy_with(options.options(KEYED_PLANS));
         Ok(Store { pool, batch, serials: Default::default(), documents: Default::default() })
     }
 
@@ -675,14 +692,19 @@ impl Store {
         &self.batch
     }
 
-    /// Starts a transaction whose statements PostgreSQL plans generically, as on
-    /// [`Store::batch_pool`]. Its transitions are the group-commit statements with one row
-    /// (a payment notice's or a staff decision's advance), which PostgreSQL would otherwise
-    /// plan afresh on every execution: 0.45 ms a plan, a fifth of the database's CPU for an S4
-    /// request in the bench. The setting ends with the transaction; it costs no round trip
+    /// Starts a transaction whose statements PostgreSQL plans as on [`Store::batch_pool`]
+    /// ([`KEYED_PLANS`]). Its transitions are the group-commit statements with one row (a
+    /// payment notice's or a staff decision's advance), which PostgreSQL would otherwise plan
+    /// afresh on every execution: 0.45 ms a plan, a fifth of the database's CPU for an S4
+    /// request in the bench. The settings end with the transaction; they cost no round trip
     /// (one simple query with the `BEGIN`).
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan").await
+        self.pool
+            .begin_with(
+                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+                 SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+            )
+            .await
     }
 
     /// Closes the pool.

@@ -439,19 +439,57 @@ async fn many_parks_commit_in_one_statement_each_only_where_its_request_still_st
     env.cleanup().await;
 }
 
+/// The planner settings of the pipeline's keyed statements, as `current_setting` gives them.
+const KEYED_PLANS: &str = "SELECT current_setting('plan_cache_mode') || ' ' || current_setting('enable_seqscan') \
+     || ' ' || current_setting('enable_hashjoin') || ' ' || current_setting('enable_mergejoin')";
+
 /// The store's transactions (payment notices, staff decisions, the sweeper) plan their
-/// statements generically, as group commit does, and leave their connection as they found it.
+/// statements as group commit does — generically, by index — and leave their connection as
+/// they found it.
 #[tokio::test]
 async fn a_transaction_plans_its_statements_generically_and_leaves_its_connection_as_it_was() {
     let env = TestEnv::new().await;
     // One connection, so that the statement after the commit runs where the transaction ran.
     let store = qyzmet::store::Store::connect(&env.settings.database_url, 1).await.expect("connect");
     let mut tx = store.begin().await.expect("begin");
-    let inside: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *tx).await.expect("show");
-    assert_eq!(inside, "force_generic_plan");
+    let inside: String = sqlx::query_scalar(KEYED_PLANS).fetch_one(&mut *tx).await.expect("show");
+    assert_eq!(inside, "force_generic_plan off off off");
     tx.commit().await.expect("commit");
-    let after: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(store.pool()).await.expect("show");
-    assert_eq!(after, "auto", "the setting ended with the transaction");
+    let after: String = sqlx::query_scalar(KEYED_PLANS).fetch_one(store.pool()).await.expect("show");
+    assert_eq!(after, "auto on on on", "the settings ended with the transaction");
+    store.close().await;
+    env.cleanup().await;
+}
+
+/// On a new database, whose `requests` has never been analyzed, a keyed statement of the
+/// pipeline still finds its rows through the primary key, on the group-commit connections and
+/// in the store's transactions alike. Planned generically from those first statistics, the
+/// batches scanned and hashed the whole table each time until autovacuum's first analyze.
+#[tokio::test]
+async fn on_a_new_database_the_pipelines_keyed_statements_plan_an_index_lookup_not_a_scan() {
+    let env = TestEnv::new().await;
+    let store = qyzmet::store::Store::connect(&env.settings.database_url, 1).await.expect("connect");
+    let keyed = "PREPARE keyed(uuid[]) AS UPDATE requests r SET updated_at = now() \
+                 FROM unnest($1) AS i(request_id) WHERE r.request_id = i.request_id";
+    let plan_of = |plan: Vec<String>, where_: &str| {
+        let plan = plan.join("\n");
+        assert!(plan.contains("requests_pkey"), "{where_}: the primary key answers\n{plan}");
+        assert!(!plan.contains("Seq Scan on requests"), "{where_}: no scan of requests\n{plan}");
+        assert!(!plan.contains("Hash"), "{where_}: no hash of requests\n{plan}");
+    };
+
+    let mut conn = store.batch_pool().acquire().await.expect("batch connection");
+    sqlx::raw_sql(keyed).execute(&mut *conn).await.expect("prepare");
+    let plan = sqlx::query_scalar("EXPLAIN EXECUTE keyed('{}')").fetch_all(&mut *conn).await.expect("explain");
+    plan_of(plan, "group commit");
+    sqlx::raw_sql("DEALLOCATE keyed").execute(&mut *conn).await.expect("deallocate");
+    drop(conn);
+
+    let mut tx = store.begin().await.expect("begin");
+    sqlx::raw_sql(keyed).execute(&mut *tx).await.expect("prepare");
+    let plan = sqlx::query_scalar("EXPLAIN EXECUTE keyed('{}')").fetch_all(&mut *tx).await.expect("explain");
+    plan_of(plan, "a transaction");
+    tx.rollback().await.expect("rollback");
     store.close().await;
     env.cleanup().await;
 }

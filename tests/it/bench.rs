@@ -137,3 +137,28 @@ async fn bench_names_a_reader_queue_that_gets_the_runs_outcomes_too() {
     assert!(copies >= 10, "the reader got at least every final Outcome of the run: {copies}");
     env.cleanup().await;
 }
+
+/// With `--layout together` the run's worker processes each run every pool, as `qyzmet run`
+/// does on a small install: the report names the layout, the one process carries the workers'
+/// CPU and memory, and every request is answered once.
+#[tokio::test]
+async fn bench_runs_every_pool_in_one_process_with_layout_together() {
+    let env = TestEnv::new().await;
+    let pki_dir = scratch_dir();
+    let report = bench(
+        &env,
+        &pki_dir,
+        &["--requests", "20", "--no-ceiling", "--processes", "1", "--layout", "together", "--concurrency", "4"],
+    )
+    .await;
+    let run = &report["runs"][0];
+    assert_eq!(run["layout"], "together", "{run:#}");
+    assert_eq!(
+        (run["finished"].as_u64(), run["lost"].as_u64(), run["answered_twice"].as_u64()),
+        (Some(20), Some(0), Some(0))
+    );
+    let pools: Vec<&String> = run["cpu"]["workers_by_pool"].as_object().expect("CPU by process").keys().collect();
+    assert_eq!(pools, ["all pools"], "one process ran every pool: {run:#}");
+    assert!(run["peak_rss_mib"]["all pools"].as_f64().is_some_and(|m| m > 1.0), "its memory was sampled: {run:#}");
+    env.cleanup().await;
+}

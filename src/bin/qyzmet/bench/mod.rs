@@ -66,9 +66,15 @@ pub struct BenchArgs {
     /// overhead, from a baseline taken in the same bench.
     #[arg(long)]
     pub scrape_ms: Option<u64>,
-    /// Worker processes per pool to measure, e.g. `1,2,4`.
+    /// Worker processes per pool to measure, e.g. `1,2,4` (with `--layout together`: worker
+    /// processes, each running every pool).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub processes: Vec<usize>,
+    /// How the pools are spread over worker processes: `per-pool` starts `--processes` of
+    /// `qyzmet worker` for each pool; `together` starts `--processes` of `qyzmet run`, each
+    /// running every pool, as a small install does.
+    #[arg(long, value_enum, default_value_t = Layout::PerPool)]
+    pub layout: Layout,
     /// In-flight messages per queue in each worker process (on a 2-core machine 128 did best
     /// of 16, 64, 128 and 256).
     #[arg(long, default_value_t = 128)]
@@ -99,6 +105,27 @@ pub struct BenchArgs {
     /// Where the bench's demo PKI is generated.
     #[arg(long, default_value = ".qyzmet/bench-pki")]
     pub pki_dir: PathBuf,
+}
+
+/// How the pools are spread over the worker processes of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// A process (or several) for each pool, as `qyzmet worker` runs them: pools scale apart.
+    PerPool,
+    /// Every pool in each process, as `qyzmet run` runs them. On a small machine fewer
+    /// processes mean fewer threads waking each other for the same work.
+    Together,
+}
+
+impl Layout {
+    /// How a run with `processes` worker processes is named in the report.
+    pub fn label(self, processes: usize) -> String {
+        match self {
+            Layout::PerPool => format!("{processes} proc/pool"),
+            Layout::Together => format!("{processes} proc, all pools"),
+        }
+    }
 }
 
 /// A number of seconds, 0 or more (fractions allowed), as a command-line value.
@@ -136,8 +163,10 @@ fn latency(mut ms: Vec<f64>) -> Latency {
 /// One measured run of the pipeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
-    /// Worker processes per pool.
+    /// Worker processes per pool (per-pool layout), or worker processes (together).
     pub processes: usize,
+    /// How the pools were spread over the processes.
+    pub layout: Layout,
     /// Every worker's `/metrics` was scraped this often (ms) during the run.
     pub scraped_every_ms: Option<u64>,
     /// Scrapes answered during the run.
@@ -330,32 +359,42 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 impl Workers {
+    /// Starts `per_pool` processes for each pool (per-pool layout), or `per_pool` processes
+    /// running every pool (together), and waits until every queue has that many consumers.
     async fn start(
         settings: &Settings,
-        per_pool: usize,
+        (per_pool, layout): (usize, Layout),
         concurrency: usize,
         broker: &Broker,
         scrape_ms: Option<u64>,
     ) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("own executable")?;
+        let concurrency = concurrency.to_string();
+        let kinds: Vec<(&str, Vec<&str>)> = match layout {
+            Layout::PerPool => ALL_POOLS
+                .iter()
+                .map(|&p| (pool_name(p), vec!["worker", pool_name(p), "--concurrency", &concurrency]))
+                .collect(),
+            Layout::Together => vec![("all pools", vec!["run", "--concurrency", &concurrency])],
+        };
         let mut children = Vec::new();
         let mut addrs = Vec::new();
-        for pool in ALL_POOLS {
+        for (name, args) in &kinds {
             for _ in 0..per_pool {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
                 addrs.push(addr);
                 let child = tokio::process::Command::new(&exe)
-                    .args(["worker", pool_name(pool), "--concurrency", &concurrency.to_string()])
+                    .args(args)
                     .envs(settings.to_env())
                     .env("QYZMET_HTTP_ADDR", addr.to_string())
                     // Keep every process's connections (this many, and up to six for batched
                     // statements) within the local PostgreSQL's max_connections of 200.
-                    .env("QYZMET_DB_POOL_SIZE", (130 / (5 * per_pool)).clamp(4, 16).to_string())
+                    .env("QYZMET_DB_POOL_SIZE", (130 / (kinds.len() * per_pool)).clamp(4, 16).to_string())
                     .env("QYZMET_LOG", "warn")
                     .kill_on_drop(true)
                     .spawn()
-                    .context("spawn qyzmet worker")?;
-                children.push((pool_name(pool).to_owned(), child));
+                    .context("spawn a qyzmet worker process")?;
+                children.push(((*name).to_owned(), child));
             }
         }
         // Wait until every pool's queues have their consumers.
@@ -692,7 +731,7 @@ async fn wait_all(label: &str, n: usize, started: Instant, board: &Arc<Mutex<Boa
 }
 
 async fn summarise(
-    processes: usize,
+    (processes, layout): (usize, Layout),
     n: usize,
     started: Instant,
     warmup: Duration,
@@ -748,6 +787,7 @@ async fn summarise(
         scraped_every_ms: None,
         scrapes: 0,
         processes,
+        layout,
         requests: n,
         finished: board.finished,
         lost,
@@ -894,10 +934,10 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         for (k, scrape_ms, warm_up) in variants {
             let board = Arc::new(Mutex::new(Board::default()));
             let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
-            let workers = Workers::start(&settings, k, args.concurrency, &broker, scrape_ms).await?;
+            let workers = Workers::start(&settings, (k, args.layout), args.concurrency, &broker, scrape_ms).await?;
             let label = match scrape_ms {
-                Some(ms) => format!("{k} process(es)/pool, /metrics scraped every {ms} ms"),
-                None => format!("{k} process(es)/pool"),
+                Some(ms) => format!("{}, /metrics scraped every {ms} ms", args.layout.label(k)),
+                None => args.layout.label(k),
             };
             let parties = parties.with_workers(workers.pids());
             let before = parties.snapshot();
@@ -908,7 +948,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
             let peak = workers.stop().await;
             listener.abort();
-            let mut run = summarise(k, args.requests, started, args.warmup, &*board.lock().await, peak).await;
+            let mut run =
+                summarise((k, args.layout), args.requests, started, args.warmup, &*board.lock().await, peak).await;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
             run.cpu = Some(cpu);
             run.scraped_every_ms = scrape_ms;
@@ -960,7 +1001,7 @@ async fn backlog(
     let (published_at, _) = drive("backlog publish", args, n, keys, publisher, &board, false).await?;
     let publish_rate = n as f64 / published_at.elapsed().as_secs_f64().max(0.001);
     eprintln!("backlog: starting one process per pool and draining…");
-    let workers = Workers::start(settings, 1, args.concurrency, broker, None).await?;
+    let workers = Workers::start(settings, (1, args.layout), args.concurrency, broker, None).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut rss = Vec::new();
@@ -1032,8 +1073,8 @@ fn print_report(r: &Report) {
     }
     if !r.runs.is_empty() {
         println!(
-            "\n{:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>12}",
-            "proc/pool",
+            "\n{:>17} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>12}",
+            "processes",
             "req/s",
             "÷ceiling",
             "p50 ms",
@@ -1048,8 +1089,8 @@ fn print_report(r: &Report) {
         for run in &r.runs {
             let rss = run.peak_rss_mib.values().copied().fold(0.0, f64::max);
             println!(
-                "{:>9} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>12.1}",
-                run.processes,
+                "{:>17} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>12.1}",
+                run.layout.label(run.processes),
                 run.throughput,
                 run.ratio_to_ceiling.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
                 run.end_to_end_ms.p50,
@@ -1079,9 +1120,9 @@ fn print_report(r: &Report) {
             (counts.first().and_then(|k| first_of(*k)), counts.get(1).and_then(|k| first_of(*k)))
         {
             println!(
-                "\nscaling {} → {} processes per pool: ×{:.2}",
-                a.processes,
-                b.processes,
+                "\nscaling {} → {}: ×{:.2}",
+                a.layout.label(a.processes),
+                b.layout.label(b.processes),
                 b.throughput / a.throughput.max(0.001)
             );
         }
@@ -1100,8 +1141,9 @@ fn print_report(r: &Report) {
             if let (Some(with), Some(without), Some(first)) = (mean(true), mean(false), scraped.first()) {
                 let ratio = with / without.max(0.001);
                 println!(
-                    "metrics overhead, {k} process(es)/pool, /metrics of every worker scraped every {} ms ({} scrapes): \
+                    "metrics overhead, {}, /metrics of every worker scraped every {} ms ({} scrapes): \
                      throughput {with:.1} vs {without:.1} req/s without, ×{ratio:.3} ({:+.1} %)",
+                    first.layout.label(k),
                     first.scraped_every_ms.unwrap_or_default(),
                     scraped.iter().map(|run| run.scrapes).sum::<usize>(),
                     (ratio - 1.0) * 100.0
@@ -1109,7 +1151,7 @@ fn print_report(r: &Report) {
             }
         }
         for run in &r.runs {
-            println!("\nper-step latency with {} process(es)/pool (ms, p50 / p95 / p99):", run.processes);
+            println!("\nper-step latency, {} (ms, p50 / p95 / p99):", run.layout.label(run.processes));
             for (step, l) in &run.step_ms {
                 println!("  {step:<9} {:>8.1} {:>8.1} {:>8.1}   ({} samples)", l.p50, l.p95, l.p99, l.n);
             }
@@ -1182,15 +1224,15 @@ fn print_cpu(r: &Report) {
     for run in &r.runs {
         if let Some(c) = &run.cpu {
             let scraped = if run.scraped_every_ms.is_some() { ", scraped" } else { "" };
-            row(format!("{} proc/pool{scraped}", run.processes), c);
+            row(format!("{}{scraped}", run.layout.label(run.processes)), c);
         }
     }
     for run in &r.runs {
         if let Some(c) = &run.cpu {
             println!(
-                "{:>22} workers by pool, {} proc/pool (ms per request): {}",
+                "{:>22} workers by pool, {} (ms per request): {}",
                 "",
-                run.processes,
+                run.layout.label(run.processes),
                 c.workers_by_pool.iter().map(|(p, s)| format!("{p} {:.2}", c.ms(*s))).collect::<Vec<_>>().join(", ")
             );
         }

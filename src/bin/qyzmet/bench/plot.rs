@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::Report;
+use super::{Report, Run};
 
 const WIDTH: f64 = 960.0;
 const BAR_AREA: f64 = 440.0;
@@ -50,10 +50,10 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<std::path::PathB
     Ok(written)
 }
 
-fn run_label(processes: usize, scraped: Option<u64>) -> String {
-    match scraped {
-        Some(ms) => format!("{processes} proc/pool, scraped {ms} ms"),
-        None => format!("{processes} proc/pool"),
+fn run_label(run: &Run) -> String {
+    match run.scraped_every_ms {
+        Some(ms) => format!("{}, scraped {ms} ms", run.layout.label(run.processes)),
+        None => run.layout.label(run.processes),
     }
 }
 
@@ -93,11 +93,7 @@ fn throughput(r: &Report) -> String {
     }
     for run in &r.runs {
         let share = run.ratio_to_ceiling.map(|x| format!("{:.0} % of the ceiling, ", x * 100.0)).unwrap_or_default();
-        rows.push((
-            run_label(run.processes, run.scraped_every_ms),
-            run.throughput,
-            format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99),
-        ));
+        rows.push((run_label(run), run.throughput, format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99)));
     }
     bars(&format!("Throughput — {}", r.load), "req/s", &rows)
 }
@@ -111,7 +107,7 @@ fn steps(r: &Report) -> String {
         .iter()
         .map(|run| {
             let steps = run.step_ms.iter().map(|(s, l)| (s.clone(), [l.p50, l.p95, l.p99])).collect();
-            (run_label(run.processes, run.scraped_every_ms), steps)
+            (run_label(run), steps)
         })
         .collect();
     let lines: usize = groups.iter().map(|(_, s)| s.len() * 3 + 1).sum();

@@ -266,9 +266,10 @@ pub fn entry(
     step_index: i32,
     traceparent: Option<&str>,
 ) -> (&'static str, Option<Message>) {
-    match step.only_waits() {
-        true => ("waiting", None),
-        false => ("queued", Some(task_message(request_id, step_index, step.pool, traceparent))),
+    if step.only_waits() {
+        ("waiting", None)
+    } else {
+        ("queued", Some(task_message(request_id, step_index, step.pool, traceparent)))
     }
 }
 

@@ -872,11 +872,12 @@ impl Store {
 
     /// The commonest transition, for any number of requests in one statement: queue each
     /// request at its next step (or park it there, [`Advance::to_state`]), append "step passed"
-    /// and "next step queued" (or "waiting") to its audit trail, and write its outbox messages. Each applies only while its request is still where
-    /// the caller saw it ([`Advance::from`]), so it needs no lock taken beforehand: run on its
-    /// own the statement is its own transaction, and of two deliveries of the same task the
-    /// second finds the request moved and changes nothing. Returns, per advance and in order,
-    /// the ids of its outbox rows; none when its request had moved.
+    /// and "next step queued" (or "waiting") to its audit trail, and write its outbox messages.
+    /// Each applies only while its request is still where the caller saw it
+    /// ([`Advance::from`]), so it needs no lock taken beforehand: run on its own the statement
+    /// is its own transaction, and of two deliveries of the same task the second finds the
+    /// request moved and changes nothing. Returns, per advance and in order, the ids of its
+    /// outbox rows; none when its request had moved.
     ///
     /// Many advances in one statement is the group commit of [`crate::pipeline::batch`]: one
     /// round trip, one plan and one commit for them all. The request ids must differ.

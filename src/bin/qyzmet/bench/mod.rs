@@ -207,6 +207,13 @@ pub struct Run {
     pub cpu: Option<CpuSplit>,
 }
 
+impl Run {
+    /// How the run is named in the report: its processes and layout.
+    pub fn label(&self) -> String {
+        self.layout.label(self.processes)
+    }
+}
+
 /// Backlog drain.
 #[derive(Debug, Clone, Serialize)]
 pub struct Backlog {
@@ -363,7 +370,8 @@ impl Workers {
     /// running every pool (together), and waits until every queue has that many consumers.
     async fn start(
         settings: &Settings,
-        (per_pool, layout): (usize, Layout),
+        per_pool: usize,
+        layout: Layout,
         concurrency: usize,
         broker: &Broker,
         scrape_ms: Option<u64>,
@@ -731,7 +739,8 @@ async fn wait_all(label: &str, n: usize, started: Instant, board: &Arc<Mutex<Boa
 }
 
 async fn summarise(
-    (processes, layout): (usize, Layout),
+    processes: usize,
+    layout: Layout,
     n: usize,
     started: Instant,
     warmup: Duration,
@@ -934,7 +943,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         for (k, scrape_ms, warm_up) in variants {
             let board = Arc::new(Mutex::new(Board::default()));
             let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
-            let workers = Workers::start(&settings, (k, args.layout), args.concurrency, &broker, scrape_ms).await?;
+            let workers = Workers::start(&settings, k, args.layout, args.concurrency, &broker, scrape_ms).await?;
             let label = match scrape_ms {
                 Some(ms) => format!("{}, /metrics scraped every {ms} ms", args.layout.label(k)),
                 None => args.layout.label(k),
@@ -949,7 +958,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             let peak = workers.stop().await;
             listener.abort();
             let mut run =
-                summarise((k, args.layout), args.requests, started, args.warmup, &*board.lock().await, peak).await;
+                summarise(k, args.layout, args.requests, started, args.warmup, &*board.lock().await, peak).await;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
             run.cpu = Some(cpu);
             run.scraped_every_ms = scrape_ms;
@@ -1000,8 +1009,8 @@ async fn backlog(
     eprintln!("backlog: publishing {n} requests with the pools stopped…");
     let (published_at, _) = drive("backlog publish", args, n, keys, publisher, &board, false).await?;
     let publish_rate = n as f64 / published_at.elapsed().as_secs_f64().max(0.001);
-    eprintln!("backlog: starting one process per pool and draining…");
-    let workers = Workers::start(settings, (1, args.layout), args.concurrency, broker, None).await?;
+    eprintln!("backlog: starting {} and draining…", args.layout.label(1));
+    let workers = Workers::start(settings, 1, args.layout, args.concurrency, broker, None).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut rss = Vec::new();
@@ -1090,7 +1099,7 @@ fn print_report(r: &Report) {
             let rss = run.peak_rss_mib.values().copied().fold(0.0, f64::max);
             println!(
                 "{:>17} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>12.1}",
-                run.layout.label(run.processes),
+                run.label(),
                 run.throughput,
                 run.ratio_to_ceiling.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
                 run.end_to_end_ms.p50,
@@ -1119,12 +1128,7 @@ fn print_report(r: &Report) {
         if let (Some(a), Some(b)) =
             (counts.first().and_then(|k| first_of(*k)), counts.get(1).and_then(|k| first_of(*k)))
         {
-            println!(
-                "\nscaling {} → {}: ×{:.2}",
-                a.layout.label(a.processes),
-                b.layout.label(b.processes),
-                b.throughput / a.throughput.max(0.001)
-            );
+            println!("\nscaling {} → {}: ×{:.2}", a.label(), b.label(), b.throughput / a.throughput.max(0.001));
         }
         for k in counts {
             let mean = |scraped: bool| {
@@ -1151,7 +1155,7 @@ fn print_report(r: &Report) {
             }
         }
         for run in &r.runs {
-            println!("\nper-step latency, {} (ms, p50 / p95 / p99):", run.layout.label(run.processes));
+            println!("\nper-step latency, {} (ms, p50 / p95 / p99):", run.label());
             for (step, l) in &run.step_ms {
                 println!("  {step:<9} {:>8.1} {:>8.1} {:>8.1}   ({} samples)", l.p50, l.p95, l.p99, l.n);
             }
@@ -1224,7 +1228,7 @@ fn print_cpu(r: &Report) {
     for run in &r.runs {
         if let Some(c) = &run.cpu {
             let scraped = if run.scraped_every_ms.is_some() { ", scraped" } else { "" };
-            row(format!("{}{scraped}", run.layout.label(run.processes)), c);
+            row(format!("{}{scraped}", run.label()), c);
         }
     }
     for run in &r.runs {
@@ -1232,7 +1236,7 @@ fn print_cpu(r: &Report) {
             println!(
                 "{:>22} workers by pool, {} (ms per request): {}",
                 "",
-                run.layout.label(run.processes),
+                run.label(),
                 c.workers_by_pool.iter().map(|(p, s)| format!("{p} {:.2}", c.ms(*s))).collect::<Vec<_>>().join(", ")
             );
         }

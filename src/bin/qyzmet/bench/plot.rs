@@ -52,8 +52,8 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<std::path::PathB
 
 fn run_label(run: &Run) -> String {
     match run.scraped_every_ms {
-        Some(ms) => format!("{}, scraped {ms} ms", run.layout.label(run.processes)),
-        None => run.layout.label(run.processes),
+        Some(ms) => format!("{}, scraped {ms} ms", run.label()),
+        None => run.label(),
     }
 }
 

@@ -162,3 +162,49 @@ async fn bench_runs_every_pool_in_one_process_with_layout_together() {
     assert!(run["peak_rss_mib"]["all pools"].as_f64().is_some_and(|m| m > 1.0), "its memory was sampled: {run:#}");
     env.cleanup().await;
 }
+
+/// `--half-max` measures each run again as an open loop offered half the throughput it reached,
+/// and the ceiling at half its own best, so that a p99 "at half the maximum rate" is read in one
+/// bench beside what the bare broker and database give at their half. Both are paced: 60
+/// requests due `(k + 1) / rate` after the start cannot all be answered before `60 / rate`.
+#[tokio::test]
+async fn half_max_offers_each_run_and_the_ceiling_half_their_maximum_and_reports_both_latencies() {
+    let env = TestEnv::new().await;
+    let pki_dir = scratch_dir();
+    let report = bench(
+        &env,
+        &pki_dir,
+        &["--requests", "60", "--processes", "1", "--concurrency", "4", "--window", "16", "--half-max"],
+    )
+    .await;
+    let run = &report["runs"][0];
+    assert_eq!(run["offered_rate"], serde_json::Value::Null, "the first run is the closed loop: {run:#}");
+    let half = &run["at_half_max"];
+    assert_eq!(
+        (half["finished"].as_u64(), half["lost"].as_u64(), half["answered_twice"].as_u64()),
+        (Some(60), Some(0), Some(0)),
+        "{half:#}"
+    );
+    let max = run["throughput"].as_f64().expect("the closed loop's throughput");
+    let offered = half["offered_rate"].as_f64().expect("the open loop's offered rate");
+    assert!((offered - max / 2.0).abs() <= max * 1e-9, "offered half of {max}: {offered}");
+    let seconds = half["seconds"].as_f64().expect("the open loop's duration");
+    assert!(seconds >= 0.95 * 60.0 / offered, "paced at {offered}/s, not as fast as it could: {seconds} s");
+    assert!(half["end_to_end_ms"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{half:#}");
+    assert!(half["cpu"]["machine_s"].as_f64().is_some_and(|s| s > 0.0), "its CPU was sampled: {half:#}");
+    let ceiling = &report["ceiling"];
+    let best = ceiling["throughput"].as_f64().expect("the ceiling's best");
+    let open = &ceiling["at_half_max"];
+    assert!(open["rate"].as_f64().is_some_and(|r| (r - best / 2.0).abs() <= best * 1e-9), "{ceiling:#}");
+    assert_eq!(open["end_to_end_ms"]["n"], 60, "every measured ceiling message answered: {open:#}");
+    assert!(open["end_to_end_ms"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{open:#}");
+
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
+        .args(["bench", "--half-max", "--rate", "10"])
+        .output()
+        .await
+        .expect("run qyzmet bench");
+    assert!(!refused.status.success(), "--half-max offers its own rate; with --rate it is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--rate"), "the error names the conflict");
+    env.cleanup().await;
+}

@@ -23,7 +23,7 @@ use qyzmet::config::Settings;
 use qyzmet::store::Store;
 
 use super::cpu::{CpuSplit, Parties};
-use super::{Latency, latency};
+use super::{Latency, Pace, latency};
 
 /// Hops per message, as many as the longest route's (intake, registry, payment, review, result).
 pub const HOPS: usize = 5;
@@ -51,6 +51,19 @@ pub struct Ceiling {
     pub tried: Vec<(u16, f64)>,
     /// Where the CPU went at the best setting.
     pub cpu: CpuSplit,
+    /// With `--half-max`: the best setting again, offered half its throughput.
+    pub at_half_max: Option<OpenCeiling>,
+}
+
+/// The ceiling as an open loop: messages offered at a fixed rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenCeiling {
+    /// Messages per second offered.
+    pub rate: f64,
+    /// Due time to last hop (not first publish, so that a stalled publish counts).
+    pub end_to_end_ms: Latency,
+    /// Where the CPU went.
+    pub cpu: CpuSplit,
 }
 
 fn queue(h: usize) -> String {
@@ -58,13 +71,15 @@ fn queue(h: usize) -> String {
 }
 
 /// Measures the ceiling at every setting of [`IN_FLIGHT`] with `n` messages each and `window`
-/// in flight from the driver, and keeps the best.
+/// in flight from the driver, and keeps the best; with `half_max`, then offers the best setting
+/// half its throughput.
 pub async fn measure(
     broker: &Arc<Broker>,
     settings: &Settings,
     n: usize,
     window: usize,
     parties: &Parties,
+    half_max: bool,
 ) -> anyhow::Result<Ceiling> {
     let admin = Store::connect(settings.migration_url(), 1).await?;
     sqlx::query(
@@ -76,7 +91,7 @@ pub async fn measure(
     let mut tried = Vec::new();
     for prefetch in IN_FLIGHT {
         sqlx::query("TRUNCATE bench_ceiling").execute(admin.pool()).await?;
-        let (throughput, lat, cpu) = once(broker, settings, n, window, prefetch, parties).await?;
+        let (throughput, lat, cpu) = once(broker, settings, n, Pace::Window(window), prefetch, parties).await?;
         eprintln!("  ceiling at prefetch {prefetch}: {throughput:.0} msg/s, p99 {:.0} ms", lat.p99);
         tried.push((prefetch, throughput));
         if best.as_ref().is_none_or(|b| throughput > b.throughput) {
@@ -88,8 +103,16 @@ pub async fn measure(
                 end_to_end_ms: lat,
                 tried: Vec::new(),
                 cpu,
+                at_half_max: None,
             });
         }
+    }
+    if let Some(best) = best.as_mut().filter(|_| half_max) {
+        let rate = best.throughput / 2.0;
+        sqlx::query("TRUNCATE bench_ceiling").execute(admin.pool()).await?;
+        let (_, end_to_end_ms, cpu) = once(broker, settings, n, Pace::Rate(rate), best.in_flight, parties).await?;
+        eprintln!("  ceiling at half its maximum, {rate:.0} msg/s offered: p99 {:.0} ms", end_to_end_ms.p99);
+        best.at_half_max = Some(OpenCeiling { rate, end_to_end_ms, cpu });
     }
     sqlx::query("DROP TABLE bench_ceiling").execute(admin.pool()).await?;
     admin.close().await;
@@ -102,12 +125,13 @@ pub async fn measure(
     Ok(best)
 }
 
-/// One setting: fresh queues, the hops, a warm-up, then `n` measured messages.
+/// One setting: fresh queues, the hops, a warm-up, then `n` measured messages offered at `pace`
+/// (a window in flight, or a rate).
 async fn once(
     broker: &Arc<Broker>,
     settings: &Settings,
     n: usize,
-    window: usize,
+    pace: Pace,
     prefetch: u16,
     parties: &Parties,
 ) -> anyhow::Result<(f64, Latency, CpuSplit)> {
@@ -173,35 +197,69 @@ async fn once(
         .await?;
     let warm_up = (n / 10).clamp(100, 1000);
     let total = warm_up + n;
-    // The driver publishes as a task of its own whenever the window has room, a batch of
-    // whatever room there is, so that waiting for confirms never holds back the hops.
+    // The driver publishes as a task of its own: in a closed loop whenever the window has room,
+    // a batch of whatever room there is, so that waiting for confirms never holds back the hops;
+    // in an open loop whatever is due, each message stamped with when it was due and its
+    // confirms awaited apart, so that a slow publish delays no later message and hides no wait.
+    let window = match pace {
+        Pace::Window(w) => w,
+        _ => total,
+    };
     let room = Arc::new(tokio::sync::Semaphore::new(window));
     let sent: Arc<std::sync::Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let driver = {
-        let (room, sent, publisher) = (room.clone(), sent.clone(), broker.publisher().await?);
+        let (room, sent, publisher) = (room.clone(), sent.clone(), Arc::new(broker.publisher().await?));
         tokio::spawn(async move {
             // A body of the size of a signed request, so the broker moves as many bytes as it would.
             let pad = vec![b' '; 1500];
+            let started = Instant::now();
+            let due_at = |k: usize, rate: f64| started + Duration::from_secs_f64((k + 1) as f64 / rate);
+            let mut confirming = tokio::task::JoinSet::new();
             let mut published = 0;
             while published < total {
-                room.acquire().await?.forget();
-                let mut k = 1;
-                while k < total - published && room.try_acquire().map(|p| p.forget()).is_ok() {
-                    k += 1;
-                }
-                let batch: Vec<Message> = (0..k)
-                    .map(|_| {
+                let k = match pace {
+                    Pace::Rate(rate) => {
+                        tokio::time::sleep_until(due_at(published, rate).into()).await;
+                        let due = (started.elapsed().as_secs_f64() * rate) as usize;
+                        due.saturating_sub(published).clamp(1, 50).min(total - published)
+                    }
+                    _ => {
+                        room.acquire().await?.forget();
+                        let mut k = 1;
+                        while k < total - published && room.try_acquire().map(|p| p.forget()).is_ok() {
+                            k += 1;
+                        }
+                        k
+                    }
+                };
+                let batch: Vec<Message> = (published..published + k)
+                    .map(|j| {
                         let id = Uuid::new_v4();
                         let mut body = id.as_bytes().to_vec();
                         body.extend_from_slice(&pad);
+                        let stamp = match pace {
+                            Pace::Rate(rate) => due_at(j, rate),
+                            _ => Instant::now(),
+                        };
                         if let Ok(mut s) = sent.lock() {
-                            s.insert(id, Instant::now());
+                            s.insert(id, stamp);
                         }
                         message(0, id, body)
                     })
                     .collect();
-                publisher.publish_all(&batch).await?;
                 published += k;
+                if matches!(pace, Pace::Rate(_)) {
+                    let publisher = publisher.clone();
+                    confirming.spawn(async move { publisher.publish_all(&batch).await });
+                    while let Some(done) = confirming.try_join_next() {
+                        done??;
+                    }
+                } else {
+                    publisher.publish_all(&batch).await?;
+                }
+            }
+            while let Some(done) = confirming.join_next().await {
+                done??;
             }
             anyhow::Ok(())
         })

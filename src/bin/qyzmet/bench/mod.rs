@@ -85,6 +85,13 @@ pub struct BenchArgs {
     /// Skip the ceiling baseline.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Then measure the latency at half the maximum: each run again as an open loop at half the
+    /// throughput it reached, and the ceiling at half its own best, in the same bench. A p99
+    /// target "at half the maximum rate" is read from these, beside what the bare broker and
+    /// database give at their half on the same machine at the same hour. Closed loop only;
+    /// use with `--warmup-secs`.
+    #[arg(long, conflicts_with_all = ["rate", "backlog"])]
+    pub half_max: bool,
     /// Backlog mode: publish this many requests with the pools stopped, then start them
     /// (one process per pool) and measure the drain rate and worker memory over time.
     #[arg(long)]
@@ -126,6 +133,18 @@ impl Layout {
             Layout::Together => format!("{processes} proc, all pools"),
         }
     }
+}
+
+/// How a run offers its requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Closed loop: keep this many in flight, publishing as answers come.
+    Window(usize),
+    /// Open loop: this many per second on a schedule (request `k` due `(k + 1) / rate` after
+    /// the start), whatever the pipeline does; a request's latency counts from when it was due.
+    Rate(f64),
+    /// As fast as the broker confirms (filling a backlog).
+    FlatOut,
 }
 
 /// A number of seconds, 0 or more (fractions allowed), as a command-line value.
@@ -205,6 +224,10 @@ pub struct Run {
     pub ratio_to_ceiling: Option<f64>,
     /// Where the machine's CPU went during the run.
     pub cpu: Option<CpuSplit>,
+    /// Requests per second offered, in an open loop; `None` in a closed loop.
+    pub offered_rate: Option<f64>,
+    /// With `--half-max`: the same processes again, offered half this run's throughput.
+    pub at_half_max: Option<Box<Run>>,
 }
 
 impl Run {
@@ -640,12 +663,15 @@ async fn drive(
     keys: &Arc<Mutex<Keys>>,
     publisher: &Arc<Publisher>,
     board: &Arc<Mutex<Board>>,
-    closed_loop: bool,
+    pace: Pace,
 ) -> anyhow::Result<(Instant, Vec<Uuid>)> {
     let mix = mix(args.service.as_deref());
     anyhow::ensure!(!mix.is_empty(), "no service in the mix matches {:?}", args.service);
     let started = Instant::now();
-    let rate = args.rate.filter(|_| !closed_loop);
+    let rate = match pace {
+        Pace::Rate(r) => Some(r),
+        _ => None,
+    };
     // Request `k` is due when `k + 1` requests are: `(k + 1) / rate` after the start.
     let due_at = |k: usize| rate.map(|r| started + Duration::from_secs_f64((k + 1) as f64 / r));
     let mut confirming = tokio::task::JoinSet::new();
@@ -663,13 +689,13 @@ async fn drive(
             } else {
                 (due - i).min(50)
             }
-        } else if closed_loop {
+        } else if let Pace::Window(window) = pace {
             let in_flight = i - board.lock().await.finished;
-            if in_flight >= args.window {
+            if in_flight >= window {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 0
             } else {
-                (args.window - in_flight).min(50)
+                (window - in_flight).min(50)
             }
         } else {
             50
@@ -812,6 +838,8 @@ async fn summarise(
         peak_rss_mib: peak,
         ratio_to_ceiling: None,
         cpu: None,
+        offered_rate: None,
+        at_half_max: None,
     }
 }
 
@@ -883,6 +911,53 @@ async fn other_readers(broker: &Broker, settings: &Settings, demo_dir: &std::pat
 }
 
 /// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
+/// What every measured run of one bench shares.
+struct Bench<'a> {
+    settings: &'a Settings,
+    args: &'a BenchArgs,
+    broker: &'a Arc<Broker>,
+    publisher: &'a Arc<Publisher>,
+    keys: &'a Arc<Mutex<Keys>>,
+    parties: &'a Parties,
+}
+
+impl Bench<'_> {
+    /// One run: `k` worker processes (per pool, or each with every pool, as `--layout` says),
+    /// `--requests` offered at `pace`, every final outcome awaited; the workers are stopped and
+    /// the queues purged afterwards.
+    async fn run(&self, k: usize, scrape_ms: Option<u64>, pace: Pace) -> anyhow::Result<Run> {
+        let args = self.args;
+        let board = Arc::new(Mutex::new(Board::default()));
+        let listener =
+            outcome_listener(self.broker.clone(), board.clone(), self.keys.clone(), self.publisher.clone()).await?;
+        let workers = Workers::start(self.settings, k, args.layout, args.concurrency, self.broker, scrape_ms).await?;
+        let mut label = args.layout.label(k);
+        if let Some(ms) = scrape_ms {
+            label = format!("{label}, /metrics scraped every {ms} ms");
+        }
+        if let Pace::Rate(r) = pace {
+            label = format!("{label}, {r:.0}/s");
+        }
+        let parties = self.parties.with_workers(workers.pids());
+        let before = parties.snapshot();
+        let (started, _) = drive(&label, args, args.requests, self.keys, self.publisher, &board, pace).await?;
+        wait_all(&label, args.requests, started, &board, Duration::from_secs(args.timeout_secs)).await;
+        let cpu = CpuSplit::between(&before, &parties.snapshot(), board.lock().await.finished);
+        let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
+        let peak = workers.stop().await;
+        listener.abort();
+        let mut run = summarise(k, args.layout, args.requests, started, args.warmup, &*board.lock().await, peak).await;
+        run.cpu = Some(cpu);
+        run.scraped_every_ms = scrape_ms;
+        run.scrapes = scrapes;
+        if let Pace::Rate(r) = pace {
+            run.offered_rate = Some(r);
+        }
+        purge_pipeline_queues(self.broker).await?;
+        Ok(run)
+    }
+}
+
 pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let (settings, store, pki) = demo_world(settings, &args.pki_dir, &args.demo_dir).await?;
     let broker = settings.broker("qyzmet bench").await?;
@@ -919,7 +994,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 ceiling::HOPS,
                 ceiling::IN_FLIGHT
             );
-            report.ceiling = Some(ceiling::measure(&broker, &settings, args.requests, args.window, &parties).await?);
+            report.ceiling =
+                Some(ceiling::measure(&broker, &settings, args.requests, args.window, &parties, args.half_max).await?);
         }
         // With scraping: a warm-up run (not reported: the first run on fresh tables is the
         // fastest), then plain, scraped, scraped, plain, so that a drift during the runs (tables
@@ -940,34 +1016,21 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 None => vec![(k, None, false)],
             })
             .collect();
+        let bench =
+            Bench { settings: &settings, args, broker: &broker, publisher: &publisher, keys: &keys, parties: &parties };
         for (k, scrape_ms, warm_up) in variants {
-            let board = Arc::new(Mutex::new(Board::default()));
-            let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
-            let workers = Workers::start(&settings, k, args.layout, args.concurrency, &broker, scrape_ms).await?;
-            let label = match scrape_ms {
-                Some(ms) => format!("{}, /metrics scraped every {ms} ms", args.layout.label(k)),
-                None => args.layout.label(k),
-            };
-            let parties = parties.with_workers(workers.pids());
-            let before = parties.snapshot();
-            let (started, _) =
-                drive(&label, args, args.requests, &keys, &publisher, &board, args.rate.is_none()).await?;
-            wait_all(&label, args.requests, started, &board, Duration::from_secs(args.timeout_secs)).await;
-            let cpu = CpuSplit::between(&before, &parties.snapshot(), board.lock().await.finished);
-            let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
-            let peak = workers.stop().await;
-            listener.abort();
-            let mut run =
-                summarise(k, args.layout, args.requests, started, args.warmup, &*board.lock().await, peak).await;
+            let pace = args.rate.map_or(Pace::Window(args.window), Pace::Rate);
+            let mut run = bench.run(k, scrape_ms, pace).await?;
             run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
-            run.cpu = Some(cpu);
-            run.scraped_every_ms = scrape_ms;
-            run.scrapes = scrapes;
-            purge_pipeline_queues(&broker).await?;
             if warm_up {
                 eprintln!("warm-up run: {:.1} req/s (not reported)", run.throughput);
                 anyhow::ensure!(run.lost == 0 && run.answered_twice == 0, "the warm-up run lost or doubled requests");
                 continue;
+            }
+            if args.half_max && scrape_ms.is_none() {
+                let half = run.throughput / 2.0;
+                eprintln!("{}: again at half its maximum, {half:.1} requests/s offered…", run.label());
+                run.at_half_max = Some(Box::new(bench.run(k, None, Pace::Rate(half)).await?));
             }
             report.runs.push(run);
         }
@@ -984,9 +1047,9 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             eprintln!("chart written: {}", file.display());
         }
     }
-    let lost: usize =
-        report.runs.iter().map(|r| r.lost).sum::<usize>() + report.backlog.as_ref().map_or(0, |b| b.unfinished);
-    let twice: usize = report.runs.iter().map(|r| r.answered_twice).sum();
+    let every_run = || report.runs.iter().flat_map(|r| std::iter::once(r).chain(r.at_half_max.as_deref()));
+    let lost: usize = every_run().map(|r| r.lost).sum::<usize>() + report.backlog.as_ref().map_or(0, |b| b.unfinished);
+    let twice: usize = every_run().map(|r| r.answered_twice).sum();
     anyhow::ensure!(
         lost == 0 && twice == 0,
         "{lost} request(s) without a final outcome (lost, or still queued when the bench stopped waiting), {twice} answered twice"
@@ -1007,7 +1070,8 @@ async fn backlog(
     let board = Arc::new(Mutex::new(Board::default()));
     let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
     eprintln!("backlog: publishing {n} requests with the pools stopped…");
-    let (published_at, _) = drive("backlog publish", args, n, keys, publisher, &board, false).await?;
+    let (published_at, _) =
+        drive("backlog publish", args, n, keys, publisher, &board, args.rate.map_or(Pace::FlatOut, Pace::Rate)).await?;
     let publish_rate = n as f64 / published_at.elapsed().as_secs_f64().max(0.001);
     eprintln!("backlog: starting {} and draining…", args.layout.label(1));
     let workers = Workers::start(settings, 1, args.layout, args.concurrency, broker, None).await?;
@@ -1061,6 +1125,59 @@ async fn backlog(
         drain_rate_per_minute: per_minute,
         outcomes,
     })
+}
+
+/// With `--half-max`: each run's latency at half its maximum beside the ceiling's at half its
+/// own, and how busy the machine was meanwhile.
+fn print_half_max(r: &Report) {
+    let halves: Vec<(String, &Run)> =
+        r.runs.iter().filter_map(|run| run.at_half_max.as_deref().map(|h| (run.label(), h))).collect();
+    let ceiling = r.ceiling.as_ref().and_then(|c| c.at_half_max.as_ref());
+    if halves.is_empty() && ceiling.is_none() {
+        return;
+    }
+    let busy = |cpu: &CpuSplit, unit: &str| {
+        format!(
+            "machine busy {:.2} cores (steal {:.2}), {:.2} ms CPU per {unit}",
+            cpu.machine_s / cpu.wall_s.max(0.001),
+            cpu.steal_s / cpu.wall_s.max(0.001),
+            1000.0 * cpu.machine_s / cpu.requests.max(1) as f64,
+        )
+    };
+    println!(
+        "
+latency at half the maximum (open loop, in this bench; warm-up left out as above):"
+    );
+    if let Some(c) = ceiling {
+        let l = &c.end_to_end_ms;
+        println!(
+            "  {:>17} {:>6.0} msg/s offered: p50 {:.1}, p95 {:.1}, p99 {:.1}, max {:.1} ms; {}",
+            "ceiling",
+            c.rate,
+            l.p50,
+            l.p95,
+            l.p99,
+            l.max,
+            busy(&c.cpu, "message")
+        );
+    }
+    for (label, h) in halves {
+        let l = &h.end_to_end_ms;
+        let against = ceiling
+            .map(|c| format!(" (×{:.2} the ceiling's)", l.p99 / c.end_to_end_ms.p99.max(0.001)))
+            .unwrap_or_default();
+        println!(
+            "  {:>17} {:>6.0} req/s offered: p50 {:.1}, p95 {:.1}, p99 {:.1}{against}, max {:.1} ms; lost {}; {}",
+            label,
+            h.offered_rate.unwrap_or_default(),
+            l.p50,
+            l.p95,
+            l.p99,
+            l.max,
+            h.lost,
+            h.cpu.as_ref().map(|cpu| busy(cpu, "request")).unwrap_or_default()
+        );
+    }
 }
 
 fn print_report(r: &Report) {
@@ -1121,6 +1238,7 @@ fn print_report(r: &Report) {
             }
         }
         print_cpu(r);
+        print_half_max(r);
         let plain: Vec<&Run> = r.runs.iter().filter(|run| run.scraped_every_ms.is_none()).collect();
         let first_of = |k: usize| plain.iter().find(|p| p.processes == k);
         let mut counts: Vec<usize> = plain.iter().map(|p| p.processes).collect();

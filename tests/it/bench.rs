@@ -171,10 +171,24 @@ async fn bench_runs_every_pool_in_one_process_with_layout_together() {
 async fn half_max_offers_each_run_and_the_ceiling_half_their_maximum_and_reports_both_latencies() {
     let env = TestEnv::new().await;
     let pki_dir = scratch_dir();
+    let charts = pki_dir.join("charts");
+    let charts_arg = charts.to_string_lossy().into_owned();
     let report = bench(
         &env,
         &pki_dir,
-        &["--requests", "60", "--processes", "1", "--concurrency", "4", "--window", "16", "--half-max"],
+        &[
+            "--requests",
+            "60",
+            "--processes",
+            "1",
+            "--concurrency",
+            "4",
+            "--window",
+            "16",
+            "--half-max",
+            "--plot",
+            &charts_arg,
+        ],
     )
     .await;
     let run = &report["runs"][0];
@@ -198,6 +212,8 @@ async fn half_max_offers_each_run_and_the_ceiling_half_their_maximum_and_reports
     assert!(open["rate"].as_f64().is_some_and(|r| (r - best / 2.0).abs() <= best * 1e-9), "{ceiling:#}");
     assert_eq!(open["end_to_end_ms"]["n"], 60, "every measured ceiling message answered: {open:#}");
     assert!(open["end_to_end_ms"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{open:#}");
+    let chart = std::fs::read_to_string(charts.join("half-max.svg")).expect("the half-maximum chart");
+    assert!(chart.contains("ceiling") && chart.contains("1 proc/pool") && chart.contains("offered"), "{chart}");
 
     let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_qyzmet"))
         .args(["bench", "--half-max", "--rate", "10"])

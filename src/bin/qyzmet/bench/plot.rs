@@ -2,6 +2,7 @@
 //!
 //! - `throughput.svg`: requests per second of every run beside the ceiling, with each run's p99;
 //! - `steps.svg`: p50 / p95 / p99 of every step, per run;
+//! - `half-max.svg` (with `--half-max`): p99 of every run and of the ceiling at half their maximum;
 //! - `rss.svg`: the largest worker's resident memory over a backlog drain;
 //! - `drain.svg`: the drain rate in each minute of a backlog drain.
 //!
@@ -32,6 +33,9 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<std::path::PathB
     if !report.runs.is_empty() {
         save("throughput.svg", throughput(report))?;
         save("steps.svg", steps(report))?;
+    }
+    if report.runs.iter().any(|run| run.at_half_max.is_some()) {
+        save("half-max.svg", half_max(report))?;
     }
     if let Some(b) = &report.backlog
         && !b.rss_mib_over_time.is_empty()
@@ -65,7 +69,7 @@ fn bars(title: &str, unit: &str, rows: &[(String, f64, String)]) -> String {
     for (i, (label, value, note)) in rows.iter().enumerate() {
         let y = 50.0 + ROW * i as f64;
         let w = BAR_AREA * value / max;
-        let colour = if i == 0 { "#9d9d9d" } else { COLOURS[0] };
+        let colour = if label == "ceiling" { "#9d9d9d" } else { COLOURS[0] };
         let _ = write!(
             svg,
             r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{LEFT}" y="{}" width="{w:.1}" height="18" fill="{colour}"/><text x="{}" y="{}">{value:.0} {unit} {}</text>"#,
@@ -96,6 +100,22 @@ fn throughput(r: &Report) -> String {
         rows.push((run_label(run), run.throughput, format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99)));
     }
     bars(&format!("Throughput — {}", r.load), "req/s", &rows)
+}
+
+fn half_max(r: &Report) -> String {
+    let mut rows = Vec::new();
+    if let Some(c) = r.ceiling.as_ref().and_then(|c| c.at_half_max.as_ref()) {
+        let note = format!("(ceiling, {:.0} msg/s offered, p50 {:.0} ms)", c.rate, c.end_to_end_ms.p50);
+        rows.push(("ceiling".to_owned(), c.end_to_end_ms.p99, note));
+    }
+    for run in &r.runs {
+        if let Some(h) = &run.at_half_max {
+            let note =
+                format!("({:.0} req/s offered, p50 {:.0} ms)", h.offered_rate.unwrap_or_default(), h.end_to_end_ms.p50);
+            rows.push((run_label(run), h.end_to_end_ms.p99, note));
+        }
+    }
+    bars(&format!("p99 at half the maximum, open loop — {}", r.load), "ms", &rows)
 }
 
 /// A run's steps with their p50, p95 and p99.

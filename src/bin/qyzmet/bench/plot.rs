@@ -105,7 +105,7 @@ fn throughput(r: &Report) -> String {
 fn half_max(r: &Report) -> String {
     let mut rows = Vec::new();
     if let Some(c) = r.ceiling.as_ref().and_then(|c| c.at_half_max.as_ref()) {
-        let note = format!("(ceiling, {:.0} msg/s offered, p50 {:.0} ms)", c.rate, c.end_to_end_ms.p50);
+        let note = format!("({:.0} msg/s offered, p50 {:.0} ms)", c.rate, c.end_to_end_ms.p50);
         rows.push(("ceiling".to_owned(), c.end_to_end_ms.p99, note));
     }
     for run in &r.runs {

@@ -910,7 +910,6 @@ async fn other_readers(broker: &Broker, settings: &Settings, demo_dir: &std::pat
     found
 }
 
-/// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
 /// What every measured run of one bench shares.
 struct Bench<'a> {
     settings: &'a Settings,
@@ -958,6 +957,7 @@ impl Bench<'_> {
     }
 }
 
+/// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let (settings, store, pki) = demo_world(settings, &args.pki_dir, &args.demo_dir).await?;
     let broker = settings.broker("qyzmet bench").await?;

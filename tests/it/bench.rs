@@ -27,12 +27,19 @@ fn scratch_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("qyzmet-bench-smoke-{}", uuid::Uuid::new_v4().simple()))
 }
 
+/// Where a run given `--plot` writes its charts (inside its PKI directory), and that path as the
+/// argument.
+fn charts_dir(pki_dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let charts = pki_dir.join("charts");
+    let arg = charts.to_string_lossy().into_owned();
+    (charts, arg)
+}
+
 #[tokio::test]
 async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_and_charts() {
     let env = TestEnv::new().await;
     let pki_dir = scratch_dir();
-    let charts = pki_dir.join("charts");
-    let charts_arg = charts.to_string_lossy().into_owned();
+    let (charts, charts_arg) = charts_dir(&pki_dir);
     let report = bench(
         &env,
         &pki_dir,
@@ -171,8 +178,7 @@ async fn bench_runs_every_pool_in_one_process_with_layout_together() {
 async fn half_max_offers_each_run_and_the_ceiling_half_their_maximum_and_reports_both_latencies() {
     let env = TestEnv::new().await;
     let pki_dir = scratch_dir();
-    let charts = pki_dir.join("charts");
-    let charts_arg = charts.to_string_lossy().into_owned();
+    let (charts, charts_arg) = charts_dir(&pki_dir);
     let report = bench(
         &env,
         &pki_dir,

@@ -392,7 +392,10 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
                     plan.lock().await.push(sent);
                 }
                 published.fetch_add(1, Ordering::Relaxed);
-                next += pace;
+                // After a stall (the broker down while a publish waits for its confirm) the rest
+                // keeps the rate instead of catching up in a burst: a burst would end the
+                // traffic, and with it the chaos, before the restarts still planned for it.
+                next = (next + pace).max(tokio::time::Instant::now());
                 tokio::time::sleep_until(next).await;
             }
         })
@@ -407,9 +410,12 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     let mut kill_log: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut restarts = Vec::new();
     let mut last_kill = Instant::now();
-    while !publisher.is_finished() {
+    // A restart still planned when the traffic has ended (a slow restart held the loop while
+    // the rest was published) happens then, while the pipeline works through what it has.
+    while !publisher.is_finished() || !broker_at.is_empty() || !database_at.is_empty() {
         let done = published.load(Ordering::Relaxed);
-        if broker_at.first().is_some_and(|&at| done >= at) {
+        let over = publisher.is_finished();
+        if broker_at.first().is_some_and(|&at| done >= at || over) {
             broker_at.remove(0);
             let t = Instant::now();
             services(args, &["stop", "rabbitmq"])?;
@@ -417,7 +423,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
             restarts
                 .push(format!("RabbitMQ restarted after {done} messages ({:.1} s down)", t.elapsed().as_secs_f64()));
         }
-        if database_at.first().is_some_and(|&at| done >= at) {
+        if database_at.first().is_some_and(|&at| done >= at || over) {
             database_at.remove(0);
             let t = Instant::now();
             services(args, &["stop", "postgres"])?;

@@ -115,7 +115,11 @@ fn half_max(r: &Report) -> String {
             rows.push((run_label(run), h.end_to_end_ms.p99, note));
         }
     }
-    bars(&format!("p99 at half the maximum, each offered half the throughput of its closed loop — {}", r.load), "ms", &rows)
+    bars(
+        &format!("p99 at half the maximum, each offered half the throughput of its closed loop — {}", r.load),
+        "ms",
+        &rows,
+    )
 }
 
 /// A run's steps with their p50, p95 and p99.

@@ -412,24 +412,23 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     let mut last_kill = Instant::now();
     // A restart still planned when the traffic has ended (a slow restart held the loop while
     // the rest was published) happens then, while the pipeline works through what it has.
-    while !publisher.is_finished() || !broker_at.is_empty() || !database_at.is_empty() {
-        let done = published.load(Ordering::Relaxed);
+    loop {
         let over = publisher.is_finished();
-        if broker_at.first().is_some_and(|&at| done >= at || over) {
-            broker_at.remove(0);
-            let t = Instant::now();
-            services(args, &["stop", "rabbitmq"])?;
-            services(args, &["start"])?;
-            restarts
-                .push(format!("RabbitMQ restarted after {done} messages ({:.1} s down)", t.elapsed().as_secs_f64()));
+        if over && broker_at.is_empty() && database_at.is_empty() {
+            break;
         }
-        if database_at.first().is_some_and(|&at| done >= at || over) {
-            database_at.remove(0);
-            let t = Instant::now();
-            services(args, &["stop", "postgres"])?;
-            services(args, &["start"])?;
-            restarts
-                .push(format!("PostgreSQL restarted after {done} messages ({:.1} s down)", t.elapsed().as_secs_f64()));
+        let done = published.load(Ordering::Relaxed);
+        for (planned, service, name) in
+            [(&mut broker_at, "rabbitmq", "RabbitMQ"), (&mut database_at, "postgres", "PostgreSQL")]
+        {
+            if planned.first().is_some_and(|&at| done >= at || over) {
+                planned.remove(0);
+                let t = Instant::now();
+                services(args, &["stop", service])?;
+                services(args, &["start"])?;
+                restarts
+                    .push(format!("{name} restarted after {done} messages ({:.1} s down)", t.elapsed().as_secs_f64()));
+            }
         }
         if last_kill.elapsed() >= Duration::from_secs(args.kill_every_secs.max(1)) {
             let pool = fleet.kill(kills.wrapping_mul(7919) ^ (started.elapsed().as_millis() as usize)).await?;

@@ -24,7 +24,7 @@ use qyzmet::config::Settings;
 use qyzmet::store::Store;
 
 use super::cpu::{CpuSplit, Parties};
-use super::{Latency, Pace, latency};
+use super::{Confirming, Latency, Pace, Schedule, latency};
 
 /// Hops per message, as many as the longest route's (intake, registry, payment, review, result).
 pub const HOPS: usize = 5;
@@ -213,18 +213,13 @@ async fn once(
         tokio::spawn(async move {
             // A body of the size of a signed request, so the broker moves as many bytes as it would.
             let pad = vec![b' '; 1500];
-            let started = Instant::now();
-            let due_at = |k: usize, rate: f64| started + Duration::from_secs_f64((k + 1) as f64 / rate);
-            let mut confirming = tokio::task::JoinSet::new();
+            let schedule = pace.rate().map(Schedule::start);
+            let mut confirming = Confirming::default();
             let mut published = 0;
             while published < total {
-                let k = match pace {
-                    Pace::Rate(rate) => {
-                        tokio::time::sleep_until(due_at(published, rate).into()).await;
-                        let due = (started.elapsed().as_secs_f64() * rate) as usize;
-                        due.saturating_sub(published).clamp(1, 50).min(total - published)
-                    }
-                    _ => {
+                let k = match schedule {
+                    Some(schedule) => schedule.wait_for(published, 50.min(total - published)).await,
+                    None => {
                         room.acquire().await?.forget();
                         let mut k = 1;
                         while k < total - published && room.try_acquire().map(|p| p.forget()).is_ok() {
@@ -238,10 +233,7 @@ async fn once(
                         let id = Uuid::new_v4();
                         let mut body = id.as_bytes().to_vec();
                         body.extend_from_slice(&pad);
-                        let stamp = match pace {
-                            Pace::Rate(rate) => due_at(j, rate),
-                            _ => Instant::now(),
-                        };
+                        let stamp = schedule.map_or_else(Instant::now, |s| s.due_at(j));
                         if let Ok(mut s) = sent.lock() {
                             s.insert(id, stamp);
                         }
@@ -249,19 +241,13 @@ async fn once(
                     })
                     .collect();
                 published += k;
-                if matches!(pace, Pace::Rate(_)) {
-                    let publisher = publisher.clone();
-                    confirming.spawn(async move { publisher.publish_all(&batch).await });
-                    while let Some(done) = confirming.try_join_next() {
-                        done??;
-                    }
+                if schedule.is_some() {
+                    confirming.publish(&publisher, batch)?;
                 } else {
                     publisher.publish_all(&batch).await?;
                 }
             }
-            while let Some(done) = confirming.join_next().await {
-                done??;
-            }
+            confirming.finish().await?;
             anyhow::Ok(())
         })
     };

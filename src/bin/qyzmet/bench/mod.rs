@@ -147,6 +147,69 @@ pub enum Pace {
     FlatOut,
 }
 
+impl Pace {
+    /// The offered rate of an open loop.
+    pub fn rate(self) -> Option<f64> {
+        match self {
+            Pace::Rate(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// An open loop's timetable: message `k` is due `(k + 1) / rate` after the start, and its
+/// latency counts from then, so that a publish held up hides no wait (no coordinated omission).
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    started: Instant,
+    rate: f64,
+}
+
+impl Schedule {
+    /// A timetable starting now.
+    pub fn start(rate: f64) -> Schedule {
+        Schedule { started: Instant::now(), rate }
+    }
+
+    /// When message `k` is due.
+    pub fn due_at(&self, k: usize) -> Instant {
+        self.started + Duration::from_secs_f64((k + 1) as f64 / self.rate)
+    }
+
+    /// Waits until message `next` is due; then how many from `next` on are due by now, at
+    /// least one and at most `most`.
+    pub async fn wait_for(&self, next: usize, most: usize) -> usize {
+        tokio::time::sleep_until(self.due_at(next).into()).await;
+        let due = (self.started.elapsed().as_secs_f64() * self.rate) as usize;
+        due.saturating_sub(next).clamp(1, most.max(1))
+    }
+}
+
+/// An open loop's publishes, each awaiting its confirms in a task of its own, so that a slow
+/// confirm holds back no message due after it. A failed publish fails the run.
+#[derive(Default)]
+pub struct Confirming(tokio::task::JoinSet<Result<(), qyzmet::broker::BrokerError>>);
+
+impl Confirming {
+    /// Publishes `batch` in the background; fails if an earlier publish has failed.
+    pub fn publish(&mut self, publisher: &Arc<Publisher>, batch: Vec<Message>) -> anyhow::Result<()> {
+        let publisher = publisher.clone();
+        self.0.spawn(async move { publisher.publish_all(&batch).await });
+        while let Some(done) = self.0.try_join_next() {
+            done??;
+        }
+        Ok(())
+    }
+
+    /// Waits for every publish to be confirmed.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        while let Some(done) = self.0.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}
+
 /// A number of seconds, 0 or more (fractions allowed), as a command-line value.
 fn seconds(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
@@ -668,37 +731,24 @@ async fn drive(
     let mix = mix(args.service.as_deref());
     anyhow::ensure!(!mix.is_empty(), "no service in the mix matches {:?}", args.service);
     let started = Instant::now();
-    let rate = match pace {
-        Pace::Rate(r) => Some(r),
-        _ => None,
-    };
-    // Request `k` is due when `k + 1` requests are: `(k + 1) / rate` after the start.
-    let due_at = |k: usize| rate.map(|r| started + Duration::from_secs_f64((k + 1) as f64 / r));
-    let mut confirming = tokio::task::JoinSet::new();
+    let schedule = pace.rate().map(Schedule::start);
+    let mut confirming = Confirming::default();
     let mut ids = Vec::with_capacity(n);
     let mut last_progress = Instant::now();
     let mut i = 0;
     while i < n {
-        let batch = if let Some(rate) = rate {
-            let due = (started.elapsed().as_secs_f64() * rate) as usize;
-            if due <= i {
-                if let Some(next) = due_at(i) {
-                    tokio::time::sleep_until(next.into()).await;
+        let batch = match (schedule, pace) {
+            (Some(schedule), _) => schedule.wait_for(i, 50).await,
+            (None, Pace::Window(window)) => {
+                let in_flight = i - board.lock().await.finished;
+                if in_flight >= window {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    0
+                } else {
+                    (window - in_flight).min(50)
                 }
-                0
-            } else {
-                (due - i).min(50)
             }
-        } else if let Pace::Window(window) = pace {
-            let in_flight = i - board.lock().await.finished;
-            if in_flight >= window {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                0
-            } else {
-                (window - in_flight).min(50)
-            }
-        } else {
-            50
+            (None, _) => 50,
         };
         let batch = batch.min(n - i);
         if batch > 0 {
@@ -708,7 +758,7 @@ async fn drive(
                 let mut b = board.lock().await;
                 for j in 0..batch {
                     let (id, service, body) = make_request(&mut k, &mix, i + j)?;
-                    let published = due_at(i + j).unwrap_or_else(Instant::now);
+                    let published = schedule.map_or_else(Instant::now, |s| s.due_at(i + j));
                     b.tracks
                         .insert(id, Track { published: Some(published), service: service.clone(), ..Track::default() });
                     ids.push(id);
@@ -723,12 +773,8 @@ async fn drive(
                     });
                 }
             }
-            if rate.is_some() {
-                let publisher = publisher.clone();
-                confirming.spawn(async move { publisher.publish_all(&messages).await });
-                while let Some(done) = confirming.try_join_next() {
-                    done??;
-                }
+            if schedule.is_some() {
+                confirming.publish(publisher, messages)?;
             } else {
                 publisher.publish_all(&messages).await?;
             }
@@ -740,9 +786,7 @@ async fn drive(
             last_progress = Instant::now();
         }
     }
-    while let Some(done) = confirming.join_next().await {
-        done??;
-    }
+    confirming.finish().await?;
     Ok((started, ids))
 }
 
@@ -934,7 +978,7 @@ impl Bench<'_> {
         if let Some(ms) = scrape_ms {
             label = format!("{label}, /metrics scraped every {ms} ms");
         }
-        if let Pace::Rate(r) = pace {
+        if let Some(r) = pace.rate() {
             label = format!("{label}, {r:.0}/s");
         }
         let parties = self.parties.with_workers(workers.pids());
@@ -949,9 +993,7 @@ impl Bench<'_> {
         run.cpu = Some(cpu);
         run.scraped_every_ms = scrape_ms;
         run.scrapes = scrapes;
-        if let Pace::Rate(r) = pace {
-            run.offered_rate = Some(r);
-        }
+        run.offered_rate = pace.rate();
         purge_pipeline_queues(self.broker).await?;
         Ok(run)
     }
@@ -1144,10 +1186,7 @@ fn print_half_max(r: &Report) {
             1000.0 * cpu.machine_s / cpu.requests.max(1) as f64,
         )
     };
-    println!(
-        "
-latency at half the maximum (open loop, in this bench; warm-up left out as above):"
-    );
+    println!("\nlatency at half the maximum (open loop, in this bench; warm-up left out as above):");
     if let Some(c) = ceiling {
         let l = &c.end_to_end_ms;
         println!(

@@ -249,6 +249,21 @@ impl Fleet {
         Ok(pool)
     }
 
+    /// Starts a replacement for every process that has exited on its own, as a supervisor
+    /// (systemd's `Restart=always`) would: a worker started while the broker is down gives up
+    /// connecting and exits. Returns how many were started.
+    fn revive(&mut self) -> anyhow::Result<usize> {
+        let mut revived = 0;
+        for i in 0..self.children.len() {
+            if matches!(self.children[i].1.try_wait(), Ok(Some(_))) {
+                let pool = self.children[i].0;
+                self.children[i].1 = self.spawn(pool)?;
+                revived += 1;
+            }
+        }
+        Ok(revived)
+    }
+
     async fn stop(mut self) {
         terminate(self.children.iter_mut().map(|(_, c)| c)).await;
     }
@@ -410,6 +425,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     let mut kill_log: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut restarts = Vec::new();
     let mut last_kill = Instant::now();
+    let mut revived = 0usize;
     // A restart still planned when the traffic has ended (a slow restart held the loop while
     // the rest was published) happens then, while the pipeline works through what it has.
     loop {
@@ -430,6 +446,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
                     .push(format!("{name} restarted after {done} messages ({:.1} s down)", t.elapsed().as_secs_f64()));
             }
         }
+        revived += fleet.revive()?;
         if last_kill.elapsed() >= Duration::from_secs(args.kill_every_secs.max(1)) {
             let pool = fleet.kill(kills.wrapping_mul(7919) ^ (started.elapsed().as_millis() as usize)).await?;
             *kill_log.entry(pool).or_default() += 1;
@@ -454,6 +471,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
         if n as usize >= expected.len() || Instant::now() > deadline {
             break n as usize;
         }
+        revived += fleet.revive()?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let outbox = async {
@@ -465,6 +483,11 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = answerer.await;
     fleet.stop().await;
+    if revived > 0 {
+        println!(
+            "  {revived} worker process(es) had exited on their own (started while the broker was down) and were started again"
+        );
+    }
 
     // What went on the wire, and what was dead-lettered.
     let wire = drain_finals(&broker, DRILL_OUTCOMES).await?;

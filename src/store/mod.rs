@@ -141,7 +141,9 @@ async fn next_ahead(
 
 /// The guard of every multi-row transition: the `UPDATE requests r` it ends applies to each
 /// request of the CTE `input` only while the request still stands where the input's
-/// `from_state`, `from_index` and `from_attempts` say, and returns the input rows it moved.
+/// `from_state`, `from_index` and `from_attempts` say, and returns the input rows it moved with
+/// each request's `audit_base`: the audit head it had, which the rows the statement appends
+/// chain from (the `UPDATE` sets `audit_base` to the old `audit_head`).
 /// Compared with the input's columns, the guard is found by the request's id (a `state`
 /// literal could send PostgreSQL to the index of every open request instead).
 macro_rules! where_still_at {
@@ -149,7 +151,30 @@ macro_rules! where_still_at {
         "FROM input i \
          WHERE r.request_id = i.request_id AND r.state = i.from_state AND r.step_index = i.from_index \
              AND r.attempts = i.from_attempts \
-         RETURNING i.*"
+         RETURNING i.*, r.audit_base"
+    };
+}
+
+/// The hash of an advance's "passed" audit row for the input row `$row`, chained from `$prev`:
+/// the advance's statement needs it twice, for the request's new head and as the link of the
+/// row that follows it.
+macro_rules! passed_hash {
+    ($row:literal, $prev:literal) => {
+        concat!(
+            "step_history_digest(",
+            $prev,
+            ", ",
+            $row,
+            ".request_id, ",
+            $row,
+            ".from_index, ",
+            $row,
+            ".from_step, 'passed', now(), ",
+            $row,
+            ".from_deadline, ",
+            $row,
+            ".detail)"
+        )
     };
 }
 
@@ -778,23 +803,30 @@ impl Store {
                                           step_index, step, step_deadline, service_deadline, deadlines, body, \
                                           submitter, traceparent, submitted_at, received_at, applicant_id, \
                                           intake_deadline, detail, state, n)), \
+             chained AS ( \
+                 SELECT i.*, step_history_digest(NULL, request_id, 0, 'intake', 'registered', now(), \
+                                                 intake_deadline, detail) AS registered_hash \
+                 FROM input i), \
              ins AS ( \
                  INSERT INTO requests (request_id, request_number, service, region, channel, applicant_masked, \
                      state, step_index, step, step_deadline, service_deadline, deadlines, body, submitter, \
-                     traceparent, submitted_at, received_at, applicant_id, registered_at) \
+                     traceparent, submitted_at, received_at, applicant_id, registered_at, audit_head) \
                  SELECT request_id, request_number, service, region, channel, applicant_masked, state, \
                      step_index, step, step_deadline, service_deadline, deadlines, body, submitter, traceparent, \
-                     submitted_at, received_at, applicant_id, now() \
-                 FROM input ORDER BY n \
+                     submitted_at, received_at, applicant_id, now(), \
+                     step_history_digest(registered_hash, request_id, step_index, step, state, now(), \
+                                         step_deadline, NULL) \
+                 FROM chained ORDER BY n \
                  ON CONFLICT (request_id) DO NOTHING \
                  RETURNING request_id), \
              hist AS ( \
-                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-                 SELECT i.request_id, x.step_index, x.step, x.event, x.deadline, x.detail \
-                 FROM ins JOIN input i USING (request_id) \
-                     CROSS JOIN LATERAL (VALUES (0, 'intake', 'registered', i.intake_deadline, i.detail), \
-                                                (i.step_index, i.step, i.state, i.step_deadline, NULL::jsonb)) \
-                         AS x(step_index, step, event, deadline, detail) \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail, prev_hash) \
+                 SELECT i.request_id, x.step_index, x.step, x.event, x.deadline, x.detail, x.prev_hash \
+                 FROM ins JOIN chained i USING (request_id) \
+                     CROSS JOIN LATERAL (VALUES (0, 'intake', 'registered', i.intake_deadline, i.detail, NULL::bytea), \
+                                                (i.step_index, i.step, i.state, i.step_deadline, NULL::jsonb, \
+                                                 i.registered_hash)) \
+                         AS x(step_index, step, event, deadline, detail, prev_hash) \
                  ORDER BY i.n, x.event <> 'registered') ",
             outbox_rows_of!("ins", "$21::uuid[], $22::text[], $23::text[], $24::text[], $25::bytea[], $26::text[]")
         ));
@@ -897,16 +929,23 @@ impl Store {
              upd AS ( \
                  UPDATE requests r SET state = i.to_state, step_index = i.to_index, step = i.to_step, \
                      step_deadline = i.to_deadline, facts = i.facts, attempts = 0, next_attempt_at = NULL, \
-                     updated_at = now() \
+                     updated_at = now(), audit_base = r.audit_head, \
+                     audit_head = step_history_digest(",
+            passed_hash!("i", "r.audit_head"),
+            ", r.request_id, i.to_index, i.to_step, i.to_state, now(), i.to_deadline, NULL) \
                  ",
             where_still_at!(),
             "), \
              hist AS ( \
-                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-                 SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail FROM upd \
-                     CROSS JOIN LATERAL (VALUES (upd.from_index, upd.from_step, 'passed', upd.from_deadline, upd.detail), \
-                                                (upd.to_index, upd.to_step, upd.to_state, upd.to_deadline, NULL::jsonb)) \
-                         AS x(step_index, step, event, deadline, detail) \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail, prev_hash) \
+                 SELECT upd.request_id, x.step_index, x.step, x.event, x.deadline, x.detail, x.prev_hash FROM upd \
+                     CROSS JOIN LATERAL (VALUES (upd.from_index, upd.from_step, 'passed', upd.from_deadline, upd.detail, \
+                                                 upd.audit_base), \
+                                                (upd.to_index, upd.to_step, upd.to_state, upd.to_deadline, NULL::jsonb, \
+                                                 ",
+            passed_hash!("upd", "upd.audit_base"),
+            ")) \
+                         AS x(step_index, step, event, deadline, detail, prev_hash) \
                  ORDER BY upd.n, x.event <> 'passed') ",
             outbox_rows_of!("upd", "$13::uuid[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::text[]")
         ));
@@ -941,7 +980,9 @@ impl Store {
                                           from_deadline, detail, status, step, code, kind, document, body, at, n)), \
              upd AS ( \
                  UPDATE requests r SET state = i.status, finished_at = i.at, next_attempt_at = NULL, \
-                     updated_at = now() \
+                     updated_at = now(), audit_base = r.audit_head, \
+                     audit_head = step_history_digest(r.audit_head, r.request_id, i.from_index, i.from_step, \
+                                                      i.status, now(), i.from_deadline, i.detail) \
                  ",
             where_still_at!(),
             "), \
@@ -950,8 +991,9 @@ impl Store {
                  SELECT request_id, status, step, code, kind, document, body - 'document', at FROM upd \
                  ORDER BY n RETURNING request_id), \
              hist AS ( \
-                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-                 SELECT upd.request_id, upd.from_index, upd.from_step, upd.status, upd.from_deadline, upd.detail \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail, prev_hash) \
+                 SELECT upd.request_id, upd.from_index, upd.from_step, upd.status, upd.from_deadline, upd.detail, \
+                     upd.audit_base \
                  FROM upd JOIN fin USING (request_id) ORDER BY upd.n) ",
             outbox_rows_of!("fin", "$15::uuid[], $16::text[], $17::text[], $18::text[], $19::bytea[], $20::text[]")
         ));
@@ -989,13 +1031,16 @@ impl Store {
              upd AS ( \
                  UPDATE requests r SET state = i.to_state, \
                      attempts = CASE WHEN i.to_state = 'retry' THEN r.attempts + 1 ELSE r.attempts END, \
-                     next_attempt_at = i.next_attempt_at, updated_at = now() \
+                     next_attempt_at = i.next_attempt_at, updated_at = now(), audit_base = r.audit_head, \
+                     audit_head = step_history_digest(r.audit_head, r.request_id, i.from_index, i.from_step, \
+                                                      i.to_state, now(), i.from_deadline, i.detail) \
                  ",
             where_still_at!(),
             "), \
              hist AS ( \
-                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-                 SELECT request_id, from_index, from_step, to_state, from_deadline, detail FROM upd ORDER BY n) \
+                 INSERT INTO step_history (request_id, step_index, step, event, deadline, detail, prev_hash) \
+                 SELECT request_id, from_index, from_step, to_state, from_deadline, detail, audit_base FROM upd \
+                 ORDER BY n) \
              SELECT request_id FROM upd"
         ));
         let q = StepExit::bind_all(q, all.iter().map(|p| (p.request_id, &p.from)))
@@ -1021,8 +1066,12 @@ impl Store {
         detail: Option<&Value>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO step_history (request_id, step_index, step, event, deadline, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH moved AS ( \
+                 UPDATE requests SET audit_base = audit_head, \
+                     audit_head = step_history_digest(audit_head, request_id, $2, $3, $4, now(), $5, $6) \
+                 WHERE request_id = $1 RETURNING audit_base) \
+             INSERT INTO step_history (request_id, step_index, step, event, deadline, detail, prev_hash) \
+             SELECT $1, $2, $3, $4, $5, $6, audit_base FROM moved",
         )
         .bind(id)
         .bind(step_index)
@@ -1562,8 +1611,10 @@ impl Store {
 
     /// Breaks in the audit trail's hash chain (P-49), for one request or all: a row whose
     /// content no longer matches its hash (`changed`), whose link does not match the previous
-    /// row's hash (`link`: a row before it was removed or changed), or a finished request whose
-    /// trail does not end with its final event (`truncated`). Empty when the trail is intact.
+    /// row's hash (`link`: a row before it was removed or changed), or a trail that does not
+    /// end where its request's `audit_head` says, or for a finished request with its final
+    /// event (`truncated`, at the trail's last row left, 0 when none is). Empty when the trail
+    /// is intact.
     pub async fn audit_breaks(&self, request: Option<Uuid>) -> Result<Vec<AuditBreak>, StoreError> {
         sqlx::query_as(
             "WITH chain AS ( \
@@ -1580,6 +1631,10 @@ impl Store {
              UNION ALL \
              SELECT c.request_id, c.id, 'truncated' FROM chain c JOIN outcomes o USING (request_id) \
                  WHERE c.from_end = 1 AND c.event NOT IN ('completed', 'refused') \
+             UNION \
+             SELECT r.request_id, coalesce(c.id, 0), 'truncated' FROM requests r \
+                 LEFT JOIN chain c ON c.request_id = r.request_id AND c.from_end = 1 \
+                 WHERE ($1::uuid IS NULL OR r.request_id = $1) AND r.audit_head IS DISTINCT FROM c.hash \
              ORDER BY 1, 2",
         )
         .bind(request)

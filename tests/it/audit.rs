@@ -117,6 +117,42 @@ async fn p49_audit_verify_finds_a_changed_a_removed_and_a_cut_off_row() {
 }
 
 #[tokio::test]
+async fn p49_audit_verify_finds_the_cut_off_tail_of_a_request_still_in_progress() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    // A portal licence application waits at its payment step: its trail has no final event
+    // that a missing tail would be noticed by.
+    let r = request(
+        "medical-licence",
+        "aktobe",
+        "portal",
+        json!({ "bin": who::CLINIC }),
+        who::AKTOBE_HEALTH,
+        json!({ "kind": "issue", "activity": "стоматология" }),
+    );
+    env.publish_request(&r).await;
+    let id = id_of(&r);
+    env.wait_state(id, "waiting").await;
+    app.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(env.store.audit_breaks(Some(id)).await.expect("check"), vec![]);
+
+    // Someone with the owner's rights removes the request's latest audit row ("waiting").
+    let (last,): (i64,) = sqlx::query_as("SELECT max(id) FROM step_history WHERE request_id = $1")
+        .bind(id)
+        .fetch_one(env.store.pool())
+        .await
+        .expect("last row");
+    sqlx::query("DELETE FROM step_history WHERE id = $1").bind(last).execute(env.store.pool()).await.expect("cut");
+
+    let breaks = env.store.audit_breaks(None).await.expect("check");
+    let found: Vec<(uuid::Uuid, &str)> = breaks.iter().map(|b| (b.request_id, b.problem.as_str())).collect();
+    assert_eq!(found, vec![(id, "truncated")], "the trail no longer ends at the request's head");
+    let (ok, out) = audit_verify(&env);
+    assert!(!ok && out.contains(&id.to_string()), "{out}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn p48_after_the_retention_period_personal_data_are_purged_and_the_audit_skeleton_stays() {
     use qyzmet::pipeline::retention::run_once;
     let env = TestEnv::new().await;

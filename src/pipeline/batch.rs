@@ -193,7 +193,9 @@ impl<T: Batched> Commits<T> {
 
 /// Whatever is waiting, at least one and at most [`MAX_BATCH`]; `None` once every sender is gone.
 static EXP_LINGER: std::sync::LazyLock<std::time::Duration> = std::sync::LazyLock::new(|| {
-    std::time::Duration::from_micros(std::env::var("QYZMET_EXP_LINGER_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+    std::time::Duration::from_micros(
+        std::env::var("QYZMET_EXP_LINGER_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+    )
 });
 
 async fn gather<T>(waiting: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {

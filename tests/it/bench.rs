@@ -57,10 +57,17 @@ async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_a
     let ceiling = &report["ceiling"];
     assert_eq!(ceiling["tried"].as_array().map(Vec::len), Some(3), "three in-flight settings tried: {ceiling:#}");
     assert!(matches!(ceiling["in_flight"].as_u64(), Some(16 | 64 | 256)), "{ceiling:#}");
+    // Measured again after the runs, and the run's ratio taken against the mean of the two.
+    let (before, after) = (ceiling["throughput"].as_f64().unwrap_or(0.0), ceiling["after"].as_f64().unwrap_or(0.0));
+    assert!(after > 0.0, "the ceiling is measured again after the runs: {ceiling:#}");
+    let ratio = run["ratio_to_ceiling"].as_f64().unwrap_or(0.0);
+    let throughput = run["throughput"].as_f64().unwrap_or(0.0);
+    assert!((ratio - throughput / ((before + after) / 2.0)).abs() < 1e-9, "{run:#} {ceiling:#}");
     assert!(run["cpu"]["machine_s"].as_f64().is_some_and(|s| s > 0.0), "machine CPU was sampled: {run:#}");
     assert!(run["cpu"]["workers_by_pool"]["intake"].as_f64().is_some_and(|s| s >= 0.0), "{run:#}");
     let chart = std::fs::read_to_string(charts.join("throughput.svg")).expect("throughput chart");
     assert!(chart.starts_with("<svg") && chart.contains("ceiling") && chart.contains("1 proc/pool"), "{chart}");
+    assert!(chart.contains("ceiling after the runs"), "{chart}");
     assert!(charts.join("steps.svg").exists(), "per-step latency chart");
     assert_eq!(report["readers"], serde_json::json!([]), "no other reader on the test's own virtual host");
     env.cleanup().await;

@@ -8,6 +8,8 @@
 //! no parsing. Tried at several in-flight settings (prefetch per hop); the best is the ceiling
 //! and the report says which setting won. With `--half-max` the best setting is then offered
 //! half its throughput as an open loop, the yardstick for the pipeline's latency at its half.
+//! After the pipeline's runs the best setting is measured once more ([`again`]): a shared
+//! machine's speed can change by a third within minutes, and the two figures bracket the runs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +56,19 @@ pub struct Ceiling {
     pub cpu: CpuSplit,
     /// With `--half-max`: the best setting again, offered half its throughput.
     pub at_half_max: Option<OpenCeiling>,
+    /// The best setting measured again after the pipeline's runs, messages per second. On a
+    /// shared machine the ceiling can move by a third between the start and the end of a bench;
+    /// the runs' ratios are taken against the mean of the two, and the report shows how far
+    /// apart they were, so that a ratio is read with its spread.
+    pub after: Option<f64>,
+}
+
+impl Ceiling {
+    /// What a run's throughput is divided by: the mean of the ceiling before and after the
+    /// runs, or the one before when it was not measured again.
+    pub fn reference(&self) -> f64 {
+        self.after.map_or(self.throughput, |after| (self.throughput + after) / 2.0)
+    }
 }
 
 /// The ceiling as an open loop: messages offered at a fixed rate.
@@ -82,12 +97,7 @@ pub async fn measure(
     parties: &Parties,
     half_max: bool,
 ) -> anyhow::Result<Ceiling> {
-    let admin = Store::connect(settings.migration_url(), 1).await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_ceiling (id uuid PRIMARY KEY, hop integer NOT NULL, at timestamptz NOT NULL)",
-    )
-    .execute(admin.pool())
-    .await?;
+    let admin = set_up(settings).await?;
     let mut best: Option<Ceiling> = None;
     let mut tried = Vec::new();
     for prefetch in IN_FLIGHT {
@@ -105,6 +115,7 @@ pub async fn measure(
                 tried: Vec::new(),
                 cpu,
                 at_half_max: None,
+                after: None,
             });
         }
     }
@@ -115,15 +126,49 @@ pub async fn measure(
         eprintln!("  ceiling at half its maximum, {rate:.0} msg/s offered: p99 {:.0} ms", end_to_end_ms.p99);
         best.at_half_max = Some(OpenCeiling { rate, end_to_end_ms, cpu });
     }
+    clean_up(admin, broker).await?;
+    let mut best = best.ok_or_else(|| anyhow::anyhow!("no ceiling setting ran"))?;
+    best.tried = tried;
+    Ok(best)
+}
+
+/// The best setting once more, as [`measure`] ran it (`n` messages, `window` in flight):
+/// messages per second.
+pub async fn again(
+    broker: &Arc<Broker>,
+    settings: &Settings,
+    n: usize,
+    window: usize,
+    parties: &Parties,
+    prefetch: u16,
+) -> anyhow::Result<f64> {
+    let admin = set_up(settings).await?;
+    let (throughput, _, _) = once(broker, settings, n, Pace::Window(window), prefetch, parties).await?;
+    clean_up(admin, broker).await?;
+    eprintln!("  ceiling again after the runs, at prefetch {prefetch}: {throughput:.0} msg/s");
+    Ok(throughput)
+}
+
+/// The bench's own table, made as the database owner; the connection that made it.
+async fn set_up(settings: &Settings) -> anyhow::Result<Store> {
+    let admin = Store::connect(settings.migration_url(), 1).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_ceiling (id uuid PRIMARY KEY, hop integer NOT NULL, at timestamptz NOT NULL)",
+    )
+    .execute(admin.pool())
+    .await?;
+    Ok(admin)
+}
+
+/// Drops the table and the hops' queues.
+async fn clean_up(admin: Store, broker: &Arc<Broker>) -> anyhow::Result<()> {
     sqlx::query("DROP TABLE bench_ceiling").execute(admin.pool()).await?;
     admin.close().await;
     let ch = broker.channel().await?;
     for h in 0..=HOPS {
         ch.queue_delete(queue(h).as_str().into(), QueueDeleteOptions::default()).await?;
     }
-    let mut best = best.ok_or_else(|| anyhow::anyhow!("no ceiling setting ran"))?;
-    best.tried = tried;
-    Ok(best)
+    Ok(())
 }
 
 /// One setting: fresh queues, the hops, a warm-up, then `n` measured messages offered at `pace`

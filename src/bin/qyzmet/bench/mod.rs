@@ -283,7 +283,8 @@ pub struct Run {
     pub outcomes: BTreeMap<String, usize>,
     /// Peak resident memory of each worker process, MiB, by pool.
     pub peak_rss_mib: BTreeMap<String, f64>,
-    /// Throughput ÷ ceiling throughput, when measured.
+    /// Throughput ÷ the ceiling ([`Ceiling::reference`]: the mean of its figures before and
+    /// after the runs), when measured.
     pub ratio_to_ceiling: Option<f64>,
     /// Where the machine's CPU went during the run.
     pub cpu: Option<CpuSplit>,
@@ -1063,7 +1064,6 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         for (k, scrape_ms, warm_up) in variants {
             let pace = args.rate.map_or(Pace::Window(args.window), Pace::Rate);
             let mut run = bench.run(k, scrape_ms, pace).await?;
-            run.ratio_to_ceiling = report.ceiling.as_ref().map(|c| run.throughput / c.throughput);
             if warm_up {
                 eprintln!("warm-up run: {:.1} req/s (not reported)", run.throughput);
                 anyhow::ensure!(run.lost == 0 && run.answered_twice == 0, "the warm-up run lost or doubled requests");
@@ -1075,6 +1075,15 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 run.at_half_max = Some(Box::new(bench.run(k, None, Pace::Rate(half)).await?));
             }
             report.runs.push(run);
+        }
+        if let Some(c) = report.ceiling.as_mut().filter(|_| !report.runs.is_empty()) {
+            c.after =
+                Some(ceiling::again(&broker, &settings, args.requests, args.window, &parties, c.in_flight).await?);
+        }
+        if let Some(c) = &report.ceiling {
+            for run in &mut report.runs {
+                run.ratio_to_ceiling = Some(run.throughput / c.reference());
+            }
         }
     }
     broker.close().await;
@@ -1235,6 +1244,19 @@ fn print_report(r: &Report) {
             c.end_to_end_ms.p50,
             c.end_to_end_ms.p99
         );
+        if let Some(after) = c.after {
+            println!(
+                "ceiling again after the runs: {after:.0} msg/s (×{:.2} the first); each run's ÷ceiling is against \
+                 their mean, {:.0}{}",
+                after / c.throughput.max(0.001),
+                c.reference(),
+                if (after / c.throughput.max(0.001) - 1.0).abs() > 0.1 {
+                    ": the machine's speed changed while the runs went on, so read the ratios with that spread"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     if !r.runs.is_empty() {
         println!(

@@ -94,6 +94,9 @@ fn throughput(r: &Report) -> String {
             c.throughput,
             format!("(prefetch {}, p99 {:.0} ms)", c.in_flight, c.end_to_end_ms.p99),
         ));
+        if let Some(after) = c.after {
+            rows.push(("ceiling after the runs".to_owned(), after, format!("(prefetch {})", c.in_flight)));
+        }
     }
     for run in &r.runs {
         let share = run.ratio_to_ceiling.map(|x| format!("{:.0} % of the ceiling, ", x * 100.0)).unwrap_or_default();

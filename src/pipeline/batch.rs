@@ -192,25 +192,13 @@ impl<T: Batched> Commits<T> {
 }
 
 /// Whatever is waiting, at least one and at most [`MAX_BATCH`]; `None` once every sender is gone.
-static EXP_LINGER: std::sync::LazyLock<std::time::Duration> = std::sync::LazyLock::new(|| {
-    std::time::Duration::from_micros(
-        std::env::var("QYZMET_EXP_LINGER_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
-    )
-});
-
 async fn gather<T>(waiting: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
     let first = waiting.recv().await?;
     let mut batch = vec![first];
-    let linger = *EXP_LINGER;
-    let until = tokio::time::Instant::now() + linger;
     while batch.len() < MAX_BATCH {
         match waiting.try_recv() {
             Ok(next) => batch.push(next),
-            Err(_) if linger.is_zero() => break,
-            Err(_) => match tokio::time::timeout_at(until, waiting.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                _ => break,
-            },
+            Err(_) => break,
         }
     }
     Some(batch)

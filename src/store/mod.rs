@@ -155,11 +155,12 @@ macro_rules! where_still_at {
     };
 }
 
-/// The hash of an advance's "passed" audit row for the input row `$row`, chained from `$prev`:
-/// the advance's statement needs it twice, for the request's new head and as the link of the
-/// row that follows it.
-macro_rules! passed_hash {
-    ($row:literal, $prev:literal) => {
+/// The hash of the audit row that records a request leaving the step its input row `$row`
+/// names (`from_index`, `from_step`, `from_deadline`, `detail`) with `$event`, chained from
+/// `$prev`: the statement that moves the request sets its new head from it, and an advance also
+/// links the row that follows it to it.
+macro_rules! exit_hash {
+    ($row:literal, $prev:literal, $event:literal) => {
         concat!(
             "step_history_digest(",
             $prev,
@@ -169,7 +170,9 @@ macro_rules! passed_hash {
             $row,
             ".from_index, ",
             $row,
-            ".from_step, 'passed', now(), ",
+            ".from_step, ",
+            $event,
+            ", now(), ",
             $row,
             ".from_deadline, ",
             $row,
@@ -931,7 +934,7 @@ impl Store {
                      step_deadline = i.to_deadline, facts = i.facts, attempts = 0, next_attempt_at = NULL, \
                      updated_at = now(), audit_base = r.audit_head, \
                      audit_head = step_history_digest(",
-            passed_hash!("i", "r.audit_head"),
+            exit_hash!("i", "r.audit_head", "'passed'"),
             ", r.request_id, i.to_index, i.to_step, i.to_state, now(), i.to_deadline, NULL) \
                  ",
             where_still_at!(),
@@ -943,7 +946,7 @@ impl Store {
                                                  upd.audit_base), \
                                                 (upd.to_index, upd.to_step, upd.to_state, upd.to_deadline, NULL::jsonb, \
                                                  ",
-            passed_hash!("upd", "upd.audit_base"),
+            exit_hash!("upd", "upd.audit_base", "'passed'"),
             ")) \
                          AS x(step_index, step, event, deadline, detail, prev_hash) \
                  ORDER BY upd.n, x.event <> 'passed') ",
@@ -980,10 +983,9 @@ impl Store {
                                           from_deadline, detail, status, step, code, kind, document, body, at, n)), \
              upd AS ( \
                  UPDATE requests r SET state = i.status, finished_at = i.at, next_attempt_at = NULL, \
-                     updated_at = now(), audit_base = r.audit_head, \
-                     audit_head = step_history_digest(r.audit_head, r.request_id, i.from_index, i.from_step, \
-                                                      i.status, now(), i.from_deadline, i.detail) \
-                 ",
+                     updated_at = now(), audit_base = r.audit_head, audit_head = ",
+            exit_hash!("i", "r.audit_head", "i.status"),
+            " ",
             where_still_at!(),
             "), \
              fin AS ( \
@@ -1032,9 +1034,9 @@ impl Store {
                  UPDATE requests r SET state = i.to_state, \
                      attempts = CASE WHEN i.to_state = 'retry' THEN r.attempts + 1 ELSE r.attempts END, \
                      next_attempt_at = i.next_attempt_at, updated_at = now(), audit_base = r.audit_head, \
-                     audit_head = step_history_digest(r.audit_head, r.request_id, i.from_index, i.from_step, \
-                                                      i.to_state, now(), i.from_deadline, i.detail) \
-                 ",
+                     audit_head = ",
+            exit_hash!("i", "r.audit_head", "i.to_state"),
+            " ",
             where_still_at!(),
             "), \
              hist AS ( \
@@ -1055,7 +1057,8 @@ impl Store {
         Ok(all.iter().map(|p| parked.contains(&p.request_id)).collect())
     }
 
-    /// Appends to the audit trail.
+    /// Appends a row to a request's audit trail and moves its head (in the caller's transaction,
+    /// which holds the request's lock); writes nothing if there is no such request.
     pub async fn history(
         tx: &mut PgConnection,
         id: Uuid,

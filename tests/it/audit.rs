@@ -148,7 +148,16 @@ async fn p49_audit_verify_finds_the_cut_off_tail_of_a_request_still_in_progress(
     let found: Vec<(uuid::Uuid, &str)> = breaks.iter().map(|b| (b.request_id, b.problem.as_str())).collect();
     assert_eq!(found, vec![(id, "truncated")], "the trail no longer ends at the request's head");
     let (ok, out) = audit_verify(&env);
-    assert!(!ok && out.contains(&id.to_string()), "{out}");
+    assert!(!ok && out.contains(&format!("request {id} row ")) && out.contains("stops before"), "{out}");
+
+    // With every row gone, the request's head still tells that it had a trail.
+    sqlx::query("DELETE FROM step_history WHERE request_id = $1")
+        .bind(id)
+        .execute(env.store.pool())
+        .await
+        .expect("wipe");
+    let (ok, out) = audit_verify(&env);
+    assert!(!ok && out.contains(&format!("request {id}: every row of its trail was removed")), "{out}");
     env.cleanup().await;
 }
 

@@ -573,9 +573,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let what = match b.problem.as_str() {
                     "changed" => "the row was changed after it was written",
                     "link" => "the row before it was removed, changed or inserted",
-                    _ => "the trail of this finished request ends before its final event",
+                    _ => "rows after it were removed: the trail stops before the request's latest event",
                 };
-                println!("request {} row {}: {what}", b.request_id, b.id);
+                match b.id {
+                    0 => println!("request {}: every row of its trail was removed", b.request_id),
+                    id => println!("request {} row {id}: {what}", b.request_id),
+                }
             }
             if breaks.is_empty() {
                 println!("audit trail intact: {rows} rows checked");

@@ -259,7 +259,7 @@ async fn once(
             // A body of the size of a signed request, so the broker moves as many bytes as it would.
             let pad = vec![b' '; 1500];
             let schedule = pace.rate().map(Schedule::start);
-            let mut confirming = Confirming::default();
+            let mut confirming = Confirming::for_schedule(schedule);
             let mut published = 0;
             while published < total {
                 let k = match schedule {
@@ -286,11 +286,7 @@ async fn once(
                     })
                     .collect();
                 published += k;
-                if schedule.is_some() {
-                    confirming.publish(&publisher, batch)?;
-                } else {
-                    publisher.publish_all(&batch).await?;
-                }
+                confirming.publish(&publisher, batch).await?;
             }
             confirming.finish().await?;
             anyhow::Ok(())

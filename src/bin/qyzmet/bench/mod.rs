@@ -185,17 +185,30 @@ impl Schedule {
     }
 }
 
-/// An open loop's publishes, each awaiting its confirms in a task of its own, so that a slow
-/// confirm holds back no message due after it. A failed publish fails the run.
-#[derive(Default)]
-pub struct Confirming(tokio::task::JoinSet<Result<(), qyzmet::broker::BrokerError>>);
+/// A driver's publishes. In an open loop each awaits its confirms in a task of its own, so that
+/// a slow confirm holds back no message due after it; in a closed loop the driver awaits them
+/// itself, which is what holds the window. A failed publish fails the run.
+pub struct Confirming {
+    /// Whether publishes are confirmed in the background (an open loop).
+    background: bool,
+    tasks: tokio::task::JoinSet<Result<(), qyzmet::broker::BrokerError>>,
+}
 
 impl Confirming {
-    /// Publishes `batch` in the background; fails if an earlier publish has failed.
-    pub fn publish(&mut self, publisher: &Arc<Publisher>, batch: Vec<Message>) -> anyhow::Result<()> {
+    /// Publishes for a driver offering messages at `schedule`'s times, or as a closed loop.
+    pub fn for_schedule(schedule: Option<Schedule>) -> Confirming {
+        Confirming { background: schedule.is_some(), tasks: tokio::task::JoinSet::new() }
+    }
+
+    /// Publishes `batch`: in the background in an open loop (failing if an earlier publish
+    /// has failed), confirmed before returning in a closed one.
+    pub async fn publish(&mut self, publisher: &Arc<Publisher>, batch: Vec<Message>) -> anyhow::Result<()> {
+        if !self.background {
+            return Ok(publisher.publish_all(&batch).await?);
+        }
         let publisher = publisher.clone();
-        self.0.spawn(async move { publisher.publish_all(&batch).await });
-        while let Some(done) = self.0.try_join_next() {
+        self.tasks.spawn(async move { publisher.publish_all(&batch).await });
+        while let Some(done) = self.tasks.try_join_next() {
             done??;
         }
         Ok(())
@@ -203,7 +216,7 @@ impl Confirming {
 
     /// Waits for every publish to be confirmed.
     pub async fn finish(mut self) -> anyhow::Result<()> {
-        while let Some(done) = self.0.join_next().await {
+        while let Some(done) = self.tasks.join_next().await {
             done??;
         }
         Ok(())
@@ -733,7 +746,7 @@ async fn drive(
     anyhow::ensure!(!mix.is_empty(), "no service in the mix matches {:?}", args.service);
     let started = Instant::now();
     let schedule = pace.rate().map(Schedule::start);
-    let mut confirming = Confirming::default();
+    let mut confirming = Confirming::for_schedule(schedule);
     let mut ids = Vec::with_capacity(n);
     let mut last_progress = Instant::now();
     let mut i = 0;
@@ -774,11 +787,7 @@ async fn drive(
                     });
                 }
             }
-            if schedule.is_some() {
-                confirming.publish(publisher, messages)?;
-            } else {
-                publisher.publish_all(&messages).await?;
-            }
+            confirming.publish(publisher, messages).await?;
             i += batch;
         }
         if last_progress.elapsed() > Duration::from_millis(500) {
@@ -1245,12 +1254,12 @@ fn print_report(r: &Report) {
             c.end_to_end_ms.p99
         );
         if let Some(after) = c.after {
+            let drift = after / c.throughput.max(0.001);
             println!(
-                "ceiling again after the runs: {after:.0} msg/s (×{:.2} the first); each run's ÷ceiling is against \
-                 their mean, {:.0}{}",
-                after / c.throughput.max(0.001),
+                "ceiling again after the runs: {after:.0} msg/s (×{drift:.2} the first); each run's ÷ceiling is \
+                 against their mean, {:.0}{}",
                 c.reference(),
-                if (after / c.throughput.max(0.001) - 1.0).abs() > 0.1 {
+                if (drift - 1.0).abs() > 0.1 {
                     ": the machine's speed changed while the runs went on, so read the ratios with that spread"
                 } else {
                     ""

@@ -79,7 +79,8 @@ pub struct BenchArgs {
     /// of 16, 64, 128 and 256).
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
-    /// Only this service (`doctor-appointment`, …; default: the realistic mix).
+    /// Only this service (`doctor-appointment`, …), or these, comma-separated, in their
+    /// proportions of the realistic mix (default: the whole mix).
     #[arg(long)]
     pub service: Option<String>,
     /// Skip the ceiling baseline.
@@ -405,7 +406,7 @@ pub(crate) fn mix(service: Option<&str>) -> Vec<Template> {
         t(2, "medical-licence", "aktobe", "provider", ("bin", CLINIC), AKTOBE_HEALTH, licence),
         t(4, "archive-certificate", "astana", "portal", ("iin", CITIZEN_ASTANA), ASTANA_ARCHIVES, none),
     ];
-    all.into_iter().filter(|t| service.is_none_or(|s| s == t.service)).collect()
+    all.into_iter().filter(|t| service.is_none_or(|s| s.split(',').any(|s| s.trim() == t.service))).collect()
 }
 
 /// Builds and signs the i-th request of the mix.
@@ -1441,5 +1442,26 @@ fn print_cpu(r: &Report) {
             100.0 * c.database_s / c.machine_s.max(0.001),
             c.steal_s / c.wall_s.max(0.001),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mix;
+
+    fn services(only: Option<&str>) -> Vec<(&'static str, usize)> {
+        mix(only).iter().map(|t| (t.service, t.weight)).collect()
+    }
+
+    #[test]
+    fn a_list_of_services_keeps_only_those_with_their_weights_in_the_mix() {
+        let whole = services(None);
+        let two = services(Some("medical-licence, archive-certificate"));
+        let expected: Vec<_> =
+            whole.iter().copied().filter(|(s, _)| ["medical-licence", "archive-certificate"].contains(s)).collect();
+        assert_eq!(two, expected);
+        assert_eq!(two.iter().map(|(_, w)| w).sum::<usize>(), 10);
+        assert!(services(Some("doctor-appointment")).iter().all(|(s, _)| *s == "doctor-appointment"));
+        assert!(services(Some("no-such-service")).is_empty());
     }
 }

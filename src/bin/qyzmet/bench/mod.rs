@@ -409,6 +409,21 @@ pub(crate) fn mix(service: Option<&str>) -> Vec<Template> {
     all.into_iter().filter(|t| service.is_none_or(|s| s.split(',').any(|s| s.trim() == t.service))).collect()
 }
 
+/// The mix a bench runs: [`mix`] for `--service`, refused early when a name in the list is no
+/// service of the mix (a typo would otherwise surface only after the ceiling was measured).
+pub(crate) fn chosen_mix(service: Option<&str>) -> anyhow::Result<Vec<Template>> {
+    let mut known: Vec<&str> = mix(None).iter().map(|t| t.service).collect();
+    known.dedup();
+    for name in service.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        anyhow::ensure!(
+            known.contains(&name),
+            "--service {name}: no such service in the mix (it has {})",
+            known.join(", ")
+        );
+    }
+    Ok(mix(service))
+}
+
 /// Builds and signs the i-th request of the mix.
 pub(crate) fn make_request(keys: &mut Keys, mix: &[Template], i: usize) -> anyhow::Result<(Uuid, String, Vec<u8>)> {
     let total: usize = mix.iter().map(|t| t.weight).sum();
@@ -743,8 +758,7 @@ async fn drive(
     board: &Arc<Mutex<Board>>,
     pace: Pace,
 ) -> anyhow::Result<(Instant, Vec<Uuid>)> {
-    let mix = mix(args.service.as_deref());
-    anyhow::ensure!(!mix.is_empty(), "no service in the mix matches {:?}", args.service);
+    let mix = chosen_mix(args.service.as_deref())?;
     let started = Instant::now();
     let schedule = pace.rate().map(Schedule::start);
     let mut confirming = Confirming::for_schedule(schedule);
@@ -1012,6 +1026,7 @@ impl Bench<'_> {
 
 /// Runs the benchmark and prints the report. Fails when a request was lost or answered twice.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    chosen_mix(args.service.as_deref())?;
     let (settings, store, pki) = demo_world(settings, &args.pki_dir, &args.demo_dir).await?;
     let broker = settings.broker("qyzmet bench").await?;
     purge_pipeline_queues(&broker).await?;
@@ -1462,6 +1477,18 @@ mod tests {
         assert_eq!(two, expected);
         assert_eq!(two.iter().map(|(_, w)| w).sum::<usize>(), 10);
         assert!(services(Some("doctor-appointment")).iter().all(|(s, _)| *s == "doctor-appointment"));
-        assert!(services(Some("no-such-service")).is_empty());
+    }
+
+    #[test]
+    fn a_name_that_is_no_service_of_the_mix_is_refused_before_anything_runs() {
+        let e = super::chosen_mix(Some("doctor-appointment,doctor-apointment")).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "--service doctor-apointment: no such service in the mix (it has doctor-appointment, \
+                 phc-attachment, home-doctor-call, medical-licence, archive-certificate)"
+            )
+        );
+        assert!(super::chosen_mix(Some("phc-attachment")).is_ok());
     }
 }

@@ -412,8 +412,12 @@ pub(crate) fn mix(service: Option<&str>) -> Vec<Template> {
 /// The mix a bench runs: [`mix`] for `--service`, refused early when a name in the list is no
 /// service of the mix (a typo would otherwise surface only after the ceiling was measured).
 pub(crate) fn chosen_mix(service: Option<&str>) -> anyhow::Result<Vec<Template>> {
-    let mut known: Vec<&str> = mix(None).iter().map(|t| t.service).collect();
-    known.dedup();
+    let mut known: Vec<&str> = Vec::new();
+    for t in mix(None) {
+        if !known.contains(&t.service) {
+            known.push(t.service);
+        }
+    }
     for name in service.iter().flat_map(|s| s.split(',')).map(str::trim) {
         anyhow::ensure!(
             known.contains(&name),

@@ -176,7 +176,8 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         tracing::warn!("no systems file (QYZMET_SYSTEMS_FILE): who sends what is recorded but not checked");
     }
     use crate::pipeline::batch::{Commits, Reads};
-    let (registrations, advances, endings, parks) = (
+    let (registrations, advances, endings, parks, decisions) = (
+        Commits::start(store.clone()),
         Commits::start(store.clone()),
         Commits::start(store.clone()),
         Commits::start(store.clone()),
@@ -192,6 +193,7 @@ pub async fn start(settings: &Settings, regs: Regulations, opts: Options, deps: 
         advances,
         endings,
         parks,
+        decisions,
         verifier: deps.verifier,
         signer: deps.signer,
         registry,

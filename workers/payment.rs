@@ -14,9 +14,8 @@ use crate::contract::PaymentNotice;
 use crate::ident;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
 use crate::pipeline::transition;
-use crate::pipeline::transition::Pending;
 use crate::pipeline::{Ctx, Failure, Step, StepError, StepInput, StepOutcome};
-use crate::store::{RequestRow, Store};
+use crate::store::{Advance, RequestRow, Store};
 
 /// The payment pool's step: reads the payments recorded for the request, then [`step`].
 pub struct PaymentStep;
@@ -60,69 +59,76 @@ impl Handler for NoticeHandler {
     }
 }
 
+/// How many times a notice looks for its request at the payment step. A look fails only when
+/// the request moved between the read and the advance while still at that step (its own step
+/// parked it, or a transient failure scheduled a retry), which can happen a few times at most.
+const LOOKS: usize = 4;
+
+/// Records the payment, then moves its request on if it stands at its payment step.
+///
+/// No lock is taken. The payment is committed first, in a statement of its own, and the
+/// request read afterwards; the payment step reads the payments only once its request stands
+/// at that step. Of the two, whichever reads second sees the other's write: either the step
+/// finds the payment and passes, or this notice finds the request at the step (queued or
+/// waiting) and advances it in the group commit of the steps' advances, guarded by the
+/// position it read. Of a step and a notice that both advance, the second finds the request
+/// moved and changes nothing. A notice redelivered after a crash finds its payment recorded
+/// and still moves the request on, so a crash between the two writes loses nothing.
 async fn record(ctx: &Ctx, n: &PaymentNotice, submitter: Option<&str>) -> Result<(), Failure> {
     let payer = n.payer.identifier().map(|id| ident::mask(id.digits())).unwrap_or_default();
-    let mut tx = ctx.store.begin().await?;
-    Store::lock_request_id(&mut tx, n.request_id).await?;
-    let new = Store::insert_payment(
-        &mut tx,
-        &n.payment_id,
-        n.request_id,
-        &n.amount,
-        &n.currency,
-        n.paid_at.with_timezone(&Utc),
-        &payer,
-        submitter,
-    )
-    .await?;
+    let new = {
+        let mut conn = ctx.store.pool().acquire().await?;
+        Store::insert_payment(
+            &mut conn,
+            &n.payment_id,
+            n.request_id,
+            &n.amount,
+            &n.currency,
+            n.paid_at.with_timezone(&Utc),
+            &payer,
+            submitter,
+        )
+        .await?
+    };
     if !new {
         tracing::info!(payment_id = %n.payment_id, "duplicate payment notice; counted once");
-        return Ok(tx.commit().await?);
     }
-    let found = Store::lock_request(&mut tx, n.request_id).await?;
-    let mut pending = match &found {
-        Some(row) => move_on(ctx, &mut tx, row, n).await?,
-        None => None,
-    };
-    tracing::info!(request_id = %n.request_id, payment_id = %n.payment_id, payer = %payer, applied = pending.is_some(), "payment recorded");
-    tx.commit().await?;
-    if found.is_none() {
-        // A notice before its request found no row to lock. Meanwhile its request may have
-        // been registered and its payment step, not seeing this uncommitted payment, may have
-        // parked it: look again now that the payment is committed, or the request would wait
-        // for a payment it has. (With a row, its lock kept the request from reaching the
-        // payment step until this commit.)
-        let mut tx = ctx.store.begin().await?;
-        if let Some(row) = Store::lock_request(&mut tx, n.request_id).await? {
-            pending = move_on(ctx, &mut tx, &row, n).await?;
-        }
-        tx.commit().await?;
-    }
-    if let Some(p) = pending {
-        ctx.outbox.flush(p).await;
+    let applied = move_request_on(ctx, n).await?;
+    if new {
+        tracing::info!(request_id = %n.request_id, payment_id = %n.payment_id, payer = %payer, applied, "payment recorded");
     }
     Ok(())
 }
 
-/// Moves a request at its payment step (queued or waiting) on to the next, with the payment in
-/// its facts; anything else is left alone.
-async fn move_on(
-    ctx: &Ctx,
-    tx: &mut sqlx::PgConnection,
-    row: &RequestRow,
-    n: &PaymentNotice,
-) -> Result<Option<Pending>, Failure> {
+/// Moves the notice's request on if it stands at its payment step; whether it did. A request
+/// that kept moving at that step through every look is a transient failure: the notice is
+/// handled again, and finds its payment recorded.
+async fn move_request_on(ctx: &Ctx, n: &PaymentNotice) -> Result<bool, Failure> {
+    for _ in 0..LOOKS {
+        // No row: the request is not registered yet, and its payment step will find the payment.
+        let Some(row) = ctx.reads.get(n.request_id).await? else { return Ok(false) };
+        let Some(advance) = move_on(ctx, &row, n)? else { return Ok(false) };
+        if let Some(pending) = ctx.advances.commit(advance).await? {
+            ctx.outbox.flush(pending).await;
+            return Ok(true);
+        }
+    }
+    Err(Failure::Transient(format!("request kept moving at its payment step through {LOOKS} looks")))
+}
+
+/// The advance of a request at its payment step (queued or waiting) on to the next, with the
+/// payment in its facts; `None` for a request anywhere else.
+fn move_on(ctx: &Ctx, row: &RequestRow, n: &PaymentNotice) -> Result<Option<Advance>, Failure> {
     let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
     if !at_payment {
         return Ok(None);
     }
-    // The route follows from the row's columns: the stored request need not be parsed while
-    // its lock is held.
+    // The route follows from the row's columns: the stored request need not be parsed.
     let Some(route) = transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) else {
         return Ok(None);
     };
     let facts = json!({ "paid": true, "payment_id": n.payment_id });
-    transition::advance(tx, row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).await
+    transition::next_step(row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).map(Some)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use chrono::Utc;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
+use crate::contract::Request;
 use crate::contract::{Decision, Envelope, Verdict};
 use crate::ident::Identifier;
 use crate::pipeline::runtime::{self, Disposition, Handler, Incoming};
@@ -17,9 +18,10 @@ use crate::pipeline::task::load;
 use crate::pipeline::transition::{self, Head, Pending};
 use crate::pipeline::{Ctx, Failure, Step, StepError, StepInput, StepOutcome};
 use crate::registry::Registry;
+use crate::regulations::Route;
 use crate::regulations::{IdKind, ReviewMode, RuleCheck};
 use crate::signature::ExpectedSigner;
-use crate::store::Store;
+use crate::store::{Decided, DecisionRecord, RequestRow, Store};
 
 /// The review pool's step.
 pub struct ReviewStep;
@@ -97,7 +99,108 @@ impl Handler for DecisionHandler {
     }
 }
 
+/// Decides on a Decision: an approval is applied without a lock when it can be ([`approve`]);
+/// everything else, and an approval that found its request moved, under the request's lock
+/// ([`decide_locked`]).
 async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<(), Failure> {
+    if d.decision == Verdict::Approve && approve(ctx, env, d, submitter).await? {
+        return Ok(());
+    }
+    decide_locked(ctx, env, d, submitter).await
+}
+
+/// Applies an approval in the group commit of decisions, without a lock: its checks run on the
+/// request as read, and its advance applies only while the request still stands where it was
+/// read, the decision recorded in the same transaction. `true` if it applied or was a
+/// duplicate; `false` when it must be decided under the lock: it is rejected (recorded there,
+/// with the reason), or its request moved since it was read.
+async fn approve(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<bool, Failure> {
+    {
+        let mut conn = ctx.store.pool().acquire().await?;
+        if Store::decision_exists(&mut conn, &d.decision_id).await? {
+            tracing::info!(decision_id = %d.decision_id, "duplicate decision; ignored");
+            return Ok(true);
+        }
+    }
+    let Some(row) = ctx.reads.get(d.request_id).await? else { return Ok(false) };
+    let Ok((request, route)) = load(ctx, &row) else { return Ok(false) };
+    if rejection(ctx, env, d, submitter, &row, &request, &route).is_some() {
+        return Ok(false);
+    }
+    let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
+    let decided = Decided {
+        advance: transition::next_step(&row, &route, None, Some(detail))?,
+        decision: record_of(d, submitter, None),
+    };
+    let Some(pending) = ctx.decisions.commit(decided).await? else { return Ok(false) };
+    tracing::info!(request_id = %d.request_id, decision_id = %d.decision_id, verdict = "approve", applied = true, "decision recorded");
+    ctx.outbox.flush(pending).await;
+    Ok(true)
+}
+
+/// Why a decision cannot be applied to its request as it stands (P-35), checked in this
+/// order: its sender, the request's step, the step's deadline, the staff signature, the term
+/// of an extension. `None`: it can.
+fn rejection(
+    ctx: &Ctx,
+    env: &Envelope,
+    d: &Decision,
+    submitter: Option<&str>,
+    row: &RequestRow,
+    request: &Request,
+    route: &Route<'_>,
+) -> Option<String> {
+    let step = route.step(row.step_index as usize);
+    let in_review = matches!(row.state.as_str(), "queued" | "waiting")
+        && step.is_some_and(|s| s.mode == Some(ReviewMode::Decision));
+    let expected = ExpectedSigner {
+        role: "provider_staff",
+        identifiers: &[IdKind::Bin],
+        subjects: vec![Identifier::Bin(request.provider.clone())],
+        signed_at: d.decided_at.with_timezone(&Utc),
+    };
+    let sender = match &ctx.systems {
+        Some(systems) => systems.may_decide(submitter, request.service.as_str(), &request.provider).err(),
+        None => None,
+    };
+    if let Some(e) = sender {
+        Some(format!("sender_not_allowed: {e}"))
+    } else if !in_review {
+        Some(format!("not_waiting_for_review (state {}, step {})", row.state, row.step.as_deref().unwrap_or("-")))
+    } else if row.step_deadline.is_some_and(|dl| Utc::now() > dl) {
+        Some("late: the review deadline has passed".into())
+    } else if let Err(f) = ctx.verifier.verify(&env.body, &d.signature, &expected) {
+        Some(format!("signature_not_confirmed: {f}"))
+    } else if d.decision == Verdict::Extend {
+        extension_problem(&ctx.regs, row, route, d)
+    } else {
+        None
+    }
+}
+
+/// A decision's record: applied, or rejected with the reason.
+fn record_of(d: &Decision, submitter: Option<&str>, rejection: Option<String>) -> DecisionRecord {
+    DecisionRecord {
+        decision_id: d.decision_id.clone(),
+        request_id: d.request_id,
+        verdict: match d.decision {
+            Verdict::Approve => "approve",
+            Verdict::Refuse => "refuse",
+            Verdict::Extend => "extend",
+        },
+        reason: d.reason.as_ref().map(|r| json!(r)),
+        decided_at: d.decided_at.with_timezone(&Utc),
+        applied: rejection.is_none(),
+        rejection,
+        submitter: submitter.map(str::to_owned),
+        signer_masked: crate::signature::x509::signer_masked(&d.signature),
+    }
+}
+
+/// Decides under the request's lock (and the request id's, for a decision that comes before
+/// its request): records a duplicate once, a rejection with its reason and an audit row, and
+/// applies an approval, a refusal or an extension.
+async fn decide_locked(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>) -> Result<(), Failure> {
     let mut tx = ctx.store.begin().await?;
     Store::lock_request_id(&mut tx, d.request_id).await?;
     if Store::decision_exists(&mut tx, &d.decision_id).await? {
@@ -110,93 +213,18 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
         None => Some("unknown_request".into()),
         Some(row) => match load(ctx, row) {
             Err(e) => Some(format!("request unreadable: {e}")),
-            Ok((request, route)) => {
-                let step = route.step(row.step_index as usize);
-                let in_review = matches!(row.state.as_str(), "queued" | "waiting")
-                    && step.is_some_and(|s| s.mode == Some(ReviewMode::Decision));
-                let expected = ExpectedSigner {
-                    role: "provider_staff",
-                    identifiers: &[IdKind::Bin],
-                    subjects: vec![Identifier::Bin(request.provider.clone())],
-                    signed_at: d.decided_at.with_timezone(&Utc),
-                };
-                let sender = match &ctx.systems {
-                    Some(systems) => systems.may_decide(submitter, request.service.as_str(), &request.provider).err(),
-                    None => None,
-                };
-                if let Some(e) = sender {
-                    Some(format!("sender_not_allowed: {e}"))
-                } else if !in_review {
-                    Some(format!(
-                        "not_waiting_for_review (state {}, step {})",
-                        row.state,
-                        row.step.as_deref().unwrap_or("-")
-                    ))
-                } else if row.step_deadline.is_some_and(|dl| Utc::now() > dl) {
-                    Some("late: the review deadline has passed".into())
-                } else if let Err(f) = ctx.verifier.verify(&env.body, &d.signature, &expected) {
-                    Some(format!("signature_not_confirmed: {f}"))
-                } else if let Some(why) =
-                    (d.decision == Verdict::Extend).then(|| extension_problem(&ctx.regs, row, &route, d)).flatten()
-                {
-                    Some(why)
-                } else {
-                    let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
-                    pending = Some(match d.decision {
-                        Verdict::Approve => {
-                            transition::advance(&mut tx, row, &route, None, Some(detail)).await?.unwrap_or_default()
-                        }
-                        Verdict::Refuse => {
-                            let key = step.and_then(|s| s.refusal.clone()).unwrap_or_default();
-                            let reason = transition::regulation_reason(&route, &key, d.reason.as_ref());
-                            transition::refuse(
-                                &mut tx,
-                                &Head::from(row).on(&route),
-                                row.position(),
-                                "review",
-                                reason,
-                                Some(detail),
-                            )
-                            .await?
-                            .unwrap_or_default()
-                        }
-                        Verdict::Extend => {
-                            let to = d.extend_to.map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
-                            let detail = json!({
-                                "decision_id": d.decision_id,
-                                "verdict": "extend",
-                                "from": row.step_deadline.map(crate::contract::to_local),
-                                "to": crate::contract::to_local(to),
-                                "exceptional": d.exceptional,
-                            });
-                            transition::extend(&mut tx, row, &route, to, detail).await?
-                        }
-                    });
+            Ok((request, route)) => match rejection(ctx, env, d, submitter, row, &request, &route) {
+                Some(why) => Some(why),
+                None => {
+                    pending = Some(apply(&mut tx, d, row, &route).await?);
                     None
                 }
-            }
+            },
         },
     };
-    let reason = d.reason.as_ref().map(|r| json!(r));
-    let verdict = match d.decision {
-        Verdict::Approve => "approve",
-        Verdict::Refuse => "refuse",
-        Verdict::Extend => "extend",
-    };
-    Store::insert_decision(
-        &mut tx,
-        &d.decision_id,
-        d.request_id,
-        verdict,
-        reason.as_ref(),
-        d.decided_at.with_timezone(&Utc),
-        rejection.is_none(),
-        rejection.as_deref(),
-        submitter,
-        crate::signature::x509::signer_masked(&d.signature).as_deref(),
-    )
-    .await?;
-    if let (Some(why), Some(row)) = (&rejection, &row) {
+    let record = record_of(d, submitter, rejection);
+    Store::insert_decision(&mut tx, &record).await?;
+    if let (Some(why), Some(row)) = (&record.rejection, &row) {
         let detail = json!({ "decision_id": d.decision_id, "rejected": why });
         Store::history(
             &mut tx,
@@ -209,12 +237,46 @@ async fn decide(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str>
         )
         .await?;
     }
-    tracing::info!(request_id = %d.request_id, decision_id = %d.decision_id, verdict, applied = rejection.is_none(), rejection = ?rejection, "decision recorded");
+    tracing::info!(request_id = %d.request_id, decision_id = %d.decision_id, verdict = record.verdict, applied = record.applied, rejection = ?record.rejection, "decision recorded");
     tx.commit().await?;
     if let Some(p) = pending {
         ctx.outbox.flush(p).await;
     }
     Ok(())
+}
+
+/// Applies a decision that passed its checks, in the caller's transaction, which holds the
+/// request's lock: the request moves on (approve), is refused with the step's refusal and the
+/// staff's reason (refuse), or its term is extended (extend, P-34).
+async fn apply(
+    tx: &mut sqlx::PgConnection,
+    d: &Decision,
+    row: &RequestRow,
+    route: &Route<'_>,
+) -> Result<Pending, Failure> {
+    let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
+    Ok(match d.decision {
+        Verdict::Approve => transition::advance(tx, row, route, None, Some(detail)).await?.unwrap_or_default(),
+        Verdict::Refuse => {
+            let step = route.step(row.step_index as usize);
+            let key = step.and_then(|s| s.refusal.clone()).unwrap_or_default();
+            let reason = transition::regulation_reason(route, &key, d.reason.as_ref());
+            transition::refuse(tx, &Head::from(row).on(route), row.position(), "review", reason, Some(detail))
+                .await?
+                .unwrap_or_default()
+        }
+        Verdict::Extend => {
+            let to = d.extend_to.map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
+            let detail = json!({
+                "decision_id": d.decision_id,
+                "verdict": "extend",
+                "from": row.step_deadline.map(crate::contract::to_local),
+                "to": crate::contract::to_local(to),
+                "exceptional": d.exceptional,
+            });
+            transition::extend(tx, row, route, to, detail).await?
+        }
+    })
 }
 
 #[cfg(test)]

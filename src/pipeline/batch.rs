@@ -5,10 +5,12 @@
 //! what PostgreSQL spends on such a statement (the round trip, the executor's start and end, the
 //! locks, the commit) does not depend on how many rows it writes. So intake hands each accepted
 //! request's [`Registration`] to a [`Commits`], a step that passes its [`Advance`] to another,
-//! a request's end its [`Ending`] to a third, and a step that waits its [`Park`] to a fourth;
+//! a request's end its [`Ending`] to a third, and a step that waits its [`Park`] to a fourth
+//! (a payment notice that finds its request at the payment step hands over an [`Advance`] too,
+//! and a staff approval its [`Decided`], the advance with the decision's record, to a fifth);
 //! each writes whatever is waiting in one statement ([`Store::register_all`],
-//! [`Store::advance_all`], [`Store::finish_all`], [`Store::park_all`]) and answers each delivery
-//! once that statement committed. A delivery is acknowledged only after
+//! [`Store::advance_all`], [`Store::finish_all`], [`Store::park_all`], [`Store::decide_all`])
+//! and answers each delivery once that statement committed. A delivery is acknowledged only after
 //! its answer, so a crash at any point loses nothing: uncommitted transitions are redelivered and
 //! run again, committed ones are found applied (the request moved) and their outbox messages
 //! published by the relay.
@@ -30,7 +32,7 @@ use sqlx::PgConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::{Advance, Park, Registration, RequestRow, Store, StoreError};
+use crate::store::{Advance, Decided, Park, Registration, RequestRow, Store, StoreError};
 
 use super::Failure;
 use super::transition::{Ending, Pending};
@@ -119,6 +121,25 @@ impl Batched for Registration {
 
     fn written(self, ids: Vec<i64>) -> Option<Pending> {
         Pending::written(ids, self.messages)
+    }
+}
+
+impl Batched for Decided {
+    const KIND: &'static str = "decision";
+
+    fn request_id(&self) -> Uuid {
+        self.advance.request_id
+    }
+
+    fn write_all<'a>(
+        conn: &'a mut PgConnection,
+        all: &'a [&'a Self],
+    ) -> BoxFuture<'a, Result<Vec<Vec<i64>>, StoreError>> {
+        Box::pin(Store::decide_all(conn, all))
+    }
+
+    fn written(self, ids: Vec<i64>) -> Option<Pending> {
+        Pending::written(ids, self.advance.messages)
     }
 }
 

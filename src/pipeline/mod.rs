@@ -61,6 +61,8 @@ pub struct Ctx {
     pub endings: batch::Commits<transition::Ending>,
     /// Group commit of the steps that wait for an event (payment notice, staff decision).
     pub parks: batch::Commits<crate::store::Park>,
+    /// Group commit of staff approvals: each decision's record with the advance it makes.
+    pub decisions: batch::Commits<crate::store::Decided>,
     /// Signature checks (Requests, Decisions).
     pub verifier: Arc<dyn Verifier>,
     /// Result-document signing.

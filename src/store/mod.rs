@@ -438,6 +438,39 @@ pub struct Advance {
     pub messages: Vec<Message>,
 }
 
+/// A staff decision as recorded: applied, or not with the reason why (P-35).
+#[derive(Debug)]
+pub struct DecisionRecord {
+    /// The staff system's id of the decision: a decision counts once.
+    pub decision_id: String,
+    /// The request it decides.
+    pub request_id: Uuid,
+    /// `approve`, `refuse` or `extend`.
+    pub verdict: &'static str,
+    /// The staff's reason, as sent.
+    pub reason: Option<Value>,
+    /// When the staff decided (signed).
+    pub decided_at: DateTime<Utc>,
+    /// Whether it moved the request.
+    pub applied: bool,
+    /// Why it did not.
+    pub rejection: Option<String>,
+    /// The upstream system that sent it.
+    pub submitter: Option<String>,
+    /// Its signer, masked: who decided, without the IIN in clear.
+    pub signer_masked: Option<String>,
+}
+
+/// An approving decision and the advance it makes, to commit together in a batch
+/// ([`Store::decide_all`]): the decision is recorded only if the advance applied.
+#[derive(Debug)]
+pub struct Decided {
+    /// The request's move past its review step.
+    pub advance: Advance,
+    /// The decision's record.
+    pub decision: DecisionRecord,
+}
+
 /// A request parked at its step, owned, so that it can wait in a batch for [`Store::park_all`].
 #[derive(Debug)]
 pub struct Park {
@@ -1298,36 +1331,53 @@ impl Store {
     }
 
     /// Records a staff decision; `false` if this decision_id was already recorded.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn insert_decision(
-        tx: &mut PgConnection,
-        decision_id: &str,
-        request_id: Uuid,
-        verdict: &str,
-        reason: Option<&Value>,
-        decided_at: DateTime<Utc>,
-        applied: bool,
-        rejection: Option<&str>,
-        submitter: Option<&str>,
-        signer_masked: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    pub async fn insert_decision(tx: &mut PgConnection, d: &DecisionRecord) -> Result<bool, StoreError> {
+        Ok(Store::insert_decisions(tx, &[d]).await? == 1)
+    }
+
+    /// Records staff decisions in one statement, each once per decision_id; how many were new.
+    pub async fn insert_decisions(tx: &mut PgConnection, all: &[&DecisionRecord]) -> Result<u64, StoreError> {
+        if all.is_empty() {
+            return Ok(0);
+        }
         let n = sqlx::query(
             "INSERT INTO decisions (decision_id, request_id, verdict, reason, decided_at, applied, rejection, submitter, \
-                 signer_masked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (decision_id) DO NOTHING",
+                 signer_masked) \
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::boolean[], \
+                                  $7::text[], $8::text[], $9::text[]) \
+             ON CONFLICT (decision_id) DO NOTHING",
         )
-        .bind(decision_id)
-        .bind(request_id)
-        .bind(verdict)
-        .bind(reason)
-        .bind(decided_at)
-        .bind(applied)
-        .bind(rejection)
-        .bind(submitter)
-        .bind(signer_masked)
+        .bind(all.iter().map(|d| d.decision_id.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.request_id).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.verdict).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.reason.as_ref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.decided_at).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.applied).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.rejection.as_deref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.submitter.as_deref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.signer_masked.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        Ok(n)
+    }
+
+    /// Applies many approving decisions in one transaction: their advances in one statement
+    /// ([`Store::advance_all`]), then the records of those that applied in another. Returns,
+    /// per decision and in order, the ids of its advance's outbox rows; none when its request
+    /// had moved, and then nothing of it is recorded (the caller decides again under the
+    /// request's lock). The request ids must differ.
+    pub async fn decide_all(conn: &mut PgConnection, all: &[&Decided]) -> Result<Vec<Vec<i64>>, StoreError> {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await?;
+        let advances: Vec<&Advance> = all.iter().map(|d| &d.advance).collect();
+        let ids = Store::advance_all(&mut tx, &advances).await?;
+        // An advance that applied wrote at least its Outcome to the outbox.
+        let applied: Vec<&DecisionRecord> =
+            all.iter().zip(&ids).filter(|(_, ids)| !ids.is_empty()).map(|(d, _)| &d.decision).collect();
+        Store::insert_decisions(&mut tx, &applied).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// Whether a decision id was already recorded.

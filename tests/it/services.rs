@@ -400,6 +400,67 @@ async fn p23_payment_notice_before_its_request_is_matched_and_counted_once() {
     env.cleanup().await;
 }
 
+/// How many times the audit trail records a request passing `step`.
+async fn passes(env: &TestEnv, id: uuid::Uuid, step: &str) -> usize {
+    let history = env.store.history_of(id).await.expect("history");
+    history.iter().filter(|h| h.step == step && h.event == "passed").count()
+}
+
+/// The notice takes no lock: it commits the payment, then looks for the request at the payment
+/// step, while the step looks for the payment. Each notice is published the moment its request
+/// is announced at the payment step, so it races the step's look (the step may find the payment
+/// or park the request first); whichever looks second must see the other's write, so no request
+/// waits for a payment it has, and none passes the step twice.
+#[tokio::test]
+async fn p23_p24_payments_racing_the_payment_step_each_move_their_request_on_once() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let requests: Vec<_> = (0..12).map(|_| licence_request("portal", "issue")).collect();
+    futures_util::future::join_all(requests.iter().map(|req| async {
+        let id = id_of(req);
+        env.publish_request(req).await;
+        env.wait_step(id, "payment").await;
+        env.publish_payment(&payment(id, &format!("PSHEP-{id}"))).await;
+    }))
+    .await;
+    for req in &requests {
+        let id = id_of(req);
+        env.wait_step(id, "review").await;
+        env.publish_decision("medical-licence", &decision(id, "approve")).await;
+    }
+    for req in &requests {
+        let id = id_of(req);
+        assert_completed(&env.final_outcome(id).await, "medical-licence");
+        assert_eq!(passes(&env, id, "payment").await, 1, "{id} passed its payment step once");
+    }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+/// An approval is applied without a lock, guarded by the request's position: of two
+/// deliveries of it at once, one applies and the other finds it recorded or the request moved.
+#[tokio::test]
+async fn p35_one_approval_delivered_twice_at_once_is_applied_and_recorded_once() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let req = licence_request("provider", "issue");
+    let id = id_of(&req);
+    env.publish_request(&req).await;
+    env.wait_step(id, "review").await;
+    let approval = decision(id, "approve");
+    tokio::join!(
+        env.publish_decision("medical-licence", &approval),
+        env.publish_decision("medical-licence", &approval)
+    );
+    assert_completed(&env.final_outcome(id).await, "medical-licence");
+    let recorded = env.wait_decisions(id).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(recorded[0].1, "applied: {recorded:?}");
+    assert_eq!(passes(&env, id, "review").await, 1, "the request passed its review once");
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn p35_decisions_not_waiting_for_review_are_recorded_not_applied() {
     let env = TestEnv::new().await;

@@ -1365,13 +1365,38 @@ impl Store {
     /// Applies many approving decisions in one transaction: their advances in one statement
     /// ([`Store::advance_all`]), then the records of those that applied in another. Returns,
     /// per decision and in order, the ids of its advance's outbox rows; none when its request
-    /// had moved, and then nothing of it is recorded (the caller decides again under the
-    /// request's lock). The request ids must differ.
+    /// had moved or its step's deadline changed since it was read, and then nothing of it is
+    /// recorded (the caller decides again under the request's lock). The request ids must
+    /// differ.
+    ///
+    /// An extension (P-34) moves a request's deadlines without moving the request, so the
+    /// advance's own guard (the position) would let an approval read before an extension
+    /// committed carry the old deadlines on. The requests are therefore locked first, and only
+    /// those whose step deadline is still the one the approval saw ([`StepExit::deadline`] of
+    /// its advance) move.
     pub async fn decide_all(conn: &mut PgConnection, all: &[&Decided]) -> Result<Vec<Vec<i64>>, StoreError> {
         use sqlx::Connection;
         let mut tx = conn.begin().await?;
-        let advances: Vec<&Advance> = all.iter().map(|d| &d.advance).collect();
-        let ids = Store::advance_all(&mut tx, &advances).await?;
+        let unchanged: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+            "SELECT r.request_id FROM requests r \
+                 JOIN unnest($1::uuid[], $2::timestamptz[]) AS i(request_id, step_deadline) \
+                     ON r.request_id = i.request_id \
+             WHERE r.step_deadline IS NOT DISTINCT FROM i.step_deadline \
+             ORDER BY r.request_id FOR UPDATE OF r",
+        )
+        .bind(all.iter().map(|d| d.advance.request_id).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.advance.from.deadline).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let current: Vec<&Decided> =
+            all.iter().copied().filter(|d| unchanged.contains(&d.advance.request_id)).collect();
+        let advances: Vec<&Advance> = current.iter().map(|d| &d.advance).collect();
+        let mut written: std::collections::HashMap<Uuid, Vec<i64>> =
+            current.iter().map(|d| d.advance.request_id).zip(Store::advance_all(&mut tx, &advances).await?).collect();
+        let ids: Vec<Vec<i64>> =
+            all.iter().map(|d| written.remove(&d.advance.request_id).unwrap_or_default()).collect();
         // An advance that applied wrote at least its Outcome to the outbox.
         let applied: Vec<&DecisionRecord> =
             all.iter().zip(&ids).filter(|(_, ids)| !ids.is_empty()).map(|(d, _)| &d.decision).collect();

@@ -721,6 +721,62 @@ async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applica
 /// A step that does nothing but wait for a staff Decision (S5's review, P-35) has nothing to
 /// run: the request is parked there as it arrives, with no task on the review pool's queue, and
 /// the Decision moves it on.
+/// An approval is checked on the request as read and applied without holding its lock; an
+/// extension committed in between moves the deadlines but not the request. The approval read
+/// before it must not apply with the deadlines it read: it goes back to be decided under the
+/// lock, where it sees the extension.
+#[tokio::test]
+async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_the_old_deadlines_on() {
+    use qyzmet::pipeline::transition;
+    use qyzmet::store::{Decided, DecisionRecord, Store};
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let req = archive_at_the_portal();
+    let id = id_of(&req);
+    env.publish_request(&req).await;
+    env.wait_step(id, "review").await;
+    env.wait_state(id, "waiting").await;
+    let seen = env.store.get_request(id).await.expect("row").expect("registered");
+    let regs = regulations();
+    let route = transition::route_for(&regs, &seen.service, &seen.region, &seen.channel).expect("a route");
+    let approval = Decided {
+        advance: transition::next_step(&seen, &route, None, None).expect("a next step"),
+        decision: DecisionRecord {
+            decision_id: uuid::Uuid::new_v4().to_string(),
+            request_id: id,
+            verdict: "approve",
+            reason: None,
+            decided_at: chrono::Utc::now(),
+            applied: true,
+            rejection: None,
+            submitter: None,
+            signer_masked: None,
+        },
+    };
+    let to = seen.step_deadline.expect("a review deadline") + chrono::Duration::days(10);
+    let first_service = seen.service_deadline.expect("a service deadline");
+    env.publish_decision("archive-certificate", &extension(id, to, false)).await;
+    env.wait_for(id, "extension", |o| {
+        o.status == Status::InProgress && o.deadline.is_some_and(|d| d.with_timezone(&chrono::Utc) > first_service)
+    })
+    .await;
+
+    let written = {
+        let mut conn = env.store.pool().acquire().await.expect("a connection");
+        Store::decide_all(&mut conn, &[&approval]).await.expect("the batch commits")
+    };
+    assert_eq!(written, vec![Vec::<i64>::new()], "the approval read before the extension is not applied");
+    let row = env.store.get_request(id).await.expect("row").expect("row");
+    assert_eq!((row.state.as_str(), row.step_deadline), ("waiting", Some(to)), "the request waits, extended");
+    let recorded = env.store.decisions_for(id).await.expect("decisions");
+    assert!(recorded.iter().all(|d| d.0 != approval.decision.decision_id), "nothing recorded of it: {recorded:?}");
+    // An approval that arrives now is applied.
+    env.publish_decision("archive-certificate", &decision(id, "approve")).await;
+    assert_eq!(env.final_outcome(id).await.status, Status::Completed);
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn p35_a_request_reaching_a_decision_step_waits_there_at_once_without_a_task() {
     use qyzmet::regulations::PoolName;

@@ -77,8 +77,8 @@ pub fn step_duration(pool: &'static str, elapsed: Duration) {
 }
 
 /// A batched statement carried `transitions` rows of a `kind` (`registration`, `advance`,
-/// `ending` written; `read`, requests read by the tasks): their ratio is the mean batch, how much
-/// the batching saves.
+/// `ending`, `park`, `decision` written; `read`, requests read by the tasks): their ratio is the
+/// mean batch, how much the batching saves.
 pub fn batch_written(kind: &'static str, transitions: usize) {
     counter!("qyzmet_batch_statements_total", "kind" => kind).increment(1);
     counter!("qyzmet_batch_transitions_total", "kind" => kind).increment(transitions as u64);

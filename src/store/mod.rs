@@ -116,9 +116,9 @@ macro_rules! request_columns {
 }
 
 /// Connections of [`Store::batch_pool`]: one statement in flight per kind of transition
-/// (registration, advance, end, park) and for the tasks' reads, and one more for a refused
-/// batch written row by row.
-const BATCH_CONNECTIONS: u32 = 6;
+/// (registration, advance, end, park, decision) and for the tasks' reads, and one more for a
+/// refused batch written row by row.
+const BATCH_CONNECTIONS: u32 = 7;
 
 /// Request serials taken from the sequence at a time ([`Store::next_request_serial`]).
 const SERIAL_BLOCK: i64 = 32;

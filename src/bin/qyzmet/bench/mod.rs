@@ -515,8 +515,9 @@ impl Workers {
                     .args(args)
                     .envs(settings.to_env())
                     .env("QYZMET_HTTP_ADDR", addr.to_string())
-                    // Keep every process's connections (this many, and up to six for batched
-                    // statements) within the local PostgreSQL's max_connections of 200.
+                    // Keep every process's connections (this many, and the few of the batch
+                    // kinds its pool uses, at most seven) within the local PostgreSQL's
+                    // max_connections of 200.
                     .env("QYZMET_DB_POOL_SIZE", (130 / (kinds.len() * per_pool)).clamp(4, 16).to_string())
                     .env("QYZMET_LOG", "warn")
                     .kill_on_drop(true)

@@ -223,7 +223,12 @@ async fn decide_locked(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Optio
         },
     };
     let record = record_of(d, submitter, rejection);
-    Store::insert_decision(&mut tx, &record).await?;
+    if !Store::insert_decision(&mut tx, &record).await? {
+        // Another delivery of it recorded it meanwhile, in the group commit of approvals: that
+        // record stands, and dropping this transaction undoes whatever this one did.
+        tracing::info!(decision_id = %d.decision_id, "duplicate decision; ignored");
+        return Ok(());
+    }
     if let (Some(why), Some(row)) = (&record.rejection, &row) {
         let detail = json!({ "decision_id": d.decision_id, "rejected": why });
         Store::history(

@@ -1332,20 +1332,21 @@ impl Store {
 
     /// Records a staff decision; `false` if this decision_id was already recorded.
     pub async fn insert_decision(tx: &mut PgConnection, d: &DecisionRecord) -> Result<bool, StoreError> {
-        Ok(Store::insert_decisions(tx, &[d]).await? == 1)
+        Ok(!Store::insert_decisions(tx, &[d]).await?.is_empty())
     }
 
-    /// Records staff decisions in one statement, each once per decision_id; how many were new.
-    pub async fn insert_decisions(tx: &mut PgConnection, all: &[&DecisionRecord]) -> Result<u64, StoreError> {
+    /// Records staff decisions in one statement, each once per decision_id; the ids of those
+    /// that were new. One recorded by a transaction not yet committed is waited for.
+    pub async fn insert_decisions(tx: &mut PgConnection, all: &[&DecisionRecord]) -> Result<Vec<String>, StoreError> {
         if all.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let n = sqlx::query(
+        sqlx::query_scalar(
             "INSERT INTO decisions (decision_id, request_id, verdict, reason, decided_at, applied, rejection, submitter, \
                  signer_masked) \
              SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::boolean[], \
                                   $7::text[], $8::text[], $9::text[]) \
-             ON CONFLICT (decision_id) DO NOTHING",
+             ON CONFLICT (decision_id) DO NOTHING RETURNING decision_id",
         )
         .bind(all.iter().map(|d| d.decision_id.as_str()).collect::<Vec<_>>())
         .bind(all.iter().map(|d| d.request_id).collect::<Vec<_>>())
@@ -1356,53 +1357,54 @@ impl Store {
         .bind(all.iter().map(|d| d.rejection.as_deref()).collect::<Vec<_>>())
         .bind(all.iter().map(|d| d.submitter.as_deref()).collect::<Vec<_>>())
         .bind(all.iter().map(|d| d.signer_masked.as_deref()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        Ok(n)
+        .fetch_all(&mut *tx)
+        .await
     }
 
-    /// Applies many approving decisions in one transaction: their advances in one statement
-    /// ([`Store::advance_all`]), then the records of those that applied in another. Returns,
-    /// per decision and in order, the ids of its advance's outbox rows; none when its request
-    /// had moved or its step's deadline changed since it was read, and then nothing of it is
-    /// recorded (the caller decides again under the request's lock). The request ids must
-    /// differ.
+    /// Applies many approving decisions in one transaction. Returns, per decision and in order,
+    /// the ids of its advance's outbox rows; none when it was not applied, and then nothing of
+    /// it is written (the caller decides again under the request's lock, or finds it a
+    /// duplicate). The request ids must differ.
     ///
-    /// An extension (P-34) moves a request's deadlines without moving the request, so the
-    /// advance's own guard (the position) would let an approval read before an extension
-    /// committed carry the old deadlines on. The requests are therefore locked first, and only
-    /// those whose step deadline is still the one the approval saw ([`StepExit::deadline`] of
-    /// its advance) move.
+    /// The requests are locked first, and only those still where the approval saw them stay
+    /// in: the same position, and the same step deadline ([`StepExit::deadline`] of the
+    /// advance), since an extension (P-34) moves the deadlines without moving the request.
+    /// Their records are written next, and only those that were new move their requests
+    /// ([`Store::advance_all`], which then applies to every one of them): a record of the same
+    /// decision written by another delivery, applied or rejected, stays the only one.
     pub async fn decide_all(conn: &mut PgConnection, all: &[&Decided]) -> Result<Vec<Vec<i64>>, StoreError> {
         use sqlx::Connection;
         let mut tx = conn.begin().await?;
         let unchanged: std::collections::HashSet<Uuid> = sqlx::query_scalar(
             "SELECT r.request_id FROM requests r \
-                 JOIN unnest($1::uuid[], $2::timestamptz[]) AS i(request_id, step_deadline) \
-                     ON r.request_id = i.request_id \
-             WHERE r.step_deadline IS NOT DISTINCT FROM i.step_deadline \
+                 JOIN unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::timestamptz[]) \
+                     AS i(request_id, state, step_index, attempts, step_deadline) ON r.request_id = i.request_id \
+             WHERE r.state = i.state AND r.step_index = i.step_index AND r.attempts = i.attempts \
+                 AND r.step_deadline IS NOT DISTINCT FROM i.step_deadline \
              ORDER BY r.request_id FOR UPDATE OF r",
         )
         .bind(all.iter().map(|d| d.advance.request_id).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.advance.from.state.as_str()).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.advance.from.step_index).collect::<Vec<_>>())
+        .bind(all.iter().map(|d| d.advance.from.attempts).collect::<Vec<_>>())
         .bind(all.iter().map(|d| d.advance.from.deadline).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .collect();
-        let current: Vec<&Decided> =
-            all.iter().copied().filter(|d| unchanged.contains(&d.advance.request_id)).collect();
-        let advances: Vec<&Advance> = current.iter().map(|d| &d.advance).collect();
+        let records: Vec<&DecisionRecord> =
+            all.iter().filter(|d| unchanged.contains(&d.advance.request_id)).map(|d| &d.decision).collect();
+        let new: std::collections::HashSet<String> =
+            Store::insert_decisions(&mut tx, &records).await?.into_iter().collect();
+        let moving: Vec<&Advance> = all
+            .iter()
+            .filter(|d| unchanged.contains(&d.advance.request_id) && new.contains(&d.decision.decision_id))
+            .map(|d| &d.advance)
+            .collect();
         let mut written: std::collections::HashMap<Uuid, Vec<i64>> =
-            current.iter().map(|d| d.advance.request_id).zip(Store::advance_all(&mut tx, &advances).await?).collect();
-        let ids: Vec<Vec<i64>> =
-            all.iter().map(|d| written.remove(&d.advance.request_id).unwrap_or_default()).collect();
-        // An advance that applied wrote at least its Outcome to the outbox.
-        let applied: Vec<&DecisionRecord> =
-            all.iter().zip(&ids).filter(|(_, ids)| !ids.is_empty()).map(|(d, _)| &d.decision).collect();
-        Store::insert_decisions(&mut tx, &applied).await?;
+            moving.iter().map(|a| a.request_id).zip(Store::advance_all(&mut tx, &moving).await?).collect();
         tx.commit().await?;
-        Ok(ids)
+        Ok(all.iter().map(|d| written.remove(&d.advance.request_id).unwrap_or_default()).collect())
     }
 
     /// Whether a decision id was already recorded.

@@ -725,12 +725,11 @@ async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applica
 /// extension committed in between moves the deadlines but not the request. The approval read
 /// before it must not apply with the deadlines it read: it goes back to be decided under the
 /// lock, where it sees the extension.
-#[tokio::test]
-async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_the_old_deadlines_on() {
+/// An S5 request waiting for its staff decision, and an approval of it as the group commit of
+/// approvals gets one: checked on the row as read now, its record marked applied.
+async fn archive_request_and_approval_as_read(env: &TestEnv) -> (uuid::Uuid, qyzmet::store::Decided) {
     use qyzmet::pipeline::transition;
-    use qyzmet::store::{Decided, DecisionRecord, Store};
-    let env = TestEnv::new().await;
-    let app = env.start_all().await;
+    use qyzmet::store::{Decided, DecisionRecord};
     let req = archive_at_the_portal();
     let id = id_of(&req);
     env.publish_request(&req).await;
@@ -753,6 +752,21 @@ async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_t
             signer_masked: None,
         },
     };
+    (id, approval)
+}
+
+/// Commits approvals as the group commit of approvals does; per approval, its outbox rows.
+async fn decide_all(env: &TestEnv, all: &[&qyzmet::store::Decided]) -> Vec<Vec<i64>> {
+    let mut conn = env.store.pool().acquire().await.expect("a connection");
+    qyzmet::store::Store::decide_all(&mut conn, all).await.expect("the batch commits")
+}
+
+#[tokio::test]
+async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_the_old_deadlines_on() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let (id, approval) = archive_request_and_approval_as_read(&env).await;
+    let seen = env.store.get_request(id).await.expect("row").expect("registered");
     let to = seen.step_deadline.expect("a review deadline") + chrono::Duration::days(10);
     let first_service = seen.service_deadline.expect("a service deadline");
     env.publish_decision("archive-certificate", &extension(id, to, false)).await;
@@ -761,10 +775,7 @@ async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_t
     })
     .await;
 
-    let written = {
-        let mut conn = env.store.pool().acquire().await.expect("a connection");
-        Store::decide_all(&mut conn, &[&approval]).await.expect("the batch commits")
-    };
+    let written = decide_all(&env, &[&approval]).await;
     assert_eq!(written, vec![Vec::<i64>::new()], "the approval read before the extension is not applied");
     let row = env.store.get_request(id).await.expect("row").expect("row");
     assert_eq!((row.state.as_str(), row.step_deadline), ("waiting", Some(to)), "the request waits, extended");
@@ -773,6 +784,46 @@ async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_t
     // An approval that arrives now is applied.
     env.publish_decision("archive-certificate", &decision(id, "approve")).await;
     assert_eq!(env.final_outcome(id).await.status, Status::Completed);
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+    env.cleanup().await;
+}
+
+/// Two deliveries of one approval can take different ways: one rejected under the lock (it
+/// saw the deadline pass, say) while the other, checked a moment earlier, waits in the group
+/// commit. The record written first stands, and the request moves only if that one applied.
+#[tokio::test]
+async fn p35_an_approval_recorded_meanwhile_by_another_delivery_is_not_applied_beside_that_record() {
+    let env = TestEnv::new().await;
+    let app = env.start_all().await;
+    let (id, approval) = archive_request_and_approval_as_read(&env).await;
+    let rejected = qyzmet::store::DecisionRecord {
+        decision_id: approval.decision.decision_id.clone(),
+        request_id: id,
+        verdict: "approve",
+        reason: None,
+        decided_at: approval.decision.decided_at,
+        applied: false,
+        rejection: Some("late: the review deadline has passed".into()),
+        submitter: None,
+        signer_masked: None,
+    };
+    {
+        let mut conn = env.store.pool().acquire().await.expect("a connection");
+        assert!(qyzmet::store::Store::insert_decision(&mut conn, &rejected).await.expect("recorded"));
+    }
+
+    assert_eq!(decide_all(&env, &[&approval]).await, vec![Vec::<i64>::new()], "not applied");
+    let row = env.store.get_request(id).await.expect("row").expect("row");
+    assert_eq!((row.state.as_str(), row.step.as_deref()), ("waiting", Some("review")), "the request still waits");
+    let recorded = env.store.decisions_for(id).await.expect("decisions");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(!recorded[0].1, "the record that stands is the rejection: {recorded:?}");
+    // The group commit applies an approval that is new.
+    let (other, fresh) = archive_request_and_approval_as_read(&env).await;
+    assert!(!decide_all(&env, &[&fresh]).await[0].is_empty(), "a new approval is applied");
+    let moved = env.store.get_request(other).await.expect("row").expect("row");
+    assert_eq!(moved.step.as_deref(), Some("result"), "it moved on to the result");
+    assert!(env.store.decisions_for(other).await.expect("decisions").iter().all(|d| d.1), "recorded as applied");
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }

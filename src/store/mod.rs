@@ -462,7 +462,7 @@ pub struct DecisionRecord {
 }
 
 /// An approving decision and the advance it makes, to commit together in a batch
-/// ([`Store::decide_all`]): the decision is recorded only if the advance applied.
+/// ([`Store::decide_all`]): both are written, or neither.
 #[derive(Debug)]
 pub struct Decided {
     /// The request's move past its review step.

@@ -33,7 +33,10 @@ impl Step for PaymentStep {
 /// The payment step: pass if the request is paid, otherwise wait.
 pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {
     match payments.first() {
-        Some(id) => StepOutcome::Pass { facts: Some(json!({ "paid": true, "payment_id": id })) },
+        Some(id) => StepOutcome::Pass {
+            facts: Some(json!({ "paid": true, "payment_id": id })),
+            detail: Some(json!({ "payment_id": id })),
+        },
         None => StepOutcome::Wait,
     }
 }
@@ -159,7 +162,8 @@ mod tests {
     #[test]
     fn p24_paid_request_passes_with_the_payment_id() {
         let facts = json!({ "paid": true, "payment_id": "PSHEP-2026-0001" });
-        assert_eq!(paid(&["PSHEP-2026-0001"]), StepOutcome::Pass { facts: Some(facts) });
+        let detail = json!({ "payment_id": "PSHEP-2026-0001" });
+        assert_eq!(paid(&["PSHEP-2026-0001"]), StepOutcome::Pass { facts: Some(facts), detail: Some(detail) });
     }
 
     #[test]
@@ -170,6 +174,7 @@ mod tests {
     #[test]
     fn p24_with_several_recorded_payments_the_first_recorded_one_is_named() {
         let facts = json!({ "paid": true, "payment_id": "PSHEP-A" });
-        assert_eq!(paid(&["PSHEP-A", "PSHEP-B"]), StepOutcome::Pass { facts: Some(facts) });
+        let detail = json!({ "payment_id": "PSHEP-A" });
+        assert_eq!(paid(&["PSHEP-A", "PSHEP-B"]), StepOutcome::Pass { facts: Some(facts), detail: Some(detail) });
     }
 }

@@ -89,7 +89,7 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
             }
         }
     }
-    Ok(StepOutcome::Pass { facts: Some(Value::Object(facts)) })
+    Ok(StepOutcome::Pass { facts: Some(Value::Object(facts)), detail: None })
 }
 
 #[cfg(test)]
@@ -109,7 +109,7 @@ mod tests {
     }
 
     fn pass(facts: Value) -> StepOutcome {
-        StepOutcome::Pass { facts: Some(facts) }
+        StepOutcome::Pass { facts: Some(facts), detail: None }
     }
 
     fn refuse(refusal: &str, detail: &str) -> StepOutcome {

@@ -56,7 +56,7 @@ pub async fn step(input: &StepInput<'_>, registry: &dyn Registry) -> Result<Step
             });
         }
     }
-    Ok(StepOutcome::Pass { facts: None })
+    Ok(StepOutcome::Pass { facts: None, detail: None })
 }
 
 /// Why a decision to extend the step's term cannot be applied, if it cannot (P-34): the step
@@ -302,7 +302,7 @@ mod tests {
         StepOutcome::Refuse { refusal: refusal.into(), note: None, detail: Some(format!("rule {rule} failed")) }
     }
 
-    const PASS: StepOutcome = StepOutcome::Pass { facts: None };
+    const PASS: StepOutcome = StepOutcome::Pass { facts: None, detail: None };
 
     /// S1 Akmola: the rule attached_to_provider (R3/not_attached portal, R5/not_attached provider).
     fn akmola_appointment(channel: &str, applicant: &str, provider: &str) -> Case {

@@ -136,6 +136,11 @@ pub enum StepOutcome {
     Pass {
         /// Merged into the request's facts.
         facts: Option<Value>,
+        /// What the audit row of the pass records, so that the trail says what let the request
+        /// through (the payment that paid it). The trail is kept as long as the law asks and
+        /// is not purged of personal data, so no names or identifiers go here: registry
+        /// findings stay in the facts.
+        detail: Option<Value>,
     },
     /// A business answer: reasoned refusal with this regulation refusal key.
     Refuse {

@@ -181,7 +181,9 @@ async fn apply(
     // Every answer is committed in a batch with other deliveries'. A document is numbered and
     // signed before, so that nothing waits on it while it signs.
     let pending = match outcome {
-        StepOutcome::Pass { facts } => ctx.advances.commit(transition::next_step(row, route, facts, None)?).await?,
+        StepOutcome::Pass { facts, detail } => {
+            ctx.advances.commit(transition::next_step(row, route, facts, detail)?).await?
+        }
         StepOutcome::Refuse { refusal, note, detail } => {
             let reason = transition::regulation_reason(route, &refusal, note.as_ref());
             let detail = detail.map(|d| json!({ "detail": d }));

@@ -396,6 +396,10 @@ async fn p23_payment_notice_before_its_request_is_matched_and_counted_once() {
     env.wait_step(id, "review").await;
     env.publish_decision("medical-licence", &decision(id, "approve")).await;
     assert_completed(&env.final_outcome(id).await, "medical-licence");
+    // The step found the payment itself; its pass in the audit trail names it (P-49).
+    let history = env.store.history_of(id).await.expect("history");
+    let passed = history.iter().find(|h| h.step == "payment" && h.event == "passed").expect("the payment step passed");
+    assert_eq!(passed.detail, Some(json!({ "payment_id": "PSHEP-000981" })));
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -410,7 +414,8 @@ async fn passes(env: &TestEnv, id: uuid::Uuid, step: &str) -> usize {
 /// step, while the step looks for the payment. Each notice is published the moment its request
 /// is announced at the payment step, so it races the step's look (the step may find the payment
 /// or park the request first); whichever looks second must see the other's write, so no request
-/// waits for a payment it has, and none passes the step twice.
+/// waits for a payment it has, and none passes the step twice. Either way the audit trail names
+/// the payment.
 #[tokio::test]
 async fn p23_p24_payments_racing_the_payment_step_each_move_their_request_on_once() {
     let env = TestEnv::new().await;
@@ -431,7 +436,12 @@ async fn p23_p24_payments_racing_the_payment_step_each_move_their_request_on_onc
     for req in &requests {
         let id = id_of(req);
         assert_completed(&env.final_outcome(id).await, "medical-licence");
-        assert_eq!(passes(&env, id, "payment").await, 1, "{id} passed its payment step once");
+        let history = env.store.history_of(id).await.expect("history");
+        let passed: Vec<_> = history.iter().filter(|h| h.step == "payment" && h.event == "passed").collect();
+        assert_eq!(passed.len(), 1, "{id} passed its payment step once");
+        // Whether the step found the payment or the notice found the step, the trail names it.
+        let named = passed[0].detail.as_ref().and_then(|d| d.get("payment_id"));
+        assert_eq!(named, Some(&json!(format!("PSHEP-{id}"))), "{id}: {:?}", passed[0].detail);
     }
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;

@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 use futures_util::future::BoxFuture;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::contract::PaymentNotice;
 use crate::ident;
@@ -33,12 +33,18 @@ impl Step for PaymentStep {
 /// The payment step: pass if the request is paid, otherwise wait.
 pub fn step(_input: &StepInput<'_>, payments: &[String]) -> StepOutcome {
     match payments.first() {
-        Some(id) => StepOutcome::Pass {
-            facts: Some(json!({ "paid": true, "payment_id": id })),
-            detail: Some(json!({ "payment_id": id })),
-        },
+        Some(id) => {
+            let (facts, detail) = paid_with(id);
+            StepOutcome::Pass { facts: Some(facts), detail: Some(detail) }
+        }
         None => StepOutcome::Wait,
     }
+}
+
+/// What a payment adds to a request passing its payment step, however it passes (the step finds
+/// the payment, or the notice finds the step): its facts, and its audit row's detail.
+fn paid_with(payment_id: &str) -> (Value, Value) {
+    (json!({ "paid": true, "payment_id": payment_id }), json!({ "payment_id": payment_id }))
 }
 
 /// Handles PaymentNotices.
@@ -130,8 +136,8 @@ fn move_on(ctx: &Ctx, row: &RequestRow, n: &PaymentNotice) -> Result<Option<Adva
     let Some(route) = transition::route_for(&ctx.regs, &row.service, &row.region, &row.channel) else {
         return Ok(None);
     };
-    let facts = json!({ "paid": true, "payment_id": n.payment_id });
-    transition::next_step(row, &route, Some(facts), Some(json!({ "payment_id": n.payment_id }))).map(Some)
+    let (facts, detail) = paid_with(&n.payment_id);
+    transition::next_step(row, &route, Some(facts), Some(detail)).map(Some)
 }
 
 #[cfg(test)]

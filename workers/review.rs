@@ -127,7 +127,7 @@ async fn approve(ctx: &Ctx, env: &Envelope, d: &Decision, submitter: Option<&str
     if rejection(ctx, env, d, submitter, &row, &request, &route).is_some() {
         return Ok(false);
     }
-    let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
+    let detail = applied_detail(d);
     let decided = Decided {
         advance: transition::next_step(&row, &route, None, Some(detail))?,
         decision: record_of(d, submitter, None),
@@ -176,6 +176,11 @@ fn rejection(
     } else {
         None
     }
+}
+
+/// What the audit row of a step left by a decision records (approve, refuse).
+fn applied_detail(d: &Decision) -> serde_json::Value {
+    json!({ "decision_id": d.decision_id, "verdict": d.decision })
 }
 
 /// A decision's record: applied, or rejected with the reason.
@@ -259,7 +264,7 @@ async fn apply(
     row: &RequestRow,
     route: &Route<'_>,
 ) -> Result<Pending, Failure> {
-    let detail = json!({ "decision_id": d.decision_id, "verdict": d.decision });
+    let detail = applied_detail(d);
     Ok(match d.decision {
         Verdict::Approve => transition::advance(tx, row, route, None, Some(detail)).await?.unwrap_or_default(),
         Verdict::Refuse => {

@@ -397,17 +397,17 @@ async fn p23_payment_notice_before_its_request_is_matched_and_counted_once() {
     env.publish_decision("medical-licence", &decision(id, "approve")).await;
     assert_completed(&env.final_outcome(id).await, "medical-licence");
     // The step found the payment itself; its pass in the audit trail names it (P-49).
-    let history = env.store.history_of(id).await.expect("history");
-    let passed = history.iter().find(|h| h.step == "payment" && h.event == "passed").expect("the payment step passed");
+    let passed = passed_at(&env, id, "payment").await;
+    let passed = passed.first().expect("the payment step passed");
     assert_eq!(passed.detail, Some(json!({ "payment_id": "PSHEP-000981" })));
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }
 
-/// How many times the audit trail records a request passing `step`.
-async fn passes(env: &TestEnv, id: uuid::Uuid, step: &str) -> usize {
+/// The audit rows that record a request passing `step`.
+async fn passed_at(env: &TestEnv, id: uuid::Uuid, step: &str) -> Vec<qyzmet::store::HistoryRow> {
     let history = env.store.history_of(id).await.expect("history");
-    history.iter().filter(|h| h.step == step && h.event == "passed").count()
+    history.into_iter().filter(|h| h.step == step && h.event == "passed").collect()
 }
 
 /// The notice takes no lock: it commits the payment, then looks for the request at the payment
@@ -436,8 +436,7 @@ async fn p23_p24_payments_racing_the_payment_step_each_move_their_request_on_onc
     for req in &requests {
         let id = id_of(req);
         assert_completed(&env.final_outcome(id).await, "medical-licence");
-        let history = env.store.history_of(id).await.expect("history");
-        let passed: Vec<_> = history.iter().filter(|h| h.step == "payment" && h.event == "passed").collect();
+        let passed = passed_at(&env, id, "payment").await;
         assert_eq!(passed.len(), 1, "{id} passed its payment step once");
         // Whether the step found the payment or the notice found the step, the trail names it.
         let named = passed[0].detail.as_ref().and_then(|d| d.get("payment_id"));
@@ -466,7 +465,7 @@ async fn p35_one_approval_delivered_twice_at_once_is_applied_and_recorded_once()
     let recorded = env.wait_decisions(id).await;
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert!(recorded[0].1, "applied: {recorded:?}");
-    assert_eq!(passes(&env, id, "review").await, 1, "the request passed its review once");
+    assert_eq!(passed_at(&env, id, "review").await.len(), 1, "the request passed its review once");
     app.shutdown(std::time::Duration::from_secs(5)).await;
     env.cleanup().await;
 }

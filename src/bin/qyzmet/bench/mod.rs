@@ -428,6 +428,30 @@ pub(crate) fn chosen_mix(service: Option<&str>) -> anyhow::Result<Vec<Template>>
     Ok(mix(service))
 }
 
+/// Runs of at most this many requests have them built and signed before the clock starts
+/// ([`Prepared`]); a larger backlog signs each as it publishes.
+const PREPARE_AT_MOST: usize = 50_000;
+
+/// A run's requests, built and signed before its clock starts: an upstream system signs on
+/// its own machine, and signing on the machine being measured (ES256 and RS256, about a tenth
+/// of the bench's own CPU) took cores from the pipeline that production would not. The
+/// ceiling's driver likewise publishes bodies made beforehand.
+pub(crate) struct Prepared(std::vec::IntoIter<(Uuid, String, Vec<u8>)>);
+
+impl Prepared {
+    /// The first `n` requests of the mix of `args`, or `None` when `n` is more than
+    /// [`PREPARE_AT_MOST`] (they would take too much memory; they are signed as published).
+    pub(crate) async fn of(args: &BenchArgs, n: usize, keys: &Arc<Mutex<Keys>>) -> anyhow::Result<Option<Prepared>> {
+        if n > PREPARE_AT_MOST {
+            return Ok(None);
+        }
+        let mix = chosen_mix(args.service.as_deref())?;
+        let mut k = keys.lock().await;
+        let all = (0..n).map(|i| make_request(&mut k, &mix, i)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(Prepared(all.into_iter())))
+    }
+}
+
 /// Builds and signs the i-th request of the mix.
 pub(crate) fn make_request(keys: &mut Keys, mix: &[Template], i: usize) -> anyhow::Result<(Uuid, String, Vec<u8>)> {
     let total: usize = mix.iter().map(|t| t.weight).sum();
@@ -648,6 +672,10 @@ struct Board {
     tracks: HashMap<Uuid, Track>,
     finished: usize,
     refused: usize,
+    /// Woken at each first final outcome, so that a closed loop publishes as soon as its window
+    /// has room instead of looking every millisecond (a thousand wake-ups a second on the
+    /// machine it measures).
+    room: Arc<tokio::sync::Notify>,
 }
 
 async fn outcome_listener(
@@ -684,6 +712,7 @@ async fn outcome_listener(
                         if refused {
                             b.refused += 1;
                         }
+                        b.room.notify_one();
                     }
                     continue;
                 }
@@ -759,11 +788,13 @@ async fn drive(
     args: &BenchArgs,
     n: usize,
     keys: &Arc<Mutex<Keys>>,
+    mut prepared: Option<Prepared>,
     publisher: &Arc<Publisher>,
     board: &Arc<Mutex<Board>>,
     pace: Pace,
 ) -> anyhow::Result<(Instant, Vec<Uuid>)> {
     let mix = chosen_mix(args.service.as_deref())?;
+    let room = board.lock().await.room.clone();
     let started = Instant::now();
     let schedule = pace.rate().map(Schedule::start);
     let mut confirming = Confirming::for_schedule(schedule);
@@ -776,7 +807,8 @@ async fn drive(
             (None, Pace::Window(window)) => {
                 let in_flight = i - board.lock().await.finished;
                 if in_flight >= window {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // The timeout only bounds a wait that a lost wake-up could prolong.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), room.notified()).await;
                     0
                 } else {
                     (window - in_flight).min(50)
@@ -791,7 +823,10 @@ async fn drive(
                 let mut k = keys.lock().await;
                 let mut b = board.lock().await;
                 for j in 0..batch {
-                    let (id, service, body) = make_request(&mut k, &mix, i + j)?;
+                    let (id, service, body) = match prepared.as_mut().and_then(|p| p.0.next()) {
+                        Some(made) => made,
+                        None => make_request(&mut k, &mix, i + j)?,
+                    };
                     let published = schedule.map_or_else(Instant::now, |s| s.due_at(i + j));
                     b.tracks
                         .insert(id, Track { published: Some(published), service: service.clone(), ..Track::default() });
@@ -1011,9 +1046,11 @@ impl Bench<'_> {
         if let Some(r) = pace.rate() {
             label = format!("{label}, {r:.0}/s");
         }
+        let prepared = Prepared::of(args, args.requests, self.keys).await?;
         let parties = self.parties.with_workers(workers.pids());
         let before = parties.snapshot();
-        let (started, _) = drive(&label, args, args.requests, self.keys, self.publisher, &board, pace).await?;
+        let (started, _) =
+            drive(&label, args, args.requests, self.keys, prepared, self.publisher, &board, pace).await?;
         wait_all(&label, args.requests, started, &board, Duration::from_secs(args.timeout_secs)).await;
         let cpu = CpuSplit::between(&before, &parties.snapshot(), board.lock().await.finished);
         let scrapes = workers.scrapes.load(std::sync::atomic::Ordering::Relaxed);
@@ -1151,8 +1188,8 @@ async fn backlog(
     let board = Arc::new(Mutex::new(Board::default()));
     let listener = outcome_listener(broker.clone(), board.clone(), keys.clone(), publisher.clone()).await?;
     eprintln!("backlog: publishing {n} requests with the pools stopped…");
-    let (published_at, _) =
-        drive("backlog publish", args, n, keys, publisher, &board, args.rate.map_or(Pace::FlatOut, Pace::Rate)).await?;
+    let pace = args.rate.map_or(Pace::FlatOut, Pace::Rate);
+    let (published_at, _) = drive("backlog publish", args, n, keys, None, publisher, &board, pace).await?;
     let publish_rate = n as f64 / published_at.elapsed().as_secs_f64().max(0.001);
     eprintln!("backlog: starting {} and draining…", args.layout.label(1));
     let workers = Workers::start(settings, 1, args.layout, args.concurrency, broker, None).await?;

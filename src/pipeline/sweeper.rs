@@ -1,9 +1,14 @@
-//! The deadline sweeper. Every process runs one (they coordinate through `FOR UPDATE SKIP
-//! LOCKED`), so a request whose step deadline passes while it sits in a queue, waits for a
-//! payment or a staff decision, or waits for a retry, is refused even when no worker of its pool
-//! is running. The sweeper also re-queues retries that are due, runs the outbox relay and, about
-//! hourly, purges the personal data of requests past their retention period (P-48,
-//! [`super::retention`]).
+//! The deadline sweeper. Every process runs one, so that a request whose step deadline passes
+//! while it sits in a queue, waits for a payment or a staff decision, or waits for a retry, is
+//! refused even when no worker of its pool is running. The sweeper also re-queues retries that
+//! are due, runs the outbox relay and, about hourly, purges the personal data of requests past
+//! their retention period (P-48, [`super::retention`]).
+//!
+//! These chores are the fleet's, not the process's: each pass is run by the process that takes
+//! its turn (`chore_turns`, [`Store::take_turn`]), so the fleet runs each about once per
+//! interval however many processes there are. What a pass changes it locks with `FOR UPDATE
+//! SKIP LOCKED`, so a pass that overlaps another (a turn taken as the last one ended) changes
+//! nothing twice.
 
 use std::sync::Arc;
 
@@ -60,15 +65,23 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
     let mut observing = Every::new(OBSERVE_EVERY);
     let mut counting_outbox = Every::new(OUTBOX_GAUGE_EVERY);
     let mut retention = Every::new(RETENTION_EVERY);
+    let mut busy = 0;
     while !shutdown.is_shutdown() {
-        let busy = match sweep_once(&ctx).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "sweep failed");
-                0
+        // A pass that changed a whole batch left more behind: it goes on at once, in the turn
+        // it took.
+        busy = if busy >= BATCH as usize || take_turn(&ctx, SWEEP, ctx.sweep_interval).await {
+            match sweep_once(&ctx).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep failed");
+                    0
+                }
             }
+        } else {
+            0
         };
         if relay.due()
+            && take_turn(&ctx, RELAY, ctx.outbox.relay_interval()).await
             && let Err(e) = ctx.outbox.relay_once(500).await
         {
             tracing::warn!(error = %e, "outbox relay failed");
@@ -77,12 +90,33 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
             observe(&ctx, counting_outbox.due()).await;
         }
         if retention.due()
+            && take_turn(&ctx, RETENTION, RETENTION_EVERY).await
             && let Err(e) = super::retention::run_once(&ctx.store, &ctx.regs, false).await
         {
             tracing::warn!(error = %e, "retention pass failed");
         }
         if busy < BATCH as usize {
             shutdown.sleep(ctx.sweep_interval).await;
+        }
+    }
+}
+
+/// The fleet's chores, by their names in `chore_turns`.
+const SWEEP: &str = "sweep";
+const RELAY: &str = "relay";
+const RETENTION: &str = "retention";
+
+/// Whether this process has the fleet's turn at `chore` ([`Store::take_turn`]). The turn is
+/// taken once four fifths of the interval have passed, so that the process that took it last
+/// is not kept out by its own timer's jitter; the fleet then runs the chore at most a quarter
+/// more often than once per interval. A database that cannot be asked gives no turn: the pass
+/// would have failed too.
+async fn take_turn(ctx: &Ctx, chore: &str, every: std::time::Duration) -> bool {
+    match ctx.store.take_turn(chore, every.mul_f64(0.8), ctx.process.process_id).await {
+        Ok(taken) => taken,
+        Err(e) => {
+            tracing::warn!(error = %e, chore, "cannot take the chore's turn");
+            false
         }
     }
 }

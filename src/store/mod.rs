@@ -1156,6 +1156,39 @@ impl Store {
         .await
     }
 
+    /// Takes the fleet's turn at `chore` for process `by` if nobody took it within `every`;
+    /// whether it was taken. Every process runs the fleet's chores (the deadline sweep, the
+    /// outbox relay) and runs a pass only with the turn, so that the fleet runs each about once
+    /// per interval however many processes there are (migration 0018). Of two processes asking
+    /// at once, the second waits for the first's row and then finds the turn taken.
+    ///
+    /// A turn not yet due costs a read and no write (an `UPDATE` that matches nothing takes no
+    /// lock and commits nothing). A chore without a row (migration 0018 seeds none) gets one.
+    pub async fn take_turn(&self, chore: &str, every: Duration, by: Uuid) -> Result<bool, StoreError> {
+        let (taken, known): (bool, bool) = sqlx::query_as(
+            "WITH taken AS ( \
+                 UPDATE chore_turns SET taken_at = now(), taken_by = $3 \
+                 WHERE chore = $1 AND taken_at <= now() - make_interval(secs => $2) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM taken), EXISTS (SELECT 1 FROM chore_turns WHERE chore = $1)",
+        )
+        .bind(chore)
+        .bind(every.as_secs_f64())
+        .bind(by)
+        .fetch_one(&self.pool)
+        .await?;
+        if taken || known {
+            return Ok(taken);
+        }
+        let first = sqlx::query(
+            "INSERT INTO chore_turns (chore, taken_at, taken_by) VALUES ($1, now(), $2) ON CONFLICT (chore) DO NOTHING",
+        )
+        .bind(chore)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(first.rows_affected() == 1)
+    }
+
     /// Requests whose retry is due, locked (skipping rows a worker holds).
     ///
     /// It asks for `next_attempt_at` alone, which is set exactly while a request is in `retry`

@@ -324,3 +324,50 @@ async fn p10_a_providers_closing_time_from_the_registry_import_sets_the_astana_h
     app.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
 }
+
+/// The sweep, the outbox relay and the retention pass are the fleet's chores: each pass is run
+/// by the process that takes its turn (migration 0018), so the fleet runs each about once per
+/// interval however many processes ask. Asked as qyzmet's own database role.
+#[tokio::test]
+async fn p46_the_fleet_takes_one_turn_per_interval_at_each_chore_whichever_processes_ask() {
+    let env = TestEnv::new().await;
+    let worker = qyzmet::store::Store::connect(&env.settings.database_url, 8).await.expect("the worker's connection");
+    let every = Duration::from_millis(400);
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+
+    let asked = std::time::Instant::now();
+    assert!(worker.take_turn("sweep", every, a).await.expect("turn"), "the first process to ask takes the turn");
+    assert!(!worker.take_turn("sweep", every, b).await.expect("turn"), "another process finds it taken");
+    assert!(!worker.take_turn("sweep", every, a).await.expect("turn"), "so does the taker, within the interval");
+    assert!(worker.take_turn("relay", every, b).await.expect("turn"), "each chore has a turn of its own");
+
+    // The turn is free again once the interval has passed on the database's clock: b asks until
+    // it gets it.
+    let waited = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while !worker.take_turn("sweep", every, b).await.expect("turn") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        asked.elapsed()
+    })
+    .await
+    .expect("the turn comes free after its interval");
+    assert!(waited >= every, "the turn came free after {waited:?}, before its interval of {every:?}");
+    let (taken_by,): (uuid::Uuid,) = sqlx::query_as("SELECT taken_by FROM chore_turns WHERE chore = 'sweep'")
+        .fetch_one(env.store.pool())
+        .await
+        .expect("turn row");
+    assert_eq!(taken_by, b, "the turn names the process that took it");
+
+    // Eight processes asking at once for a turn nobody has taken yet: exactly one gets it.
+    let asks = (0..8).map(|_| {
+        let worker = worker.clone();
+        tokio::spawn(
+            async move { worker.take_turn("retention", Duration::from_secs(3600), uuid::Uuid::new_v4()).await },
+        )
+    });
+    let mut taken = 0;
+    for ask in asks.collect::<Vec<_>>() {
+        taken += usize::from(ask.await.expect("ask").expect("turn"));
+    }
+    assert_eq!(taken, 1, "{taken} of eight simultaneous askers took the same turn");
+}

@@ -64,12 +64,13 @@ pub struct Settings {
     #[arg(long, env = "QYZMET_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
-    /// How often the deadline sweeper and outbox relay run, in milliseconds.
+    /// How often the fleet sweeps for overdue requests and due retries, in milliseconds: every
+    /// process asks this often, and the one that takes the turn sweeps.
     #[arg(long, env = "QYZMET_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
 
     /// Seconds after which the outbox relay re-publishes messages a process committed but did not
-    /// confirm as published (after a crash).
+    /// confirm as published (after a crash); the fleet's relay looks four times per this age.
     #[arg(long, env = "QYZMET_OUTBOX_RELAY_SECS", default_value_t = 30)]
     pub outbox_relay_secs: u64,
 

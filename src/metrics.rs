@@ -76,6 +76,14 @@ pub fn step_duration(pool: &'static str, elapsed: Duration) {
     histogram!("qyzmet_step_duration_seconds", "pool" => pool).record(elapsed.as_secs_f64());
 }
 
+/// How long a pass of one of the fleet's chores (`sweep`, `relay`, `retention`) took in the
+/// process that had its turn. A sweep that takes long is reading dead entries of the open
+/// requests' deadline index: vacuum is behind, or a long transaction (a report, a `pg_dump`)
+/// keeps them from being marked dead.
+pub fn chore_duration(chore: &'static str, elapsed: Duration) {
+    histogram!("qyzmet_chore_duration_seconds", "chore" => chore).record(elapsed.as_secs_f64());
+}
+
 /// A batched statement carried `transitions` rows of a `kind` (`registration`, `advance`,
 /// `ending`, `park`, `decision` written; `read`, requests read by the tasks): their ratio is the
 /// mean batch, how much the batching saves.

@@ -70,7 +70,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
         // A pass that changed a whole batch left more behind: it goes on at once, in the turn
         // it took.
         busy = if busy >= BATCH as usize || take_turn(&ctx, SWEEP, ctx.sweep_interval).await {
-            match sweep_once(&ctx).await {
+            match timed(SWEEP, sweep_once(&ctx)).await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "sweep failed");
@@ -82,7 +82,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
         };
         if relay.due()
             && take_turn(&ctx, RELAY, ctx.outbox.relay_interval()).await
-            && let Err(e) = ctx.outbox.relay_once(500).await
+            && let Err(e) = timed(RELAY, ctx.outbox.relay_once(500)).await
         {
             tracing::warn!(error = %e, "outbox relay failed");
         }
@@ -91,7 +91,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) {
         }
         if retention.due()
             && take_turn(&ctx, RETENTION, RETENTION_EVERY).await
-            && let Err(e) = super::retention::run_once(&ctx.store, &ctx.regs, false).await
+            && let Err(e) = timed(RETENTION, super::retention::run_once(&ctx.store, &ctx.regs, false)).await
         {
             tracing::warn!(error = %e, "retention pass failed");
         }
@@ -119,6 +119,14 @@ async fn take_turn(ctx: &Ctx, chore: &str, every: std::time::Duration) -> bool {
             false
         }
     }
+}
+
+/// Runs a chore's pass and records how long it took ([`crate::metrics::chore_duration`]).
+async fn timed<T>(chore: &'static str, pass: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let done = pass.await;
+    crate::metrics::chore_duration(chore, started.elapsed());
+    done
 }
 
 /// Gauges of what waits: requests waiting for a payment or a decision and, when `outbox`, the

@@ -441,22 +441,36 @@ async fn many_parks_commit_in_one_statement_each_only_where_its_request_still_st
 
 /// The planner settings of the pipeline's keyed statements, as `current_setting` gives them.
 const KEYED_PLANS: &str = "SELECT current_setting('plan_cache_mode') || ' ' || current_setting('enable_seqscan') \
-     || ' ' || current_setting('enable_hashjoin') || ' ' || current_setting('enable_mergejoin')";
+     || ' ' || current_setting('enable_hashjoin') || ' ' || current_setting('enable_mergejoin') \
+     || ' ' || current_setting('jit')";
 
 /// The store's transactions (payment notices, staff decisions, the sweeper) plan their
-/// statements as group commit does — generically, by index — and leave their connection as
-/// they found it.
+/// statements as group commit does — generically, by index, without JIT compilation — and leave
+/// their connection as they found it.
 #[tokio::test]
 async fn a_transaction_plans_its_statements_generically_and_leaves_its_connection_as_it_was() {
     let env = TestEnv::new().await;
     // One connection, so that the statement after the commit runs where the transaction ran.
     let store = qyzmet::store::Store::connect(&env.settings.database_url, 1).await.expect("connect");
+    let before: String = sqlx::query_scalar(KEYED_PLANS).fetch_one(store.pool()).await.expect("show");
     let mut tx = store.begin().await.expect("begin");
     let inside: String = sqlx::query_scalar(KEYED_PLANS).fetch_one(&mut *tx).await.expect("show");
-    assert_eq!(inside, "force_generic_plan off off off");
+    assert_eq!(inside, "force_generic_plan off off off off");
+
+    // A statement with no index to use is priced at ten billion, over any JIT threshold; it is
+    // still run as planned, not compiled (which took 76 ms for a ten-row table).
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN (ANALYZE) SELECT count(*) FROM worker_heartbeats WHERE pools = 'none'")
+            .fetch_all(&mut *tx)
+            .await
+            .expect("explain");
+    let plan = plan.join("\n");
+    assert!(plan.contains("Seq Scan on worker_heartbeats"), "{plan}");
+    assert!(!plan.contains("JIT"), "a keyed transaction's statement was JIT-compiled:\n{plan}");
     tx.commit().await.expect("commit");
     let after: String = sqlx::query_scalar(KEYED_PLANS).fetch_one(store.pool()).await.expect("show");
-    assert_eq!(after, "auto on on on", "the settings ended with the transaction");
+    assert_eq!(after, before, "the settings ended with the transaction");
+    assert_ne!(after, inside, "the server's own settings differ from the keyed ones");
     store.close().await;
     env.cleanup().await;
 }

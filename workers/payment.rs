@@ -116,7 +116,7 @@ async fn move_request_on(ctx: &Ctx, n: &PaymentNotice) -> Result<bool, Failure> 
     for _ in 0..LOOKS {
         // No row: the request is not registered yet, and its payment step will find the payment.
         let Some(row) = ctx.reads.get(n.request_id).await? else { return Ok(false) };
-        let Some(advance) = move_on(ctx, &row, n)? else { return Ok(false) };
+        let Some(advance) = advance_at_payment_step(ctx, &row, n)? else { return Ok(false) };
         if let Some(pending) = ctx.advances.commit(advance).await? {
             ctx.outbox.flush(pending).await;
             return Ok(true);
@@ -127,7 +127,7 @@ async fn move_request_on(ctx: &Ctx, n: &PaymentNotice) -> Result<bool, Failure> 
 
 /// The advance of a request at its payment step (queued or waiting) on to the next, with the
 /// payment in its facts; `None` for a request anywhere else.
-fn move_on(ctx: &Ctx, row: &RequestRow, n: &PaymentNotice) -> Result<Option<Advance>, Failure> {
+fn advance_at_payment_step(ctx: &Ctx, row: &RequestRow, n: &PaymentNotice) -> Result<Option<Advance>, Failure> {
     let at_payment = matches!(row.state.as_str(), "queued" | "waiting") && row.step.as_deref() == Some("payment");
     if !at_payment {
         return Ok(None);

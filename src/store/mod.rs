@@ -446,7 +446,7 @@ pub struct Advance {
 }
 
 /// A staff decision as recorded: applied, or not with the reason why (P-35).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DecisionRecord {
     /// The staff system's id of the decision: a decision counts once.
     pub decision_id: String,

@@ -727,13 +727,6 @@ async fn p34_s5_staff_extend_the_term_within_what_the_law_allows_and_the_applica
     env.cleanup().await;
 }
 
-/// A step that does nothing but wait for a staff Decision (S5's review, P-35) has nothing to
-/// run: the request is parked there as it arrives, with no task on the review pool's queue, and
-/// the Decision moves it on.
-/// An approval is checked on the request as read and applied without holding its lock; an
-/// extension committed in between moves the deadlines but not the request. The approval read
-/// before it must not apply with the deadlines it read: it goes back to be decided under the
-/// lock, where it sees the extension.
 /// An S5 request waiting for its staff decision, and an approval of it as the group commit of
 /// approvals gets one: checked on the row as read now, its record marked applied.
 async fn archive_request_and_approval_as_read(env: &TestEnv) -> (uuid::Uuid, qyzmet::store::Decided) {
@@ -770,6 +763,10 @@ async fn decide_all(env: &TestEnv, all: &[&qyzmet::store::Decided]) -> Vec<Vec<i
     qyzmet::store::Store::decide_all(&mut conn, all).await.expect("the batch commits")
 }
 
+/// An approval is checked on the request as read and applied without holding its lock; an
+/// extension committed in between moves the deadlines but not the request. The approval read
+/// before it must not apply with the deadlines it read: it goes back to be decided under the
+/// lock, where it sees the extension.
 #[tokio::test]
 async fn p34_p35_an_approval_read_before_an_extension_committed_does_not_carry_the_old_deadlines_on() {
     let env = TestEnv::new().await;
@@ -806,15 +803,9 @@ async fn p35_an_approval_recorded_meanwhile_by_another_delivery_is_not_applied_b
     let app = env.start_all().await;
     let (id, approval) = archive_request_and_approval_as_read(&env).await;
     let rejected = qyzmet::store::DecisionRecord {
-        decision_id: approval.decision.decision_id.clone(),
-        request_id: id,
-        verdict: "approve",
-        reason: None,
-        decided_at: approval.decision.decided_at,
         applied: false,
         rejection: Some("late: the review deadline has passed".into()),
-        submitter: None,
-        signer_masked: None,
+        ..approval.decision.clone()
     };
     {
         let mut conn = env.store.pool().acquire().await.expect("a connection");
@@ -837,6 +828,9 @@ async fn p35_an_approval_recorded_meanwhile_by_another_delivery_is_not_applied_b
     env.cleanup().await;
 }
 
+/// A step that does nothing but wait for a staff Decision (S5's review, P-35) has nothing to
+/// run: the request is parked there as it arrives, with no task on the review pool's queue, and
+/// the Decision moves it on.
 #[tokio::test]
 async fn p35_a_request_reaching_a_decision_step_waits_there_at_once_without_a_task() {
     use qyzmet::regulations::PoolName;

@@ -820,12 +820,13 @@ async fn drive(
         if batch > 0 {
             let mut messages = Vec::with_capacity(batch);
             {
-                let mut k = keys.lock().await;
                 let mut b = board.lock().await;
                 for j in 0..batch {
+                    // The keys are taken only to sign here: the outcome listener signs staff
+                    // decisions with them meanwhile.
                     let (id, service, body) = match prepared.as_mut().and_then(|p| p.0.next()) {
                         Some(made) => made,
-                        None => make_request(&mut k, &mix, i + j)?,
+                        None => make_request(&mut *keys.lock().await, &mix, i + j)?,
                     };
                     let published = schedule.map_or_else(Instant::now, |s| s.due_at(i + j));
                     b.tracks

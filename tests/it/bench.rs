@@ -1,6 +1,6 @@
 //! A short smoke run of `qyzmet bench` so the benchmark cannot rot: it must finish, lose
-//! nothing, answer nothing twice and report the ceiling ratio, where the CPU went and its charts.
-//! (Figures are not asserted.)
+//! nothing, answer nothing twice and report the ceiling ratio (round by round, against the
+//! ceiling around each), where the CPU went and its charts. (Figures are not asserted.)
 
 use serde_json::Value;
 
@@ -35,39 +35,73 @@ fn charts_dir(pki_dir: &std::path::Path) -> (std::path::PathBuf, String) {
     (charts, arg)
 }
 
+/// Two rounds: each run is divided by the mean of the ceiling measured just before and just
+/// after it, and the report gives the rounds' median.
 #[tokio::test]
-async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_the_cpu_split_and_charts() {
+async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_round_by_round_the_cpu_split_and_charts() {
     let env = TestEnv::new().await;
     let pki_dir = scratch_dir();
     let (charts, charts_arg) = charts_dir(&pki_dir);
     let report = bench(
         &env,
         &pki_dir,
-        &["--requests", "40", "--processes", "1", "--concurrency", "4", "--window", "16", "--plot", &charts_arg],
+        &[
+            "--requests",
+            "40",
+            "--processes",
+            "1",
+            "--rounds",
+            "2",
+            "--concurrency",
+            "4",
+            "--window",
+            "16",
+            "--plot",
+            &charts_arg,
+        ],
     )
     .await;
-    let run = &report["runs"][0];
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "one run per round: {report:#}");
+    let run = &runs[0];
     assert_eq!(run["requests"], 40);
-    assert_eq!(run["finished"], 40, "{run:#}");
-    assert_eq!(run["lost"], 0);
-    assert_eq!(run["answered_twice"], 0);
-    assert!(run["ratio_to_ceiling"].as_f64().is_some_and(|r| r > 0.0), "{run:#}");
     assert!(report["ceiling"]["throughput"].as_f64().is_some_and(|t| t > 0.0));
     assert!(run["peak_rss_mib"]["intake"].as_f64().is_some_and(|m| m > 1.0), "worker memory was sampled: {run:#}");
     let ceiling = &report["ceiling"];
     assert_eq!(ceiling["tried"].as_array().map(Vec::len), Some(3), "three in-flight settings tried: {ceiling:#}");
     assert!(matches!(ceiling["in_flight"].as_u64(), Some(16 | 64 | 256)), "{ceiling:#}");
-    // Measured again after the runs, and the run's ratio taken against the mean of the two.
-    let (before, after) = (ceiling["throughput"].as_f64().unwrap_or(0.0), ceiling["after"].as_f64().unwrap_or(0.0));
-    assert!(after > 0.0, "the ceiling is measured again after the runs: {ceiling:#}");
-    let ratio = run["ratio_to_ceiling"].as_f64().unwrap_or(0.0);
-    let throughput = run["throughput"].as_f64().unwrap_or(0.0);
-    assert!((ratio - throughput / ((before + after) / 2.0)).abs() < 1e-9, "{run:#} {ceiling:#}");
+    // Measured again after each round, and each round's ratio taken against the ceiling
+    // just before and just after it.
+    let first = ceiling["throughput"].as_f64().unwrap_or(0.0);
+    let again: Vec<f64> = ceiling["again"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    assert!(
+        again.len() == 2 && again.iter().all(|t| *t > 0.0),
+        "the ceiling is measured again after each round: {ceiling:#}"
+    );
+    let around = [(first + again[0]) / 2.0, (again[0] + again[1]) / 2.0];
+    let mut ratios = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run["round"], i + 1, "{run:#}");
+        assert_eq!(run["finished"], 40, "{run:#}");
+        assert_eq!(run["lost"], 0);
+        assert_eq!(run["answered_twice"], 0);
+        let ratio = run["ratio_to_ceiling"].as_f64().unwrap_or(0.0);
+        let throughput = run["throughput"].as_f64().unwrap_or(0.0);
+        assert!((ratio - throughput / around[i]).abs() < 1e-9, "{run:#} {ceiling:#}");
+        ratios.push(ratio);
+    }
+    let rounds = &report["rounds"][0];
+    assert_eq!(rounds["label"], "1 proc/pool", "{report:#}");
+    assert_eq!(rounds["ratios"], serde_json::json!(ratios));
+    assert!((rounds["median"].as_f64().unwrap_or(0.0) - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9, "{rounds:#}");
     assert!(run["cpu"]["machine_s"].as_f64().is_some_and(|s| s > 0.0), "machine CPU was sampled: {run:#}");
     assert!(run["cpu"]["workers_by_pool"]["intake"].as_f64().is_some_and(|s| s >= 0.0), "{run:#}");
     let chart = std::fs::read_to_string(charts.join("throughput.svg")).expect("throughput chart");
-    assert!(chart.starts_with("<svg") && chart.contains("ceiling") && chart.contains("1 proc/pool"), "{chart}");
-    assert!(chart.contains("ceiling after the runs"), "{chart}");
+    assert!(
+        chart.starts_with("<svg") && chart.contains("ceiling") && chart.contains("1 proc/pool, round 2"),
+        "{chart}"
+    );
+    assert!(chart.contains("ceiling after round 2"), "{chart}");
     assert!(charts.join("steps.svg").exists(), "per-step latency chart");
     assert_eq!(report["readers"], serde_json::json!([]), "no other reader on the test's own virtual host");
     env.cleanup().await;

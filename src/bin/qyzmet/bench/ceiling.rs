@@ -56,19 +56,28 @@ pub struct Ceiling {
     pub cpu: CpuSplit,
     /// With `--half-max`: the best setting again, offered half its throughput.
     pub at_half_max: Option<OpenCeiling>,
-    /// The best setting measured again after the pipeline's runs, messages per second. On a
-    /// shared machine the ceiling can move by a third between the start and the end of a bench;
-    /// the runs' ratios are taken against the mean of the two, and the report shows how far
-    /// apart they were, so that a ratio is read with its spread.
-    pub after: Option<f64>,
+    /// The best setting measured again after each round of the pipeline's runs (`--rounds`),
+    /// messages per second. On a shared machine the ceiling can move by a third within minutes;
+    /// a run's ratio is taken against the mean of the ceiling just before and just after it, and
+    /// the report shows how far apart they were, so that a ratio is read with its spread.
+    pub again: Vec<f64>,
 }
 
 impl Ceiling {
-    /// What a run's throughput is divided by: the mean of the ceiling before and after the
-    /// runs, or the one before when it was not measured again.
-    pub fn reference(&self) -> f64 {
-        self.after.map_or(self.throughput, |after| (self.throughput + after) / 2.0)
+    /// What the throughput of a run of `round` (from 1) is divided by: the mean of the ceiling
+    /// measured just before that round (the first measurement, or the one after the round
+    /// before) and just after it, or the one before when it was not measured again.
+    pub fn around(&self, round: usize) -> f64 {
+        bracketing(self.throughput, &self.again, round)
     }
+}
+
+/// The mean of the ceiling measured just before round `round` (from 1) — `first`, or `again`
+/// after the round before — and just after it; the one before alone when none followed.
+fn bracketing(first: f64, again: &[f64], round: usize) -> f64 {
+    let round = round.max(1);
+    let before = if round == 1 { first } else { again.get(round - 2).copied().unwrap_or(first) };
+    again.get(round - 1).map_or(before, |after| (before + after) / 2.0)
 }
 
 /// The ceiling as an open loop: messages offered at a fixed rate.
@@ -115,7 +124,7 @@ pub async fn measure(
                 tried: Vec::new(),
                 cpu,
                 at_half_max: None,
-                after: None,
+                again: Vec::new(),
             });
         }
     }
@@ -145,7 +154,7 @@ pub async fn again(
     let admin = set_up(settings).await?;
     let (throughput, _, _) = once(broker, settings, n, Pace::Window(window), prefetch, parties).await?;
     clean_up(admin, broker).await?;
-    eprintln!("  ceiling again after the runs, at prefetch {prefetch}: {throughput:.0} msg/s");
+    eprintln!("  ceiling again, at prefetch {prefetch}: {throughput:.0} msg/s");
     Ok(throughput)
 }
 
@@ -333,5 +342,19 @@ fn message(hop: usize, id: Uuid, body: Vec<u8>) -> Message {
         traceparent: None,
         headers: Vec::new(),
         must_route: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bracketing;
+
+    #[test]
+    fn a_round_is_measured_against_the_ceiling_just_before_and_just_after_it() {
+        let again = [800.0, 1000.0];
+        assert_eq!(bracketing(1200.0, &again, 1), 1000.0);
+        assert_eq!(bracketing(1200.0, &again, 2), 900.0);
+        assert_eq!(bracketing(1200.0, &[], 1), 1200.0, "not measured again: the first alone");
+        assert_eq!(bracketing(1200.0, &again[..1], 2), 800.0, "no ceiling after it: the one before");
     }
 }

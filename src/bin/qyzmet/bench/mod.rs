@@ -93,6 +93,12 @@ pub struct BenchArgs {
     /// use with `--warmup-secs`.
     #[arg(long, conflicts_with_all = ["rate", "backlog"])]
     pub half_max: bool,
+    /// Measure every process count this many times, the ceiling's best setting again after
+    /// each round. A shared machine's speed drifts by more than a change worth measuring, even
+    /// within minutes; each run is therefore divided by the ceiling measured just before and
+    /// just after it, and the report gives the median of the rounds' ratios.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20), conflicts_with = "backlog")]
+    pub rounds: u16,
     /// Backlog mode: publish this many requests with the pools stopped, then start them
     /// (one process per pool) and measure the drain rate and worker memory over time.
     #[arg(long)]
@@ -306,12 +312,18 @@ pub struct Run {
     pub offered_rate: Option<f64>,
     /// With `--half-max`: the same processes again, offered half this run's throughput.
     pub at_half_max: Option<Box<Run>>,
+    /// Which of the bench's `--rounds` the run belongs to, from 1; `None` when it ran one round.
+    pub round: Option<usize>,
 }
 
 impl Run {
-    /// How the run is named in the report: its processes and layout.
+    /// How the run is named in the report: its processes and layout, and its round when the
+    /// bench ran several.
     pub fn label(&self) -> String {
-        self.layout.label(self.processes)
+        match self.round {
+            Some(round) => format!("{}, round {round}", self.layout.label(self.processes)),
+            None => self.layout.label(self.processes),
+        }
     }
 }
 
@@ -353,12 +365,26 @@ pub struct Report {
     pub ceiling: Option<Ceiling>,
     /// The runs.
     pub runs: Vec<Run>,
+    /// With `--rounds`: each process count's ratios to the ceiling over the rounds and their
+    /// median, the figure to read on a machine whose speed drifts.
+    pub rounds: Vec<Rounds>,
     /// The backlog drain.
     pub backlog: Option<Backlog>,
     /// Other systems' reader queues that exist on the bench's virtual host, with the Outcomes
     /// waiting in each: every Outcome of the run is also written to them (a quorum-queue write
     /// each), so the broker's figures include that work.
     pub readers: Vec<(String, u32)>,
+}
+
+/// A process count's runs over the bench's rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rounds {
+    /// The runs' processes and layout (and scraping).
+    pub label: String,
+    /// Throughput ÷ the ceiling around it, round by round.
+    pub ratios: Vec<f64>,
+    /// Their median.
+    pub median: f64,
 }
 
 // ---- load ----------------------------------------------------------------------------------
@@ -950,6 +976,7 @@ async fn summarise(
         cpu: None,
         offered_rate: None,
         at_half_max: None,
+        round: None,
     }
 }
 
@@ -1092,7 +1119,15 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
              leave it out (README, «Performance»)."
         );
     }
-    let mut report = Report { machine: machine(), load, ceiling: None, runs: Vec::new(), backlog: None, readers };
+    let mut report = Report {
+        machine: machine(),
+        load,
+        ceiling: None,
+        runs: Vec::new(),
+        rounds: Vec::new(),
+        backlog: None,
+        readers,
+    };
     let parties = Parties::find(&settings.amqp_url, &settings.database_url);
 
     if let Some(n) = args.backlog {
@@ -1129,29 +1164,41 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         let bench =
             Bench { settings: &settings, args, broker: &broker, publisher: &publisher, keys: &keys, parties: &parties };
-        for (k, scrape_ms, warm_up) in variants {
-            let pace = args.rate.map_or(Pace::Window(args.window), Pace::Rate);
-            let mut run = bench.run(k, scrape_ms, pace).await?;
-            if warm_up {
-                eprintln!("warm-up run: {:.1} req/s (not reported)", run.throughput);
-                anyhow::ensure!(run.lost == 0 && run.answered_twice == 0, "the warm-up run lost or doubled requests");
-                continue;
+        let rounds = usize::from(args.rounds);
+        for round in 1..=rounds {
+            for &(k, scrape_ms, warm_up) in &variants {
+                if warm_up && round > 1 {
+                    continue;
+                }
+                let pace = args.rate.map_or(Pace::Window(args.window), Pace::Rate);
+                let mut run = bench.run(k, scrape_ms, pace).await?;
+                if warm_up {
+                    eprintln!("warm-up run: {:.1} req/s (not reported)", run.throughput);
+                    anyhow::ensure!(
+                        run.lost == 0 && run.answered_twice == 0,
+                        "the warm-up run lost or doubled requests"
+                    );
+                    continue;
+                }
+                run.round = (rounds > 1).then_some(round);
+                if args.half_max && scrape_ms.is_none() {
+                    let half = run.throughput / 2.0;
+                    eprintln!("{}: again at half its maximum, {half:.1} requests/s offered…", run.label());
+                    run.at_half_max = Some(Box::new(bench.run(k, None, Pace::Rate(half)).await?));
+                }
+                report.runs.push(run);
             }
-            if args.half_max && scrape_ms.is_none() {
-                let half = run.throughput / 2.0;
-                eprintln!("{}: again at half its maximum, {half:.1} requests/s offered…", run.label());
-                run.at_half_max = Some(Box::new(bench.run(k, None, Pace::Rate(half)).await?));
+            if let Some(c) = report.ceiling.as_mut().filter(|_| !report.runs.is_empty()) {
+                let again =
+                    ceiling::again(&broker, &settings, args.requests, args.window, &parties, c.in_flight).await?;
+                c.again.push(again);
             }
-            report.runs.push(run);
-        }
-        if let Some(c) = report.ceiling.as_mut().filter(|_| !report.runs.is_empty()) {
-            c.after =
-                Some(ceiling::again(&broker, &settings, args.requests, args.window, &parties, c.in_flight).await?);
         }
         if let Some(c) = &report.ceiling {
             for run in &mut report.runs {
-                run.ratio_to_ceiling = Some(run.throughput / c.reference());
+                run.ratio_to_ceiling = Some(run.throughput / c.around(run.round.unwrap_or(1)));
             }
+            report.rounds = over_rounds(&report.runs);
         }
     }
     broker.close().await;
@@ -1296,6 +1343,38 @@ fn print_half_max(r: &Report) {
     }
 }
 
+/// The ratios to the ceiling of the runs of each process count (and scraping) over the
+/// bench's rounds, in the order they ran, with their median; none when it ran one round.
+fn over_rounds(runs: &[Run]) -> Vec<Rounds> {
+    let mut by: Vec<Rounds> = Vec::new();
+    for run in runs.iter().filter(|run| run.round.is_some()) {
+        let Some(ratio) = run.ratio_to_ceiling else { continue };
+        let mut label = run.layout.label(run.processes);
+        if let Some(ms) = run.scraped_every_ms {
+            label = format!("{label}, scraped {ms} ms");
+        }
+        match by.iter_mut().find(|r| r.label == label) {
+            Some(r) => r.ratios.push(ratio),
+            None => by.push(Rounds { label, ratios: vec![ratio], median: 0.0 }),
+        }
+    }
+    for r in &mut by {
+        r.median = median(&r.ratios);
+    }
+    by
+}
+
+/// The median of `xs` (the mean of the middle two for an even count); 0 for none.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn print_report(r: &Report) {
     println!("\nqyzmet bench — {}\nmachine: {}\n", r.load, r.machine);
     for (queue, waiting) in &r.readers {
@@ -1312,23 +1391,33 @@ fn print_report(r: &Report) {
             c.end_to_end_ms.p50,
             c.end_to_end_ms.p99
         );
-        if let Some(after) = c.after {
+        if let [after] = c.again.as_slice() {
             let drift = after / c.throughput.max(0.001);
             println!(
                 "ceiling again after the runs: {after:.0} msg/s (×{drift:.2} the first); each run's ÷ceiling is \
                  against their mean, {:.0}{}",
-                c.reference(),
+                c.around(1),
                 if (drift - 1.0).abs() > 0.1 {
                     ": the machine's speed changed while the runs went on, so read the ratios with that spread"
                 } else {
                     ""
                 }
             );
+        } else if !c.again.is_empty() {
+            let all = std::iter::once(c.throughput).chain(c.again.iter().copied());
+            let (low, high) = all.fold((f64::MAX, 0.0_f64), |(l, h), t| (l.min(t), h.max(t)));
+            println!(
+                "ceiling again after each round: {} msg/s (from ×{:.2} to ×{:.2} the first); each run's ÷ceiling is \
+                 against the mean of the ceiling just before and just after its round",
+                c.again.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", "),
+                low / c.throughput.max(0.001),
+                high / c.throughput.max(0.001)
+            );
         }
     }
     if !r.runs.is_empty() {
         println!(
-            "\n{:>17} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>12}",
+            "\n{:>20} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>12}",
             "processes",
             "req/s",
             "÷ceiling",
@@ -1344,7 +1433,7 @@ fn print_report(r: &Report) {
         for run in &r.runs {
             let rss = run.peak_rss_mib.values().copied().fold(0.0, f64::max);
             println!(
-                "{:>17} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>12.1}",
+                "{:>20} {:>10.1} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>12.1}",
                 run.label(),
                 run.throughput,
                 run.ratio_to_ceiling.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
@@ -1361,10 +1450,23 @@ fn print_report(r: &Report) {
         for run in &r.runs {
             if let Some(w) = &run.warmup_ms {
                 println!(
-                    "{:>9} warm-up, not in the figures above: {} requests, p50 {:.1}, p99 {:.1}, max {:.1} ms",
-                    run.processes, w.n, w.p50, w.p99, w.max
+                    "{:>17} warm-up, not in the figures above: {} requests, p50 {:.1}, p99 {:.1}, max {:.1} ms",
+                    run.label(),
+                    w.n,
+                    w.p50,
+                    w.p99,
+                    w.max
                 );
             }
+        }
+        for rounds in &r.rounds {
+            let each = rounds.ratios.iter().map(|x| format!("×{x:.2}")).collect::<Vec<_>>().join(", ");
+            println!(
+                "{}: median ÷ceiling over {} rounds ×{:.2} ({each})",
+                rounds.label,
+                rounds.ratios.len(),
+                rounds.median
+            );
         }
         print_cpu(r);
         print_half_max(r);
@@ -1505,7 +1607,7 @@ fn print_cpu(r: &Report) {
 
 #[cfg(test)]
 mod tests {
-    use super::mix;
+    use super::{median, mix};
 
     fn services(only: Option<&str>) -> Vec<(&'static str, usize)> {
         mix(only).iter().map(|t| (t.service, t.weight)).collect()
@@ -1520,6 +1622,13 @@ mod tests {
         assert_eq!(two, expected);
         assert_eq!(two.iter().map(|(_, w)| w).sum::<usize>(), 10);
         assert!(services(Some("doctor-appointment")).iter().all(|(s, _)| *s == "doctor-appointment"));
+    }
+
+    #[test]
+    fn the_median_of_the_rounds_is_the_middle_ratio_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[0.72, 0.61, 0.66]), 0.66);
+        assert!((median(&[0.8, 0.6, 0.7, 0.64]) - 0.67).abs() < 1e-12);
+        assert_eq!(median(&[]), 0.0);
     }
 
     #[test]

@@ -94,8 +94,12 @@ fn throughput(r: &Report) -> String {
             c.throughput,
             format!("(prefetch {}, p99 {:.0} ms)", c.in_flight, c.end_to_end_ms.p99),
         ));
-        if let Some(after) = c.after {
-            rows.push(("ceiling after the runs".to_owned(), after, format!("(prefetch {})", c.in_flight)));
+        for (i, again) in c.again.iter().enumerate() {
+            let when = match c.again.len() {
+                1 => "ceiling after the runs".to_owned(),
+                _ => format!("ceiling after round {}", i + 1),
+            };
+            rows.push((when, *again, format!("(prefetch {})", c.in_flight)));
         }
     }
     for run in &r.runs {

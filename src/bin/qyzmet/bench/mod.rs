@@ -325,6 +325,12 @@ impl Run {
             None => self.layout.label(self.processes),
         }
     }
+
+    /// `", scraped N ms"` when its workers' metrics were scraped, else nothing: appended to a
+    /// label wherever scraped and plain runs are told apart.
+    pub fn scraping(&self) -> String {
+        self.scraped_every_ms.map(|ms| format!(", scraped {ms} ms")).unwrap_or_default()
+    }
 }
 
 /// Backlog drain.
@@ -1165,12 +1171,12 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         let bench =
             Bench { settings: &settings, args, broker: &broker, publisher: &publisher, keys: &keys, parties: &parties };
         let rounds = usize::from(args.rounds);
+        let pace = args.rate.map_or(Pace::Window(args.window), Pace::Rate);
         for round in 1..=rounds {
             for &(k, scrape_ms, warm_up) in &variants {
                 if warm_up && round > 1 {
                     continue;
                 }
-                let pace = args.rate.map_or(Pace::Window(args.window), Pace::Rate);
                 let mut run = bench.run(k, scrape_ms, pace).await?;
                 if warm_up {
                     eprintln!("warm-up run: {:.1} req/s (not reported)", run.throughput);
@@ -1346,22 +1352,16 @@ fn print_half_max(r: &Report) {
 /// The ratios to the ceiling of the runs of each process count (and scraping) over the
 /// bench's rounds, in the order they ran, with their median; none when it ran one round.
 fn over_rounds(runs: &[Run]) -> Vec<Rounds> {
-    let mut by: Vec<Rounds> = Vec::new();
+    let mut by: Vec<(String, Vec<f64>)> = Vec::new();
     for run in runs.iter().filter(|run| run.round.is_some()) {
         let Some(ratio) = run.ratio_to_ceiling else { continue };
-        let mut label = run.layout.label(run.processes);
-        if let Some(ms) = run.scraped_every_ms {
-            label = format!("{label}, scraped {ms} ms");
-        }
-        match by.iter_mut().find(|r| r.label == label) {
-            Some(r) => r.ratios.push(ratio),
-            None => by.push(Rounds { label, ratios: vec![ratio], median: 0.0 }),
+        let label = format!("{}{}", run.layout.label(run.processes), run.scraping());
+        match by.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, ratios)) => ratios.push(ratio),
+            None => by.push((label, vec![ratio])),
         }
     }
-    for r in &mut by {
-        r.median = median(&r.ratios);
-    }
-    by
+    by.into_iter().map(|(label, ratios)| Rounds { median: median(&ratios), label, ratios }).collect()
 }
 
 /// The median of `xs` (the mean of the middle two for an even count); 0 for none.
@@ -1450,7 +1450,7 @@ fn print_report(r: &Report) {
         for run in &r.runs {
             if let Some(w) = &run.warmup_ms {
                 println!(
-                    "{:>17} warm-up, not in the figures above: {} requests, p50 {:.1}, p99 {:.1}, max {:.1} ms",
+                    "{:>20} warm-up, not in the figures above: {} requests, p50 {:.1}, p99 {:.1}, max {:.1} ms",
                     run.label(),
                     w.n,
                     w.p50,

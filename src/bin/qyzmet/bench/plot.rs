@@ -55,10 +55,7 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<std::path::PathB
 }
 
 fn run_label(run: &Run) -> String {
-    match run.scraped_every_ms {
-        Some(ms) => format!("{}, scraped {ms} ms", run.label()),
-        None => run.label(),
-    }
+    format!("{}{}", run.label(), run.scraping())
 }
 
 /// Horizontal bars: (label, value, note).

@@ -102,6 +102,15 @@ async fn bench_smoke_run_reports_every_request_the_ceiling_ratio_round_by_round_
         "{chart}"
     );
     assert!(chart.contains("ceiling after round 2"), "{chart}");
+    let at = |label: &str| chart.find(&format!(">{label}<")).unwrap_or_else(|| panic!("{label} in {chart}"));
+    assert!(
+        at("1 proc/pool, round 1") < at("ceiling after round 1")
+            && at("ceiling after round 1") < at("1 proc/pool, round 2"),
+        "the bars in the order they were measured: {chart}"
+    );
+    let fill = |label: &str| chart[at(label)..].split("fill=\"").nth(1).and_then(|f| f.split('"').next()).unwrap_or("");
+    assert_eq!(fill("ceiling after round 1"), fill("ceiling"), "the ceiling measured again is drawn as the ceiling");
+    assert_ne!(fill("1 proc/pool, round 1"), fill("ceiling"), "a run is not drawn as the ceiling");
     assert!(charts.join("steps.svg").exists(), "per-step latency chart");
     assert_eq!(report["readers"], serde_json::json!([]), "no other reader on the test's own virtual host");
     env.cleanup().await;

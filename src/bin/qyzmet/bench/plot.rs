@@ -58,51 +58,93 @@ fn run_label(run: &Run) -> String {
     format!("{}{}", run.label(), run.scraping())
 }
 
-/// Horizontal bars: (label, value, note).
-fn bars(title: &str, unit: &str, rows: &[(String, f64, String)]) -> String {
-    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-9);
+/// The colour of the ceiling's bars, so that a reader tells the yardstick from the runs.
+const CEILING_GREY: &str = "#9d9d9d";
+
+/// One horizontal bar of a chart.
+struct Bar {
+    /// What was measured ("ceiling after round 2", "1 proc/pool, round 2").
+    label: String,
+    /// Its length, in the chart's unit.
+    value: f64,
+    /// Printed after the value: the figures a reader needs beside it (prefetch, share, p99).
+    note: String,
+    /// Drawn grey: the ceiling and its re-measurements, not the pipeline.
+    ceiling: bool,
+}
+
+/// Horizontal bars, top to bottom in the order given.
+fn bars(title: &str, unit: &str, rows: &[Bar]) -> String {
+    let max = rows.iter().map(|r| r.value).fold(0.0, f64::max).max(1e-9);
     let height = 60.0 + ROW * rows.len() as f64 + 20.0;
     let mut svg = header(title, height);
-    for (i, (label, value, note)) in rows.iter().enumerate() {
+    for (i, bar) in rows.iter().enumerate() {
         let y = 50.0 + ROW * i as f64;
+        let value = bar.value;
         let w = BAR_AREA * value / max;
-        let colour = if label == "ceiling" { "#9d9d9d" } else { COLOURS[0] };
+        let colour = if bar.ceiling { CEILING_GREY } else { COLOURS[0] };
         let _ = write!(
             svg,
             r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{LEFT}" y="{}" width="{w:.1}" height="18" fill="{colour}"/><text x="{}" y="{}">{value:.0} {unit} {}</text>"#,
             LEFT - 8.0,
             y + 14.0,
-            escape(label),
+            escape(&bar.label),
             y + 1.0,
             LEFT + w + 6.0,
             y + 14.0,
-            escape(note)
+            escape(&bar.note)
         );
     }
     svg.push_str("</svg>\n");
     svg
 }
 
+/// The indices of the runs after which a round ends, given each run's round (`None` for a bench
+/// without `--rounds`, which is one round): the ceiling was measured again there.
+fn round_ends(rounds: &[Option<usize>]) -> Vec<usize> {
+    (0..rounds.len()).filter(|&i| rounds.get(i + 1).is_none_or(|next| *next != rounds[i])).collect()
+}
+
+/// Every run beside the ceiling, in the order they were measured: the ceiling, then each
+/// round's runs followed by the ceiling measured again after it.
 fn throughput(r: &Report) -> String {
     let mut rows = Vec::new();
+    let again = r.ceiling.as_ref().map(|c| c.again.as_slice()).unwrap_or_default();
+    let prefetch = r.ceiling.as_ref().map(|c| c.in_flight).unwrap_or_default();
     if let Some(c) = &r.ceiling {
-        rows.push((
-            "ceiling".to_owned(),
-            c.throughput,
-            format!("(prefetch {}, p99 {:.0} ms)", c.in_flight, c.end_to_end_ms.p99),
-        ));
-        for (i, again) in c.again.iter().enumerate() {
-            let when = match c.again.len() {
-                1 => "ceiling after the runs".to_owned(),
-                _ => format!("ceiling after round {}", i + 1),
-            };
-            rows.push((when, *again, format!("(prefetch {})", c.in_flight)));
+        rows.push(Bar {
+            label: "ceiling".to_owned(),
+            value: c.throughput,
+            note: format!("(prefetch {prefetch}, p99 {:.0} ms)", c.end_to_end_ms.p99),
+            ceiling: true,
+        });
+    }
+    let ceiling_again = |k: usize, value: f64| Bar {
+        label: match again.len() {
+            1 => "ceiling after the runs".to_owned(),
+            _ => format!("ceiling after round {}", k + 1),
+        },
+        value,
+        note: format!("(prefetch {prefetch})"),
+        ceiling: true,
+    };
+    let ends = round_ends(&r.runs.iter().map(|run| run.round).collect::<Vec<_>>());
+    let mut measured_again = again.iter().copied().enumerate();
+    for (i, run) in r.runs.iter().enumerate() {
+        let share = run.ratio_to_ceiling.map(|x| format!("{:.0} % of the ceiling, ", x * 100.0)).unwrap_or_default();
+        rows.push(Bar {
+            label: run_label(run),
+            value: run.throughput,
+            note: format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99),
+            ceiling: false,
+        });
+        if ends.contains(&i)
+            && let Some((k, value)) = measured_again.next()
+        {
+            rows.push(ceiling_again(k, value));
         }
     }
-    for run in &r.runs {
-        let share = run.ratio_to_ceiling.map(|x| format!("{:.0} % of the ceiling, ", x * 100.0)).unwrap_or_default();
-        rows.push((run_label(run), run.throughput, format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99)));
-    }
+    rows.extend(measured_again.map(|(k, value)| ceiling_again(k, value)));
     bars(&format!("Throughput — {}", r.load), "req/s", &rows)
 }
 
@@ -110,13 +152,13 @@ fn half_max(r: &Report) -> String {
     let mut rows = Vec::new();
     if let Some(c) = r.ceiling.as_ref().and_then(|c| c.at_half_max.as_ref()) {
         let note = format!("({:.0} msg/s offered, p50 {:.0} ms)", c.rate, c.end_to_end_ms.p50);
-        rows.push(("ceiling".to_owned(), c.end_to_end_ms.p99, note));
+        rows.push(Bar { label: "ceiling".to_owned(), value: c.end_to_end_ms.p99, note, ceiling: true });
     }
     for run in &r.runs {
         if let Some(h) = &run.at_half_max {
             let note =
                 format!("({:.0} req/s offered, p50 {:.0} ms)", h.offered_rate.unwrap_or_default(), h.end_to_end_ms.p50);
-            rows.push((run_label(run), h.end_to_end_ms.p99, note));
+            rows.push(Bar { label: run_label(run), value: h.end_to_end_ms.p99, note, ceiling: false });
         }
     }
     bars(
@@ -230,6 +272,31 @@ mod tests {
     #[test]
     fn text_in_charts_is_escaped() {
         assert_eq!(escape(r#"a<b & "c">"#), "a&lt;b &amp; &quot;c&quot;&gt;");
+    }
+
+    #[test]
+    fn the_ceiling_is_measured_again_after_each_round_or_after_all_the_runs() {
+        assert_eq!(round_ends(&[Some(1), Some(1), Some(2), Some(2)]), vec![1, 3]);
+        assert_eq!(round_ends(&[Some(1), Some(2), Some(3)]), vec![0, 1, 2]);
+        assert_eq!(round_ends(&[None, None, None]), vec![2], "one round: after all the runs");
+        assert!(round_ends(&[]).is_empty());
+    }
+
+    #[test]
+    fn every_bar_of_the_ceiling_is_grey_and_the_runs_are_not() {
+        let bar = |label: &str, ceiling| Bar { label: label.to_owned(), value: 1.0, note: String::new(), ceiling };
+        let svg = bars(
+            "t",
+            "req/s",
+            &[bar("ceiling", true), bar("1 proc/pool, round 1", false), bar("ceiling after round 1", true)],
+        );
+        let fill_after = |label: &str| {
+            let at = svg.find(&format!(">{label}<")).expect("the bar's label");
+            svg[at..].split("fill=\"").nth(1).and_then(|f| f.split('"').next()).map(str::to_owned)
+        };
+        assert_eq!(fill_after("ceiling").as_deref(), Some(CEILING_GREY));
+        assert_eq!(fill_after("ceiling after round 1").as_deref(), Some(CEILING_GREY));
+        assert_eq!(fill_after("1 proc/pool, round 1").as_deref(), Some(COLOURS[0]));
     }
 
     #[test]

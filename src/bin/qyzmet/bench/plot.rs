@@ -129,7 +129,6 @@ fn throughput(r: &Report) -> String {
         ceiling: true,
     };
     let ends = round_ends(&r.runs.iter().map(|run| run.round).collect::<Vec<_>>());
-    let mut measured_again = again.iter().copied().enumerate();
     for (i, run) in r.runs.iter().enumerate() {
         let share = run.ratio_to_ceiling.map(|x| format!("{:.0} % of the ceiling, ", x * 100.0)).unwrap_or_default();
         rows.push(Bar {
@@ -138,13 +137,14 @@ fn throughput(r: &Report) -> String {
             note: format!("({share}p99 {:.0} ms)", run.end_to_end_ms.p99),
             ceiling: false,
         });
+        // The ceiling measured after round r is `again[r - 1]`, as `Ceiling::around` reads it.
+        let k = run.round.unwrap_or(1) - 1;
         if ends.contains(&i)
-            && let Some((k, value)) = measured_again.next()
+            && let Some(&value) = again.get(k)
         {
             rows.push(ceiling_again(k, value));
         }
     }
-    rows.extend(measured_again.map(|(k, value)| ceiling_again(k, value)));
     bars(&format!("Throughput — {}", r.load), "req/s", &rows)
 }
 
